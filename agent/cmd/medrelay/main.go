@@ -1,0 +1,108 @@
+// Command medrelay is the command-line client of the medrelay agent. It is a
+// client of agent/client and nothing more: it never opens the store.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/medrelay/medrelay/agent/client"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "medrelay:", explain(err))
+		os.Exit(exitCode(err))
+	}
+}
+
+// globals are the flags every command takes.
+type globals struct {
+	home     string
+	socket   string
+	appToken string
+	json     bool
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "medrelay",
+		Short:         "Talk to the medrelay agent",
+		Long:          "medrelay talks to a running medrelay agent (medrelayd) over its local socket.",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.home, "home", "", "talk to the agent started with --home DIR (its socket is DIR/medrelay.sock)")
+	pf.StringVar(&g.socket, "socket", "", "agent socket (default $MEDRELAY_SOCKET or "+client.DefaultSocket+")")
+	pf.StringVar(&g.appToken, "app-token", "", "act as the app with this token instead of as an administrator (default $MEDRELAY_APP_TOKEN)")
+	pf.BoolVar(&g.json, "json", false, "print JSON for scripts instead of tables")
+	root.AddCommand(statusCmd(g), appsCmd(g), auditCmd(g))
+	return root
+}
+
+// dial connects as the flags say.
+func (g *globals) dial(ctx context.Context) (*client.Client, error) {
+	var opts []client.Option
+	switch {
+	case g.socket != "":
+		opts = append(opts, client.WithSocket(g.socket))
+	case g.home != "":
+		opts = append(opts, client.WithSocket(client.HomeSocket(g.home)))
+	}
+	if g.appToken != "" {
+		opts = append(opts, client.WithAppToken(g.appToken))
+	}
+	return client.Dial(ctx, opts...)
+}
+
+// printJSON writes a proto message as JSON with the proto field names.
+func printJSON(cmd *cobra.Command, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: false}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(cmd.OutOrStdout(), string(b))
+	return err
+}
+
+// explain turns an error into one line a person can act on.
+func explain(err error) string {
+	switch {
+	case errors.Is(err, client.ErrAgentNotRunning):
+		return err.Error() + "\n  Start it with `make run` (development), `medrelayd run --home DIR`, or `sudo systemctl start medrelayd`; pass --home or --socket if it runs elsewhere."
+	case errors.Is(err, client.ErrPermissionDenied):
+		return err.Error()
+	}
+	if e, ok := client.AsError(err); ok && e.Reason != "" {
+		return fmt.Sprintf("%s [%s]", e.Message, e.Reason)
+	}
+	return err.Error()
+}
+
+// Exit codes: 1 for errors, 2 when the agent is not running, 3 when refused.
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, client.ErrAgentNotRunning):
+		return 2
+	case errors.Is(err, client.ErrPermissionDenied), errors.Is(err, client.ErrUnauthenticated):
+		return 3
+	}
+	return 1
+}

@@ -1,0 +1,116 @@
+// Package api serves the host API (medrelay.agent.v1) on the local socket.
+// It decides who each caller is (identity.go), what they may call
+// (policy.go), records the audit entry, and maps domain errors to gRPC
+// statuses (errors.go): one place each. Service implementations are thin
+// translations to domain packages.
+package api
+
+import (
+	"log/slog"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/medrelay/medrelay/internal/apps"
+	"github.com/medrelay/medrelay/internal/audit"
+	"github.com/medrelay/medrelay/internal/ipc"
+	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+)
+
+// Deps are what the API needs from the rest of the agent.
+type Deps struct {
+	Logger     *slog.Logger
+	Apps       *apps.Registry
+	Audit      *audit.Log
+	Status     StatusFunc
+	AdminGroup string
+	// ObserveCall, when set, is told of every call (metrics).
+	ObserveCall func(method, code string, d time.Duration)
+}
+
+// Server is the gRPC server of the host API.
+type Server struct {
+	grpc   *grpc.Server
+	health *health.Server
+	log    *slog.Logger
+}
+
+// New builds the server and registers every service.
+func New(d Deps) *Server {
+	log := d.Logger.With("component", "api")
+	policy := Policy{}
+	g := &guard{policy: policy, ident: newIdentifier(d.Apps, d.AdminGroup), audit: d.Audit, log: log, observe: d.ObserveCall}
+	gs := grpc.NewServer(
+		grpc.Creds(ipc.Credentials()),
+		grpc.ChainUnaryInterceptor(g.unary),
+		grpc.ChainStreamInterceptor(g.stream),
+		grpc.MaxRecvMsgSize(8<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	register(policy, agentv1.AdminService_ServiceDesc, map[string]Rule{
+		"GetStatus": {Who: Authenticated},
+		"ListAudit": {Who: Admins, Audit: true},
+	})
+	agentv1.RegisterAdminServiceServer(gs, &adminService{status: d.Status, audit: d.Audit})
+
+	register(policy, agentv1.AppService_ServiceDesc, map[string]Rule{
+		"CreateApp": {Who: Admins, Audit: true},
+		"ListApps":  {Who: Admins, Audit: true},
+		"RevokeApp": {Who: Admins, Audit: true},
+	})
+	agentv1.RegisterAppServiceServer(gs, &appService{apps: d.Apps})
+
+	return &Server{grpc: gs, health: hs, log: log}
+}
+
+// register adds a service's rules, and panics when a method of the service
+// has none: every RPC needs a decision about who may call it.
+func register(p Policy, sd grpc.ServiceDesc, rules map[string]Rule) {
+	names := make([]string, 0, len(sd.Methods)+len(sd.Streams))
+	for _, m := range sd.Methods {
+		names = append(names, m.MethodName)
+	}
+	for _, s := range sd.Streams {
+		names = append(names, s.StreamName)
+	}
+	for _, n := range names {
+		r, ok := rules[n]
+		if !ok {
+			panic("api: no policy for " + sd.ServiceName + "/" + n)
+		}
+		p["/"+sd.ServiceName+"/"+n] = r
+	}
+}
+
+// Serve answers calls on l until Stop.
+func (s *Server) Serve(l net.Listener) error {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	return s.grpc.Serve(l)
+}
+
+// Stop stops accepting calls, lets running ones finish until the deadline
+// given by the caller passes, then cuts them.
+func (s *Server) Stop(grace time.Duration) {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.log.Warn("calls still running at shutdown; cancelling them", "grace", grace)
+		s.grpc.Stop()
+		<-done
+	}
+}

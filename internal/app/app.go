@@ -1,0 +1,284 @@
+// Package app is the only package that knows every component of the agent.
+// It builds them in dependency order, starts the listeners, and stops
+// everything in the reverse order: listeners, then jobs, then plugins, then
+// the store, so nothing writes to a closed store and no call is cut without
+// a status.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/medrelay/medrelay/internal/api"
+	"github.com/medrelay/medrelay/internal/apps"
+	"github.com/medrelay/medrelay/internal/audit"
+	"github.com/medrelay/medrelay/internal/config"
+	"github.com/medrelay/medrelay/internal/home"
+	"github.com/medrelay/medrelay/internal/ipc"
+	"github.com/medrelay/medrelay/internal/secrets"
+	"github.com/medrelay/medrelay/internal/store"
+	"github.com/medrelay/medrelay/internal/telemetry"
+	"github.com/medrelay/medrelay/internal/version"
+	"github.com/medrelay/medrelay/internal/web"
+	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+)
+
+// Options are everything Run needs.
+type Options struct {
+	Layout home.Layout
+	Config config.Config
+	Logger *slog.Logger
+	// Ready, when set, is called once every listener is up.
+	Ready func(Info)
+}
+
+// Info describes a running agent.
+type Info struct {
+	Socket    string
+	HTTPAddr  string
+	AdminAddr string
+	PublicURL string
+}
+
+// Agent is a running agent; Run builds one, serves, and tears it down.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	started time.Time
+
+	lock    *home.Lock
+	keys    *secrets.Keyring
+	db      *store.DB
+	audit   *audit.Log
+	apps    *apps.Registry
+	metrics *telemetry.Metrics
+
+	sock   net.Listener
+	api    *api.Server
+	public *web.Server
+	admin  *telemetry.AdminServer
+}
+
+// Run starts the agent and blocks until ctx is cancelled, then shuts down
+// gracefully. Errors at start are returned at once, with what to do.
+func Run(ctx context.Context, o Options) error {
+	a := &Agent{opts: o, log: o.Logger, started: time.Now()}
+	if err := a.start(ctx); err != nil {
+		a.stop()
+		return err
+	}
+	a.log.Info("medrelayd ready",
+		"version", version.String(),
+		"socket", o.Layout.Socket,
+		"http", a.public.Addr(),
+		"public_url", a.public.PublicURL(),
+		"admin", a.admin.Addr(),
+		"key", a.keys.Origin)
+	if o.Ready != nil {
+		o.Ready(a.info())
+	}
+	serveErr := make(chan error, 3)
+	go func() { serveErr <- a.api.Serve(a.sock) }()
+	go func() { serveErr <- a.public.Serve() }()
+	go func() { serveErr <- a.admin.Serve() }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		a.log.Info("shutting down", "reason", context.Cause(ctx))
+	case err := <-serveErr:
+		if err != nil {
+			runErr = fmt.Errorf("listener failed: %w", err)
+			a.log.Error("listener failed; shutting down", "err", err)
+		}
+	}
+	a.stop()
+	return runErr
+}
+
+func (a *Agent) info() Info {
+	return Info{
+		Socket:    a.opts.Layout.Socket,
+		HTTPAddr:  a.public.Addr(),
+		AdminAddr: a.admin.Addr(),
+		PublicURL: a.public.PublicURL(),
+	}
+}
+
+func (a *Agent) start(ctx context.Context) error {
+	o := a.opts
+	if err := o.Config.Validate(); err != nil {
+		return err
+	}
+	if err := o.Layout.Prepare(); err != nil {
+		return err
+	}
+	lock, err := o.Layout.AcquireLock()
+	if err != nil {
+		return err
+	}
+	a.lock = lock
+
+	keys, created, err := secrets.Load(o.Layout.KeyFile, true)
+	if err != nil {
+		return err
+	}
+	a.keys = keys
+	if created {
+		a.log.Warn("created a new master key; back it up: losing it loses the store", "file", o.Layout.KeyFile)
+	}
+
+	db, err := store.Open(ctx, store.Options{Dir: o.Layout.StoreDir, Key: keys.StoreKey(), Logger: a.log})
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return fmt.Errorf("%w: %v", home.ErrAlreadyRunning, err)
+		}
+		return err
+	}
+	a.db = db
+	if err := checkFormat(ctx, db); err != nil {
+		return err
+	}
+
+	a.audit = audit.New(db, a.log)
+	a.apps = apps.NewRegistry(db)
+	a.metrics = telemetry.New(version.String())
+	a.metrics.GaugeFunc("medrelay_store_bytes", "Size of the store on disk (LSM and value log).", func() float64 {
+		l, v := db.Size()
+		return float64(l + v)
+	})
+
+	a.public, err = web.Listen(web.Options{
+		Addr: o.Config.HTTPAddr, PublicURL: o.Config.PublicURL,
+		CertFile: o.Config.TLS.CertFile, KeyFile: o.Config.TLS.KeyFile, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.admin, err = a.metrics.ListenAdmin(o.Config.AdminAddr, a.health, a.log)
+	if err != nil {
+		return fmt.Errorf("admin listener %s: %w", o.Config.AdminAddr, err)
+	}
+	a.api = api.New(api.Deps{
+		Logger:      a.log,
+		Apps:        a.apps,
+		Audit:       a.audit,
+		Status:      a.status,
+		AdminGroup:  o.Config.AdminGroup,
+		ObserveCall: a.metrics.ObserveCall,
+	})
+	// The socket opens last: a client that can connect can be answered.
+	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})
+	if err != nil {
+		if errors.Is(err, ipc.ErrInUse) {
+			return fmt.Errorf("%w: %v", home.ErrAlreadyRunning, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// stop tears down whatever start built, in reverse dependency order, within
+// the configured shutdown timeout.
+func (a *Agent) stop() {
+	grace := a.opts.Config.ShutdownTimeout.Duration
+	if grace <= 0 {
+		grace = 8 * time.Second
+	}
+	deadline := time.Now().Add(grace)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+
+	// 1. Listeners: stop accepting, let running calls finish.
+	var wg sync.WaitGroup
+	if a.api != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.api.Stop(time.Until(deadline) / 2) }()
+	} else if a.sock != nil {
+		a.sock.Close()
+	}
+	for _, s := range []interface{ Shutdown(context.Context) error }{nilIfNil(a.public), nilIfNil(a.admin)} {
+		if s == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Shutdown(ctx); err != nil {
+				a.log.Warn("listener shutdown", "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	// 2. Jobs and 3. plugins arrive with later components.
+	// 4. Store: drain the audit writer first, it writes into the store.
+	if a.audit != nil {
+		a.audit.Close()
+	}
+	if a.db != nil {
+		if err := a.db.Close(); err != nil {
+			a.log.Error("close store", "err", err)
+		}
+	}
+	if a.lock != nil {
+		_ = a.lock.Release()
+	}
+}
+
+// nilIfNil turns a typed nil pointer into a nil interface.
+func nilIfNil[T any](p *T) interface{ Shutdown(context.Context) error } {
+	if p == nil {
+		return nil
+	}
+	return any(p).(interface{ Shutdown(context.Context) error })
+}
+
+func (a *Agent) health(ctx context.Context) map[string]error {
+	_, err := store.NewTable[int](a.db, store.Meta).Get(ctx, "format")
+	return map[string]error{"store": err}
+}
+
+func (a *Agent) status(ctx context.Context) (*agentv1.GetStatusResponse, error) {
+	lsm, vlog := a.db.Size()
+	return &agentv1.GetStatusResponse{
+		Version:   version.String(),
+		StartedAt: timestamppb.New(a.started),
+		Uptime:    durationpb.New(time.Since(a.started)),
+		Home:      a.opts.Layout.Home,
+		Store: &agentv1.StoreStatus{
+			Path: a.db.Dir(), LsmBytes: lsm, VlogBytes: vlog, Encrypted: true,
+		},
+		Listeners: &agentv1.Listeners{
+			Socket:    a.opts.Layout.Socket,
+			HttpAddr:  a.public.Addr(),
+			AdminAddr: a.admin.Addr(),
+			PublicUrl: a.public.PublicURL(),
+		},
+	}, nil
+}
+
+// storeFormat is the on-disk format version. An agent refuses a store
+// written by a newer format instead of misreading it.
+const storeFormat = 1
+
+func checkFormat(ctx context.Context, db *store.DB) error {
+	meta := store.NewTable[int](db, store.Meta)
+	v, err := meta.Get(ctx, "format")
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return meta.Put(ctx, "format", storeFormat, store.Synced())
+	case err != nil:
+		return err
+	case v > storeFormat:
+		return fmt.Errorf("store format %d is newer than this agent understands (%d): upgrade medrelayd", v, storeFormat)
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package store
+
+import (
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Batch writes many entries without the size limit of a transaction (bulk
+// imports, record ingest). Writes are not visible until Flush returns, and
+// a batch is not atomic: after a crash some of it may be stored. Callers
+// that need exactly-once record their own progress in the same batch, after
+// the data it covers.
+type Batch struct {
+	wb *badger.WriteBatch
+	db *DB
+}
+
+// NewBatch starts a batch. Call Flush (or Cancel) exactly once.
+func (d *DB) NewBatch() *Batch {
+	return &Batch{wb: d.bdb.NewWriteBatch(), db: d}
+}
+
+// BatchPut adds a put of v under key of table t.
+func BatchPut[T any](b *Batch, t *Table[T], key string, v T) error {
+	enc, err := t.encode(v)
+	if err != nil {
+		return err
+	}
+	if err := b.wb.Set(t.key(key), enc); err != nil {
+		return fmt.Errorf("store: batch put %s: %w", t.name, err)
+	}
+	return nil
+}
+
+// BatchDelete adds a delete of key of table t.
+func BatchDelete[T any](b *Batch, t *Table[T], key string) error {
+	if err := b.wb.Delete(t.key(key)); err != nil {
+		return fmt.Errorf("store: batch delete %s: %w", t.name, err)
+	}
+	return nil
+}
+
+// Flush writes everything added and waits for it. With sync true it also
+// fsyncs.
+func (b *Batch) Flush(sync bool) error {
+	if err := b.wb.Flush(); err != nil {
+		return fmt.Errorf("store: batch flush: %w", err)
+	}
+	if sync {
+		if err := b.db.bdb.Sync(); err != nil {
+			return fmt.Errorf("store: sync: %w", err)
+		}
+	}
+	return nil
+}
+
+// Cancel discards the batch.
+func (b *Batch) Cancel() { b.wb.Cancel() }

@@ -1,0 +1,227 @@
+// Package store owns the agent's embedded database (Badger v4). It is the only
+// package that imports Badger: everything else sees typed tables (Table[T])
+// whose key prefixes are allocated here, so no two components can collide and
+// nobody scans another component's keys by accident.
+//
+// The store is always encrypted at rest. Values that are secret (credentials,
+// tokens) are written with Synced so they survive a power cut, not only a
+// process crash.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Sentinel errors callers test with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrConflict is returned by Update when a concurrent transaction changed
+	// the same key; callers usually retry.
+	ErrConflict = errors.New("concurrent update")
+	ErrClosed   = errors.New("store closed")
+	// ErrLocked means another process has the store open. Badger allows one.
+	ErrLocked = errors.New("store is in use by another process")
+)
+
+// Options configures Open. Dir and Key are required.
+type Options struct {
+	Dir string
+	// Key encrypts the store (AES, 16, 24 or 32 bytes). It is derived from the
+	// master key by package secrets; store never sees the master key itself.
+	Key    []byte
+	Logger *slog.Logger
+	// InMemory keeps everything in RAM (tests and benchmarks only).
+	InMemory bool
+	// GCInterval is how often the value-log garbage collector runs. Badger
+	// never reclaims value-log space unless asked. Zero means 10 minutes;
+	// negative disables the loop.
+	GCInterval time.Duration
+	// CacheBytes sizes Badger's block and index caches together. The defaults
+	// Badger ships are sized for servers; a sidecar wants a few tens of MB.
+	CacheBytes int64
+}
+
+// DB is an open store. It is safe for concurrent use.
+type DB struct {
+	bdb    *badger.DB
+	log    *slog.Logger
+	dir    string
+	stopGC context.CancelFunc
+	gcDone chan struct{}
+
+	mu     sync.Mutex
+	seqs   map[string]*badger.Sequence
+	closed bool
+}
+
+// Open opens (creating if needed) the encrypted store in opts.Dir.
+func Open(ctx context.Context, opts Options) (*DB, error) {
+	if len(opts.Key) != 16 && len(opts.Key) != 24 && len(opts.Key) != 32 {
+		return nil, fmt.Errorf("store: encryption key must be 16, 24 or 32 bytes, got %d", len(opts.Key))
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "store")
+	cache := opts.CacheBytes
+	if cache <= 0 {
+		cache = 32 << 20
+	}
+	dir := opts.Dir
+	if opts.InMemory {
+		dir = ""
+	} else {
+		if dir == "" {
+			return nil, errors.New("store: no directory given")
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("store: create %s: %w", dir, err)
+		}
+	}
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(opts.InMemory).
+		WithEncryptionKey(opts.Key).
+		// Rotating data keys monthly bounds how much is encrypted under one key.
+		WithEncryptionKeyRotationDuration(30 * 24 * time.Hour).
+		// Encryption requires a non-zero index cache or Badger panics.
+		WithIndexCacheSize(cache / 2).
+		WithBlockCacheSize(cache / 2).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(3).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(8 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithValueThreshold(4 << 10).
+		WithNumCompactors(2).
+		WithCompression(options.Snappy).
+		WithSyncWrites(false).
+		WithLogger(badgerLogger{log})
+	bdb, err := badger.Open(bo)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		if strings.Contains(err.Error(), "Encryption key mismatch") {
+			return nil, fmt.Errorf("store: %s was written with a different master key: %w", dir, err)
+		}
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
+	d := &DB{bdb: bdb, log: log, dir: dir, seqs: map[string]*badger.Sequence{}, gcDone: make(chan struct{})}
+	gcCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stopGC = cancel
+	interval := opts.GCInterval
+	if interval == 0 {
+		interval = 10 * time.Minute
+	}
+	if interval > 0 && !opts.InMemory {
+		go d.gcLoop(gcCtx, interval)
+	} else {
+		close(d.gcDone)
+	}
+	return d, nil
+}
+
+// gcLoop reclaims value-log space. RunValueLogGC rewrites at most one file per
+// call, so we call it until it reports there is nothing worth rewriting.
+func (d *DB) gcLoop(ctx context.Context, every time.Duration) {
+	defer close(d.gcDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for n := 0; n < 16 && ctx.Err() == nil; n++ {
+			if err := d.bdb.RunValueLogGC(0.5); err != nil {
+				if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+					d.log.Warn("value log gc", "err", err)
+				}
+				break
+			}
+		}
+	}
+}
+
+// Close stops background work and closes the store. Safe to call twice.
+func (d *DB) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	for name, s := range d.seqs {
+		if err := s.Release(); err != nil {
+			d.log.Warn("release sequence", "name", name, "err", err)
+		}
+	}
+	d.mu.Unlock()
+	d.stopGC()
+	<-d.gcDone
+	return d.bdb.Close()
+}
+
+// Sync flushes everything written so far to disk.
+func (d *DB) Sync() error { return d.bdb.Sync() }
+
+// Dir is the directory holding the store files ("" when in memory).
+func (d *DB) Dir() string { return d.dir }
+
+// Size reports the on-disk size of the LSM tree and the value log.
+func (d *DB) Size() (lsm, vlog int64) { return d.bdb.Size() }
+
+// NextSeq returns the next value of a named, persistent, monotonically
+// increasing sequence (event ids, change cursors). Values start at 1. Gaps
+// are possible after a crash; repeats are not.
+func (d *DB) NextSeq(name string) (uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, ErrClosed
+	}
+	s, ok := d.seqs[name]
+	if !ok {
+		var err error
+		s, err = d.bdb.GetSequence(seqKey(name), 256)
+		if err != nil {
+			return 0, fmt.Errorf("store: sequence %s: %w", name, err)
+		}
+		d.seqs[name] = s
+	}
+	for {
+		v, err := s.Next()
+		if err != nil {
+			return 0, fmt.Errorf("store: sequence %s: %w", name, err)
+		}
+		if v > 0 {
+			return v, nil
+		}
+	}
+}
+
+func seqKey(name string) []byte { return append([]byte{sysPrefix, 's', '/'}, name...) }
+
+// badgerLogger routes Badger's printf-style logging into slog. Badger's info
+// lines are chatty (every compaction); they go to debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) { b.l.Error(strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Infof(f string, a ...any)  { b.l.Debug(strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Debugf(f string, a ...any) { b.l.Debug(strings.TrimSpace(fmt.Sprintf(f, a...))) }

@@ -1,0 +1,33 @@
+package store
+
+// Name identifies a table. Every table of the agent is declared here so that
+// key prefixes are allocated in one place and can never collide. Add a name
+// when a component needs a new table; never reuse or rename one (the name is
+// part of the on-disk key).
+type Name string
+
+// Tables of the agent.
+const (
+	Apps      Name = "apps"       // app identities by id
+	AppTokens Name = "app_tokens" // token hash → app id
+	AppNames  Name = "app_names"  // app name → app id (apps not revoked)
+	Audit     Name = "audit"      // audit entries by sequence
+	Meta      Name = "meta"       // agent-wide facts (store format version, first start)
+)
+
+// sysPrefix marks keys that belong to the store itself (sequences); table keys
+// start with tablePrefix.
+const (
+	sysPrefix   = 0x00
+	tablePrefix = 't'
+)
+
+func (n Name) prefix() []byte {
+	if n == "" {
+		panic("store: empty table name")
+	}
+	p := make([]byte, 0, len(n)+2)
+	p = append(p, tablePrefix)
+	p = append(p, n...)
+	return append(p, '/')
+}
