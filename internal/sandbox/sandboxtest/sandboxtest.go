@@ -1,0 +1,143 @@
+// Package sandboxtest starts an in-process medrelay-sandbox for tests.
+package sandboxtest
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/medrelay/medrelay/internal/sandbox"
+)
+
+// Option adjusts the sandbox configuration.
+type Option func(*sandbox.Config)
+
+// WithPatients sets the number of patients per tenant.
+func WithPatients(n int) Option { return func(c *sandbox.Config) { c.Patients = n } }
+
+// WithSeed sets the data seed.
+func WithSeed(seed int64) Option { return func(c *sandbox.Config) { c.Seed = seed } }
+
+// WithConsentPage turns auto-approve off, so authorize shows the HTML
+// login-and-consent page (sandboxtest turns auto-approve on by default).
+func WithConsentPage() Option { return func(c *sandbox.Config) { c.AutoApprove = false } }
+
+// WithOpenRegistration accepts any public client id and redirect URI.
+func WithOpenRegistration() Option { return func(c *sandbox.Config) { c.OpenRegistration = true } }
+
+// WithTLS serves HTTPS with a generated certificate; use Sandbox.HTTPClient.
+func WithTLS() Option { return func(c *sandbox.Config) { c.TLS = true } }
+
+// WithTenants replaces the default tenants (one per profile).
+func WithTenants(t ...sandbox.TenantConfig) Option {
+	return func(c *sandbox.Config) { c.Tenants = append(c.Tenants, t...) }
+}
+
+// WithClients pre-registers clients.
+func WithClients(cl ...sandbox.ClientConfig) Option {
+	return func(c *sandbox.Config) { c.Clients = append(c.Clients, cl...) }
+}
+
+// WithFaults starts with faults active.
+func WithFaults(f ...sandbox.Faults) Option {
+	return func(c *sandbox.Config) { c.Faults = append(c.Faults, f...) }
+}
+
+// WithConfig edits the configuration freely (clock, bulk file size, ...).
+func WithConfig(fn func(*sandbox.Config)) Option { return fn }
+
+// Start runs a sandbox on a random loopback port with auto-approve on, closed
+// when the test ends.
+func Start(t testing.TB, opts ...Option) *sandbox.Sandbox {
+	t.Helper()
+	cfg := sandbox.Config{Addr: "127.0.0.1:0", AutoApprove: true, Seed: 1}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := sandbox.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("sandboxtest: start: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Key is a client key pair for private_key_jwt tests.
+type Key struct {
+	Alg     jose.SignatureAlgorithm
+	KID     string
+	Private crypto.Signer
+}
+
+// NewKey generates an RS384 or ES384 key.
+func NewKey(t testing.TB, alg string) *Key {
+	t.Helper()
+	var priv crypto.Signer
+	var err error
+	switch alg {
+	case "RS384":
+		priv, err = rsa.GenerateKey(rand.Reader, 2048)
+	case "ES384":
+		priv, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	default:
+		t.Fatalf("sandboxtest: unsupported alg %s", alg)
+	}
+	if err != nil {
+		t.Fatalf("sandboxtest: key: %v", err)
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return &Key{Alg: jose.SignatureAlgorithm(alg), KID: alg + "-" + base64.RawURLEncoding.EncodeToString(b), Private: priv}
+}
+
+// JWKS is the public key set to register with the sandbox.
+func (k *Key) JWKS() json.RawMessage {
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: k.Private.Public(), KeyID: k.KID, Algorithm: string(k.Alg), Use: "sig"}}}
+	b, _ := json.Marshal(set)
+	return b
+}
+
+// Assertion signs a client authentication JWT for tokenURL with the given
+// lifetime and a fresh jti; extra claims or headers may override.
+func (k *Key) Assertion(t testing.TB, clientID, tokenURL string, lifetime time.Duration, extra map[string]any) string {
+	t.Helper()
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	claims := map[string]any{
+		"iss": clientID, "sub": clientID, "aud": tokenURL,
+		"exp": time.Now().Add(lifetime).Unix(), "jti": base64.RawURLEncoding.EncodeToString(b),
+	}
+	for key, v := range extra {
+		if v == nil {
+			delete(claims, key)
+		} else {
+			claims[key] = v
+		}
+	}
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: k.Alg, Key: jose.JSONWebKey{Key: k.Private, KeyID: k.KID}}, opts)
+	if err != nil {
+		t.Fatalf("sandboxtest: signer: %v", err)
+	}
+	payload, _ := json.Marshal(claims)
+	obj, err := sig.Sign(payload)
+	if err != nil {
+		t.Fatalf("sandboxtest: sign: %v", err)
+	}
+	s, err := obj.CompactSerialize()
+	if err != nil {
+		t.Fatalf("sandboxtest: serialize: %v", err)
+	}
+	return s
+}

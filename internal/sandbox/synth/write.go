@@ -1,0 +1,591 @@
+package synth
+
+import (
+	"encoding/base64"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Meta overrides a generated resource's meta after a mutation. Zero fields
+// keep the generated values (version 1, generated lastUpdated).
+type Meta struct {
+	Version     int
+	LastUpdated int64 // Unix seconds
+	Nanos       int   // sub-second part of LastUpdated, so mutations within one second still sort after _since
+}
+
+// Append writes ref as one line of compact FHIR JSON (no trailing newline).
+func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte {
+	h, r := d.header(ref)
+	b = append(b, `{"resourceType":"`...)
+	b = append(b, typeNames[ref.Type]...)
+	b = append(b, `","id":"`...)
+	b = ref.AppendID(b)
+	b = append(b, `","meta":{"versionId":"`...)
+	v := m.Version
+	if v <= 0 {
+		v = 1
+	}
+	b = strconv.AppendInt(b, int64(v), 10)
+	b = append(b, `","lastUpdated":"`...)
+	lu := h.LastUpdated
+	if m.LastUpdated != 0 {
+		lu = m.LastUpdated
+	}
+	b = appendInstantNanos(b, lu, m.Nanos)
+	b = append(b, `","profile":["http://hl7.org/fhir/us/core/StructureDefinition/`...)
+	b = append(b, usCoreProfile(ref.Type, h.Category)...)
+	b = append(b, `"]}`...)
+	switch ref.Type {
+	case Patient:
+		b = d.patient(b, ref.Patient, &r)
+	case Practitioner:
+		b = practitioner(b, ref.K)
+	case Organization:
+		b = organization(b, ref.K)
+	case Location:
+		b = location(b, ref.K)
+	default:
+		b = d.clinical(b, ref, h, &r)
+	}
+	return append(b, '}')
+}
+
+// Bytes returns the resource's JSON.
+func (d *Dataset) Bytes(ref Ref, m Meta) []byte { return d.Append(nil, ref, m) }
+
+func usCoreProfile(t Type, category string) string {
+	switch t {
+	case Observation:
+		if category == "vital-signs" {
+			return "us-core-vital-signs"
+		}
+		return "us-core-observation-lab"
+	case Condition:
+		if category == "problem-list-item" {
+			return "us-core-condition-problems-health-concerns"
+		}
+		return "us-core-condition-encounter-diagnosis"
+	case DiagnosticReport:
+		return "us-core-diagnosticreport-lab"
+	case MedicationRequest:
+		return "us-core-medicationrequest"
+	case AllergyIntolerance:
+		return "us-core-allergyintolerance"
+	case ExplanationOfBenefit:
+		return "us-core-patient" // CARIN BB would apply; US Core has none
+	}
+	return "us-core-" + lower(typeNames[t])
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
+func (d *Dataset) patientPractitioner(p int) int {
+	r := d.rng(p, NumTypes, 77)
+	return r.intn(NumPractitioners)
+}
+
+func providerOrg(prac int) int { return prac % 5 }
+
+func (d *Dataset) payer(p int) int {
+	r := d.rng(p, NumTypes, 78)
+	return 5 + r.intn(3)
+}
+
+func (d *Dataset) patient(b []byte, p int, r *rng) []byte {
+	male := r.next()%2 == 0
+	given := givenNames[r.intn(len(givenNames))]
+	family := familyNames[r.intn(len(familyNames))]
+	c := cities[r.intn(len(cities))]
+	birth := Anchor - int64(18*365+r.intn(70*365))*86400
+	b = append(b, `,"identifier":[{"use":"usual","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR","display":"Medical Record Number"}],"text":"Medical Record Number"},"system":"urn:oid:2.16.840.1.113883.19.5","value":"MRN`...)
+	b = appendPadded(b, p, 7)
+	b = append(b, `"}],"active":true,"name":[{"use":"official","family":`...)
+	b = appendString(b, family)
+	b = append(b, `,"given":[`...)
+	b = appendString(b, given)
+	b = append(b, `]}],"telecom":[{"system":"phone","value":"555-01`...)
+	b = appendPadded(b, p%100, 2)
+	b = append(b, `","use":"home"},{"system":"email","value":"`...)
+	b = append(b, lower(given)...)
+	b = append(b, '.')
+	b = append(b, lower(family)...)
+	b = append(b, `@example.org"}],"gender":"`...)
+	if male {
+		b = append(b, `male`...)
+	} else {
+		b = append(b, `female`...)
+	}
+	b = append(b, `","birthDate":"`...)
+	b = appendDate(b, birth)
+	b = append(b, `","address":[{"use":"home","line":["`...)
+	b = strconv.AppendInt(b, int64(10+r.intn(9000)), 10)
+	b = append(b, ' ')
+	b = append(b, streets[r.intn(len(streets))]...)
+	b = append(b, `"],"city":"`...)
+	b = append(b, c.city...)
+	b = append(b, `","state":"`...)
+	b = append(b, c.state...)
+	b = append(b, `","postalCode":"`...)
+	b = append(b, c.zip...)
+	b = append(b, `","country":"US"}],"communication":[{"language":{"coding":[{"system":"urn:ietf:bcp:47","code":"en-US","display":"English (United States)"}]}}],"generalPractitioner":[{"reference":"Practitioner/`...)
+	prac := d.patientPractitioner(p)
+	b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+	b = append(b, `"}],"managingOrganization":{"reference":"Organization/`...)
+	b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
+	return append(b, `"}`...)
+}
+
+func practitioner(b []byte, k int) []byte {
+	b = append(b, `,"identifier":[{"system":"http://hl7.org/fhir/sid/us-npi","value":"19`...)
+	b = appendPadded(b, 12345678+k*7919, 8)
+	b = append(b, `"}],"active":true,"name":[{"use":"official","family":`...)
+	b = appendString(b, familyNames[(k*7+3)%len(familyNames)])
+	b = append(b, `,"given":[`...)
+	b = appendString(b, givenNames[(k*5+1)%len(givenNames)])
+	b = append(b, `],"prefix":["Dr."]}],"telecom":[{"system":"phone","value":"555-02`...)
+	b = appendPadded(b, k, 2)
+	b = append(b, `","use":"work"}],"qualification":[{"code":{"text":`...)
+	b = appendString(b, specialties[k%len(specialties)])
+	return append(b, `}}]`...)
+}
+
+func organization(b []byte, k int) []byte {
+	b = append(b, `,"identifier":[{"system":"http://hl7.org/fhir/sid/us-npi","value":"17`...)
+	b = appendPadded(b, 40000000+k*104729, 8)
+	b = append(b, `"}],"active":true,"type":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/organization-type","code":"`...)
+	if k >= 5 {
+		b = append(b, `pay","display":"Payer"`...)
+	} else {
+		b = append(b, `prov","display":"Healthcare Provider"`...)
+	}
+	b = append(b, `}]}],"name":`...)
+	b = appendString(b, orgNames[k%len(orgNames)])
+	c := cities[k%len(cities)]
+	b = append(b, `,"telecom":[{"system":"phone","value":"555-03`...)
+	b = appendPadded(b, k, 2)
+	b = append(b, `"}],"address":[{"line":["1 Health Plaza"],"city":"`...)
+	b = append(b, c.city...)
+	b = append(b, `","state":"`...)
+	b = append(b, c.state...)
+	b = append(b, `","postalCode":"`...)
+	b = append(b, c.zip...)
+	return append(b, `","country":"US"}]`...)
+}
+
+func location(b []byte, k int) []byte {
+	b = append(b, `,"status":"active","name":`...)
+	b = appendString(b, orgNames[k%5]+" - "+[]string{"Main Campus", "East Clinic", "West Clinic", "Outpatient Center"}[k%4])
+	b = append(b, `,"telecom":[{"system":"phone","value":"555-04`...)
+	b = appendPadded(b, k, 2)
+	c := cities[k%len(cities)]
+	b = append(b, `"}],"address":{"line":["`...)
+	b = strconv.AppendInt(b, int64(100+k*11), 10)
+	b = append(b, ` Clinic Rd"],"city":"`...)
+	b = append(b, c.city...)
+	b = append(b, `","state":"`...)
+	b = append(b, c.state...)
+	b = append(b, `","postalCode":"`...)
+	b = append(b, c.zip...)
+	b = append(b, `","country":"US"},"managingOrganization":{"reference":"Organization/`...)
+	b = Ref{Type: Organization, K: k % 5}.AppendID(b)
+	return append(b, `"}`...)
+}
+
+func pick(tab []code, sys string) *code {
+	for i := range tab {
+		if tab[i].sys == sys {
+			return &tab[i]
+		}
+	}
+	return &tab[0]
+}
+
+func (d *Dataset) subject(b []byte, field string, p int) []byte {
+	b = append(b, `,"`...)
+	b = append(b, field...)
+	b = append(b, `":{"reference":"Patient/`...)
+	b = Ref{Type: Patient, Patient: p}.AppendID(b)
+	return append(b, `"}`...)
+}
+
+func (d *Dataset) encounterRef(b []byte, field string, ref Ref) []byte {
+	nEnc := d.Count(ref.Patient, Encounter)
+	e := ref.K
+	if ref.Type != ExplanationOfBenefit {
+		e = ref.K * nEnc / d.Count(ref.Patient, ref.Type)
+	}
+	b = append(b, `,"`...)
+	b = append(b, field...)
+	b = append(b, `":{"reference":"Encounter/`...)
+	b = Ref{Type: Encounter, Patient: ref.Patient, K: e}.AppendID(b)
+	return append(b, `"}`...)
+}
+
+func appendConcept(b []byte, field string, c *code) []byte {
+	b = append(b, `,"`...)
+	b = append(b, field...)
+	b = append(b, `":`...)
+	return append(b, c.concept...)
+}
+
+func appendSimpleConcept(b []byte, field, system, c, display string) []byte {
+	b = append(b, `,"`...)
+	b = append(b, field...)
+	b = append(b, `":{"coding":[{"system":"`...)
+	b = append(b, system...)
+	b = append(b, `","code":"`...)
+	b = append(b, c...)
+	b = append(b, `","display":"`...)
+	b = append(b, display...)
+	return append(b, `"}]}`...)
+}
+
+func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
+	p := ref.Patient
+	prac := d.patientPractitioner(p)
+	switch ref.Type {
+	case Encounter:
+		c := pick(encounterTypes, h.Code)
+		b = append(b, `,"status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"`...)
+		if c.code == "50849002" {
+			b = append(b, `EMER","display":"emergency"}`...)
+		} else {
+			b = append(b, `AMB","display":"ambulatory"}`...)
+		}
+		b = append(b, `,"type":[`...)
+		b = append(b, c.concept...)
+		b = append(b, ']')
+		b = d.subject(b, "subject", p)
+		b = append(b, `,"participant":[{"type":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"PPRF","display":"primary performer"}]}],"individual":{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"}}],"period":{"start":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","end":"`...)
+		b = appendInstant(b, h.Date+int64(900+r.intn(3600)))
+		b = append(b, `"},"location":[{"location":{"reference":"Location/`...)
+		b = Ref{Type: Location, K: (prac + ref.K) % NumLocations}.AppendID(b)
+		b = append(b, `"}}],"serviceProvider":{"reference":"Organization/`...)
+		b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
+		b = append(b, `"}`...)
+	case Condition:
+		c := pick(conditions, h.Code)
+		b = append(b, `,"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"`...)
+		b = append(b, h.Status...)
+		b = append(b, `"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-ver-status","code":"confirmed"}]},"category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-category","code":"`...)
+		b = append(b, h.Category...)
+		b = append(b, `"}]}]`...)
+		b = appendConcept(b, "code", c)
+		b = d.subject(b, "subject", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"onsetDateTime":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","recordedDate":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, '"')
+		if h.Status == "resolved" {
+			b = append(b, `,"abatementDateTime":"`...)
+			b = appendInstant(b, h.Date+int64(7+r.intn(60))*86400)
+			b = append(b, '"')
+		}
+	case Observation:
+		var c *code
+		if h.Category == "vital-signs" {
+			c = pick(vitals, h.Code)
+		} else {
+			c = pick(labs, h.Code)
+		}
+		b = append(b, `,"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"`...)
+		b = append(b, h.Category...)
+		if h.Category == "vital-signs" {
+			b = append(b, `","display":"Vital Signs"}]}]`...)
+		} else {
+			b = append(b, `","display":"Laboratory"}]}]`...)
+		}
+		b = appendConcept(b, "code", c)
+		b = d.subject(b, "subject", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"effectiveDateTime":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","issued":"`...)
+		b = appendInstant(b, h.Date+600)
+		b = append(b, '"')
+		if c.code == "85354-9" {
+			b = append(b, `,"component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}]},"valueQuantity":{"value":`...)
+			b = strconv.AppendInt(b, int64(100+r.intn(60)), 10)
+			b = append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},{"code":{"coding":[{"system":"http://loinc.org","code":"8462-4","display":"Diastolic blood pressure"}]},"valueQuantity":{"value":`...)
+			b = strconv.AppendInt(b, int64(60+r.intn(35)), 10)
+			b = append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}}]`...)
+		} else {
+			b = append(b, `,"valueQuantity":{"value":`...)
+			b = appendDecimal(b, c.lo+(c.hi-c.lo)*float64(r.next()%1000)/1000)
+			b = append(b, `,"unit":`...)
+			b = appendString(b, c.unit)
+			b = append(b, `,"system":"http://unitsofmeasure.org","code":`...)
+			b = appendString(b, c.unit)
+			b = append(b, '}')
+			if h.Category == "laboratory" {
+				b = append(b, `,"referenceRange":[{"low":{"value":`...)
+				b = appendDecimal(b, c.lo+(c.hi-c.lo)*0.1)
+				b = append(b, `},"high":{"value":`...)
+				b = appendDecimal(b, c.hi-(c.hi-c.lo)*0.1)
+				b = append(b, `}}]`...)
+			}
+		}
+	case MedicationRequest:
+		c := pick(medications, h.Code)
+		b = append(b, `,"status":"`...)
+		b = append(b, h.Status...)
+		b = append(b, `","intent":"order","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/medicationrequest-category","code":"community","display":"Community"}]}]`...)
+		b = appendConcept(b, "medicationCodeableConcept", c)
+		b = d.subject(b, "subject", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"authoredOn":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","requester":{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"},"dosageInstruction":[{"sequence":1,"text":"Take `...)
+		n := 1 + r.intn(2)
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, ` tablet(s) by mouth daily","timing":{"repeat":{"frequency":`...)
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, `,"period":1,"periodUnit":"d"}}}]`...)
+	case AllergyIntolerance:
+		c := pick(allergies, h.Code)
+		b = append(b, `,"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical","code":"active"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/allergyintolerance-verification","code":"confirmed"}]},"type":"allergy","category":["`...)
+		b = append(b, c.extra...)
+		b = append(b, `"],"criticality":"`...)
+		b = append(b, []string{"low", "high", "unable-to-assess"}[r.intn(3)]...)
+		b = append(b, '"')
+		b = appendConcept(b, "code", c)
+		b = d.subject(b, "patient", p)
+		b = append(b, `,"recordedDate":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","reaction":[{"manifestation":[{"coding":[{"system":"http://snomed.info/sct","code":"247472004","display":"Hives"}]}],"severity":"mild"}]`...)
+	case Immunization:
+		c := pick(vaccines, h.Code)
+		b = append(b, `,"status":"completed"`...)
+		b = appendConcept(b, "vaccineCode", c)
+		b = d.subject(b, "patient", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"occurrenceDateTime":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","primarySource":true,"lotNumber":"LOT`...)
+		b = appendPadded(b, int(r.next()%100000), 5)
+		b = append(b, `","performer":[{"actor":{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"}}]`...)
+	case Procedure:
+		c := pick(procedures, h.Code)
+		b = append(b, `,"status":"completed"`...)
+		b = appendConcept(b, "code", c)
+		b = d.subject(b, "subject", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"performedDateTime":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","performer":[{"actor":{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"}}]`...)
+	case DiagnosticReport:
+		c := pick(panels, h.Code)
+		b = append(b, `,"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0074","code":"LAB","display":"Laboratory"}]}]`...)
+		b = appendConcept(b, "code", c)
+		b = d.subject(b, "subject", p)
+		b = d.encounterRef(b, "encounter", ref)
+		b = append(b, `,"effectiveDateTime":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","issued":"`...)
+		b = appendInstant(b, h.Date+3600)
+		b = append(b, `","performer":[{"reference":"Organization/`...)
+		b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
+		b = append(b, `"}],"conclusion":"Within normal limits except as noted."`...)
+	case DocumentReference:
+		c := pick(docTypes, h.Code)
+		b = append(b, `,"status":"current","docStatus":"final"`...)
+		b = appendConcept(b, "type", c)
+		b = append(b, `,"category":[{"coding":[{"system":"http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category","code":"clinical-note","display":"Clinical Note"}]}]`...)
+		b = d.subject(b, "subject", p)
+		b = append(b, `,"date":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","author":[{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"}],"custodian":{"reference":"Organization/`...)
+		b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
+		b = append(b, `"},"content":[{"attachment":{"contentType":"text/plain","data":"`...)
+		var note [96]byte
+		n := copy(note[:], c.display+" for patient seen on ")
+		n += len(appendDate(note[n:n], h.Date))
+		b = base64.StdEncoding.AppendEncode(b, note[:n])
+		b = append(b, `"},"format":{"system":"http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode","code":"urn:ihe:iti:xds:2017:mimeTypeSufficient","display":"mimeType Sufficient"}}],"context":{"encounter":[{"reference":"Encounter/`...)
+		nEnc := d.Count(p, Encounter)
+		b = Ref{Type: Encounter, Patient: p, K: ref.K * nEnc / d.Count(p, DocumentReference)}.AppendID(b)
+		b = append(b, `"}]}`...)
+	case Coverage:
+		payer := d.payer(p)
+		b = append(b, `,"status":"active"`...)
+		b = appendSimpleConcept(b, "type", "http://terminology.hl7.org/CodeSystem/v3-ActCode", "HIP", "health insurance plan policy")
+		b = append(b, `,"subscriberId":"SUB`...)
+		b = appendPadded(b, p, 8)
+		b = append(b, '"')
+		b = d.subject(b, "beneficiary", p)
+		b = append(b, `,"relationship":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/subscriber-relationship","code":"self"}]},"period":{"start":"`...)
+		b = appendDate(b, h.Date)
+		b = append(b, `"},"payor":[{"reference":"Organization/`...)
+		b = Ref{Type: Organization, K: payer + ref.K%1}.AppendID(b)
+		b = append(b, `"}],"class":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/coverage-class","code":"group"}]},"value":"GRP`...)
+		b = appendPadded(b, payer*100+ref.K, 5)
+		b = append(b, `"}]`...)
+	case ExplanationOfBenefit:
+		b = append(b, `,"status":"active"`...)
+		b = appendSimpleConcept(b, "type", "http://terminology.hl7.org/CodeSystem/claim-type", "professional", "Professional")
+		b = append(b, `,"use":"claim"`...)
+		b = d.subject(b, "patient", p)
+		b = append(b, `,"billablePeriod":{"start":"`...)
+		b = appendInstant(b, h.Date)
+		b = append(b, `","end":"`...)
+		b = appendInstant(b, h.Date+3600)
+		b = append(b, `"},"created":"`...)
+		b = appendInstant(b, h.Date+86400)
+		b = append(b, `","insurer":{"reference":"Organization/`...)
+		b = Ref{Type: Organization, K: d.payer(p)}.AppendID(b)
+		b = append(b, `"},"provider":{"reference":"Practitioner/`...)
+		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
+		b = append(b, `"},"outcome":"complete","insurance":[{"focal":true,"coverage":{"reference":"Coverage/`...)
+		b = Ref{Type: Coverage, Patient: p, K: 0}.AppendID(b)
+		b = append(b, `"}}],"item":[{"sequence":1,"encounter":[{"reference":"Encounter/`...)
+		b = Ref{Type: Encounter, Patient: p, K: ref.K}.AppendID(b)
+		b = append(b, `"}],"productOrService":{"coding":[{"system":"http://www.ama-assn.org/go/cpt","code":"99213","display":"Office visit, established patient"}]},"servicedDate":"`...)
+		b = appendDate(b, h.Date)
+		amt := 80 + float64(r.next()%22000)/100
+		b = append(b, `","net":{"value":`...)
+		b = appendDecimal(b, amt)
+		b = append(b, `,"currency":"USD"}}],"total":[{"category":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/adjudication","code":"submitted"}]},"amount":{"value":`...)
+		b = appendDecimal(b, amt)
+		b = append(b, `,"currency":"USD"}}]`...)
+	}
+	return b
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < 0x80 {
+			b = append(b, c)
+			i++
+			continue
+		}
+		if c < 0x80 {
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, `\u00`...)
+				b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&15])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+func appendPadded(b []byte, n, width int) []byte {
+	var tmp [20]byte
+	s := strconv.AppendInt(tmp[:0], int64(n), 10)
+	for i := len(s); i < width; i++ {
+		b = append(b, '0')
+	}
+	return append(b, s...)
+}
+
+func appendDecimal(b []byte, f float64) []byte {
+	return strconv.AppendFloat(b, float64(int64(f*100+0.5))/100, 'f', -1, 64)
+}
+
+// civil converts days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+func civil(days int64) (y, m, d int64) {
+	z := days + 719468
+	era := z / 146097
+	if z < 0 && z%146097 != 0 {
+		era--
+	}
+	doe := z - era*146097
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365
+	y = yoe + era*400
+	doy := doe - (365*yoe + yoe/4 - yoe/100)
+	mp := (5*doy + 2) / 153
+	d = doy - (153*mp+2)/5 + 1
+	if mp < 10 {
+		m = mp + 3
+	} else {
+		m = mp - 9
+	}
+	if m <= 2 {
+		y++
+	}
+	return
+}
+
+func append2(b []byte, n int64) []byte { return append(b, byte('0'+n/10), byte('0'+n%10)) }
+
+// appendDate writes YYYY-MM-DD.
+func appendDate(b []byte, unix int64) []byte {
+	days := unix / 86400
+	if unix < 0 && unix%86400 != 0 {
+		days--
+	}
+	y, m, d := civil(days)
+	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-')
+	b = append2(b, m)
+	b = append(b, '-')
+	return append2(b, d)
+}
+
+// appendInstant writes YYYY-MM-DDThh:mm:ssZ.
+func appendInstant(b []byte, unix int64) []byte { return appendInstantNanos(b, unix, 0) }
+
+func appendInstantNanos(b []byte, unix int64, nanos int) []byte {
+	b = appendDate(b, unix)
+	s := unix % 86400
+	if s < 0 {
+		s += 86400
+	}
+	b = append(b, 'T')
+	b = append2(b, s/3600)
+	b = append(b, ':')
+	b = append2(b, s/60%60)
+	b = append(b, ':')
+	b = append2(b, s%60)
+	if nanos > 0 {
+		b = append(b, '.')
+		b = appendPadded(b, nanos/1000, 6)
+	}
+	return append(b, 'Z')
+}
+
+// AppendInstant is the instant format the generator uses, for callers that
+// write meta themselves.
+func AppendInstant(b []byte, unix int64, nanos int) []byte { return appendInstantNanos(b, unix, nanos) }
