@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -50,6 +51,12 @@ func Listen(path string, o ListenOptions) (net.Listener, error) {
 		if err := os.Chown(path, -1, gid); err != nil {
 			l.Close()
 			return nil, fmt.Errorf("chown socket to group %s: %w", o.Group, err)
+		}
+		// The group must also be able to traverse the socket's directory
+		// (0750), or the socket's own mode is moot.
+		if err := os.Chown(filepath.Dir(path), -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("chown socket directory to group %s: %w", o.Group, err)
 		}
 	}
 	if err := os.Chmod(path, 0o660); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -269,18 +270,25 @@ func (d *DB) View(ctx context.Context, fn func(tx *Txn) error) error {
 	return d.bdb.View(func(b *badger.Txn) error { return fn(&Txn{btx: b, ctx: ctx}) })
 }
 
+// maxAttempts bounds retries of a conflicting transaction. Conflicts are
+// between writers of the same keys; a hot key (a counter) under heavy
+// contention needs many.
+const maxAttempts = 200
+
 // Update runs fn in a read-write transaction and commits it, retrying a few
 // times when a concurrent transaction conflicts. With Synced among opts the
 // commit is fsynced before Update returns.
 func (d *DB) Update(ctx context.Context, fn func(tx *Txn) error, opts ...WriteOption) error {
 	o := collect(opts)
 	var err error
-	for attempt := 0; attempt < 10; attempt++ {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}
 		err = d.bdb.Update(func(b *badger.Txn) error { return fn(&Txn{btx: b, ctx: ctx}) })
 		if errors.Is(err, badger.ErrConflict) {
+			// Back off a little, with jitter, so contending writers spread out.
+			time.Sleep(time.Duration(rand.Int64N(int64(attempt+1) * int64(50*time.Microsecond))))
 			continue
 		}
 		if errors.Is(err, badger.ErrTxnTooBig) {
