@@ -260,9 +260,15 @@ func TestDomainErrorsCarryReasons(t *testing.T) {
 		reason string
 	}{
 		{func() error { _, err := c.Apps.CreateApp(ctx, &agentv1.CreateAppRequest{Name: "dup"}); return err }, client.ErrAlreadyExists, "APP_NAME_TAKEN"},
-		{func() error { _, err := c.Apps.CreateApp(ctx, &agentv1.CreateAppRequest{Name: "no spaces"}); return err }, client.ErrInvalidArgument, "APP_NAME_INVALID"},
+		{func() error {
+			_, err := c.Apps.CreateApp(ctx, &agentv1.CreateAppRequest{Name: "no spaces"})
+			return err
+		}, client.ErrInvalidArgument, "APP_NAME_INVALID"},
 		{func() error { _, err := c.Apps.RevokeApp(ctx, &agentv1.RevokeAppRequest{App: "ghost"}); return err }, client.ErrNotFound, "APP_NOT_FOUND"},
-		{func() error { _, err := c.Apps.ListApps(ctx, &agentv1.ListAppsRequest{PageToken: "garbage"}); return err }, client.ErrInvalidArgument, "PAGE_TOKEN_INVALID"},
+		{func() error {
+			_, err := c.Apps.ListApps(ctx, &agentv1.ListAppsRequest{PageToken: "garbage"})
+			return err
+		}, client.ErrInvalidArgument, "PAGE_TOKEN_INVALID"},
 	} {
 		err := tc.call()
 		e, ok := client.AsError(err)
