@@ -19,6 +19,7 @@ import (
 
 	// Every generated package registers its files in the global registry.
 	_ "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+	_ "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
 )
 
 func TestGeneratedCodeMatchesProtos(t *testing.T) {
