@@ -256,7 +256,8 @@ func tokenMatch(values []string, have string) bool {
 				if _, c, ok := strings.Cut(have, "|"); ok && c == alt || have == alt {
 					return true
 				}
-			} else if strings.HasPrefix(alt, "|") && !strings.Contains(have, "|") && alt[1:] == have {
+			} else if _, c, _ := strings.Cut(alt, "|"); !strings.Contains(have, "|") && c == have {
+				// Categories are kept as bare codes; their systems are fixed per type.
 				return true
 			}
 		}

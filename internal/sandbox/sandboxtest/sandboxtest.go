@@ -125,8 +125,29 @@ func (k *Key) Assertion(t testing.TB, clientID, tokenURL string, lifetime time.D
 			claims[key] = v
 		}
 	}
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: k.Alg, Key: jose.JSONWebKey{Key: k.Private, KeyID: k.KID}}, opts)
+	return k.Sign(t, claims, nil)
+}
+
+// Sign signs arbitrary claims with extra protected headers (typ JWT unless
+// headers override it; a nil value drops a header).
+func (k *Key) Sign(t testing.TB, claims map[string]any, headers map[string]any) string {
+	t.Helper()
+	opts := &jose.SignerOptions{}
+	if v, ok := headers["typ"]; !ok {
+		opts = opts.WithType("JWT")
+	} else if v != nil {
+		opts = opts.WithHeader("typ", v)
+	}
+	for h, v := range headers {
+		if h != "typ" && v != nil {
+			opts = opts.WithHeader(jose.HeaderKey(h), v)
+		}
+	}
+	key := jose.JSONWebKey{Key: k.Private, KeyID: k.KID}
+	if v, ok := headers["kid"]; ok && v == nil {
+		key.KeyID = ""
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: k.Alg, Key: key}, opts)
 	if err != nil {
 		t.Fatalf("sandboxtest: signer: %v", err)
 	}
