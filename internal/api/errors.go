@@ -25,6 +25,7 @@ var kindCodes = map[*errdefs.Kind]codes.Code{
 	errdefs.Unavailable:        codes.Unavailable,
 	errdefs.ResourceExhausted:  codes.ResourceExhausted,
 	errdefs.Aborted:            codes.Aborted,
+	errdefs.OutOfRange:         codes.OutOfRange,
 	errdefs.Unimplemented:      codes.Unimplemented,
 	errdefs.Internal:           codes.Internal,
 }

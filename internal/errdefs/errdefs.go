@@ -23,6 +23,7 @@ var (
 	Unavailable        = &Kind{"unavailable"}
 	ResourceExhausted  = &Kind{"resource exhausted"}
 	Aborted            = &Kind{"aborted"}
+	OutOfRange         = &Kind{"out of range"}
 	Unimplemented      = &Kind{"unimplemented"}
 	Internal           = &Kind{"internal"}
 )

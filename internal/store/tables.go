@@ -13,6 +13,9 @@ const (
 	AppNames  Name = "app_names"  // app name → app id (apps not revoked)
 	Audit     Name = "audit"      // audit entries by sequence
 	Meta      Name = "meta"       // agent-wide facts (store format version, first start)
+
+	Events      Name = "events"        // events by global sequence
+	EventsByApp Name = "events_by_app" // app id / sequence → nothing (an index)
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys
