@@ -16,6 +16,10 @@ const (
 
 	Events      Name = "events"        // events by global sequence
 	EventsByApp Name = "events_by_app" // app id / sequence → nothing (an index)
+
+	Connections       Name = "connections"        // connection by id (no secrets)
+	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
+	ConnectionHistory Name = "connection_history" // connection id / time → transition
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys

@@ -1,0 +1,212 @@
+package connections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/secrets"
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// cachedToken lets AccessToken answer without touching the store while the
+// token is fresh. The store stays the truth: the cache is dropped on every
+// custody change and re-filled from the store under the lock.
+type cachedToken struct {
+	token   secrets.Value
+	expiry  time.Time
+	version uint64
+}
+
+// refreshTimeout bounds one refresh. A refresh is never cancelled by the
+// caller that triggered it: once the request is sent, the source may have
+// rotated the refresh token, and dropping the response would lose it.
+const refreshTimeout = 30 * time.Second
+
+// rejectGrace: when a plugin reports the token rejected, a token issued this
+// recently is assumed to be a newer one than the plugin used.
+const rejectGrace = 5 * time.Second
+
+// AccessToken returns a usable access token for the connection, refreshing
+// it first when it is about to expire or the source rejected it. Many
+// concurrent callers cause at most one refresh.
+func (m *Manager) AccessToken(ctx context.Context, id string, rejected bool) (secrets.Value, time.Time, error) {
+	now := m.now()
+	if !rejected {
+		if v, ok := m.cache.Load(id); ok {
+			ct := v.(cachedToken)
+			if ct.expiry.IsZero() || ct.expiry.Sub(now) > m.policy.Skew {
+				return ct.token, ct.expiry, nil
+			}
+		}
+	}
+	l := m.lock(id)
+	l.Lock()
+	defer l.Unlock()
+	return m.tokenLocked(ctx, id, rejected, false)
+}
+
+// tokenLocked is the custody decision, made under the connection's lock
+// from what the store says now.
+func (m *Manager) tokenLocked(ctx context.Context, id string, rejected, early bool) (secrets.Value, time.Time, error) {
+	c, err := m.Get(ctx, id)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if c.State != Active && c.State != RefreshFailed {
+		return "", time.Time{}, fmt.Errorf("%w: %s is %s", ErrNotUsable, id, c.State)
+	}
+	tok, err := m.toks.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", time.Time{}, fmt.Errorf("%w: %s has no tokens", ErrNotUsable, id)
+	}
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	now := m.now()
+	fresh := tok.Expiry.IsZero() || tok.Expiry.Sub(now) > m.policy.Skew
+	recentlyIssued := now.Sub(tok.IssuedAt) < rejectGrace
+	if c.State == Active && fresh && !early && (!rejected || recentlyIssued) {
+		m.cache.Store(id, cachedToken{token: tok.Access, expiry: tok.Expiry, version: tok.Version})
+		return tok.Access, tok.Expiry, nil
+	}
+	if !c.GrantExpiry.IsZero() && !now.Before(c.GrantExpiry) {
+		return "", time.Time{}, m.expire(ctx, c, "the grant ended at "+c.GrantExpiry.UTC().Format(time.RFC3339))
+	}
+	if tok.Refresh.IsZero() && c.Pattern != Backend {
+		if fresh && !rejected {
+			return tok.Access, tok.Expiry, nil
+		}
+		return "", time.Time{}, m.expire(ctx, c, "the access token expired and the source issued no refresh token")
+	}
+	if c.State == RefreshFailed && !early && now.Before(c.NextRefreshAt) {
+		return "", time.Time{}, fmt.Errorf("%w: %s: %s", ErrRefreshLater, id, c.Reason)
+	}
+	return m.refreshLocked(ctx, c, tok)
+}
+
+func (m *Manager) expire(ctx context.Context, c Connection, reason string) error {
+	m.cache.Delete(c.ID)
+	if _, err := m.transitionLocked(ctx, c.ID, Expired, reason, nil, func(c *Connection) { c.NextRefreshAt = time.Time{} }); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s expired: %s", ErrNotUsable, c.ID, reason)
+}
+
+// refreshLocked asks the source for a new grant and stores it before anyone
+// sees the new access token.
+func (m *Manager) refreshLocked(ctx context.Context, c Connection, tok tokens) (secrets.Value, time.Time, error) {
+	m.cache.Delete(c.ID)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+	defer cancel()
+	g, err := m.endpoint.Refresh(rctx, c, tok.Refresh)
+	now := m.now().UTC()
+	if err != nil {
+		return "", time.Time{}, m.refreshFailed(ctx, c, tok, err, now)
+	}
+	if g.RefreshToken.IsZero() {
+		// No rotation: the old refresh token stays valid.
+		g.RefreshToken = tok.Refresh
+	}
+	if g.IDToken.IsZero() {
+		g.IDToken = tok.IDToken
+	}
+	nt := tokensOf(g, now)
+	reason := "refreshed"
+	if c.State == RefreshFailed {
+		reason = "recovered: refresh works again"
+	}
+	updated, err := m.transitionLocked(ctx, c.ID, Active, reason, &nt, func(c *Connection) {
+		if len(g.Scopes) > 0 {
+			c.Scopes = g.Scopes
+		}
+		m.applyGrant(c, g, now)
+	})
+	if err != nil {
+		// The source rotated the token but we could not store it. Keep it
+		// in memory so this process can still use it; log loudly.
+		m.log.Error("refreshed token not stored", "connection", c.ID, "err", err)
+		return "", time.Time{}, err
+	}
+	m.cache.Store(c.ID, cachedToken{token: g.AccessToken, expiry: g.Expiry, version: nt.Version})
+	m.log.Debug("token refreshed", "connection", c.ID, "expires", g.Expiry, "next", updated.NextRefreshAt)
+	return g.AccessToken, g.Expiry, nil
+}
+
+// refreshFailed decides what a failed refresh means for the connection.
+func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, cause error, now time.Time) error {
+	if errors.Is(cause, ErrGrantInvalid) {
+		// Before declaring the grant lost, look again: another writer may
+		// have stored a newer grant since we read (a refresh that finished
+		// just before a restart, a new authorization of this connection).
+		cur, err := m.toks.Get(ctx, c.ID)
+		if err == nil && cur.Version != used.Version {
+			m.log.Info("refresh token changed while refreshing; using the newer one", "connection", c.ID)
+			m.cache.Store(c.ID, cachedToken{token: cur.Access, expiry: cur.Expiry, version: cur.Version})
+			return nil
+		}
+		reason := "the source refused the refresh token: " + cause.Error()
+		_, terr := m.transitionLocked(ctx, c.ID, RefreshFailed, reason, nil, func(c *Connection) {
+			c.LastError = cause.Error()
+			c.RefreshFailures++
+			// Try again later in case the source recovers (a grant
+			// restored, a fault fixed); never delete.
+			c.NextRefreshAt = now.Add(m.policy.MaxBackoff)
+		})
+		if terr != nil {
+			return terr
+		}
+		return fmt.Errorf("%w: %s: %v", ErrNotUsable, c.ID, cause)
+	}
+	// Transient: keep the state, back off.
+	failures := c.RefreshFailures + 1
+	backoff := m.policy.Backoff << min(failures-1, 16)
+	if backoff > m.policy.MaxBackoff || backoff <= 0 {
+		backoff = m.policy.MaxBackoff
+	}
+	_, terr := m.transitionLocked(ctx, c.ID, c.State, c.Reason, nil, func(c *Connection) {
+		c.RefreshFailures = failures
+		c.LastError = cause.Error()
+		c.NextRefreshAt = now.Add(backoff)
+	})
+	if terr != nil {
+		m.log.Error("record refresh failure", "connection", c.ID, "err", terr)
+	}
+	m.log.Warn("token refresh failed; will retry", "connection", c.ID, "failures", failures, "retry_in", backoff, "err", cause)
+	return fmt.Errorf("%w: %s: %v", ErrUnavailable, c.ID, cause)
+}
+
+// refreshNow is the background refresher's entry: refresh early, or mark
+// the connection expired when its grant has ended.
+func (m *Manager) refreshNow(ctx context.Context, id string) {
+	l := m.lock(id)
+	l.Lock()
+	defer l.Unlock()
+	c, err := m.Get(ctx, id)
+	if err != nil || (c.State != Active && c.State != RefreshFailed) {
+		return
+	}
+	if c.NextRefreshAt.IsZero() || m.now().Before(c.NextRefreshAt) {
+		m.sched.consider(c) // rescheduled since queued
+		return
+	}
+	if _, _, err := m.tokenLocked(ctx, id, false, true); err != nil {
+		m.log.Debug("background refresh", "connection", id, "err", err)
+	}
+}
+
+// Refresh refreshes the connection's tokens now (ConnectionService.Refresh,
+// `medrelay connections refresh`): a refresh_failed connection gets another
+// try at once. It returns the connection as it is afterwards.
+func (m *Manager) Refresh(ctx context.Context, id string) (Connection, error) {
+	l := m.lock(id)
+	l.Lock()
+	_, _, err := m.tokenLocked(ctx, id, false, true)
+	l.Unlock()
+	c, gerr := m.Get(ctx, id)
+	if gerr != nil {
+		return c, gerr
+	}
+	return c, err
+}
