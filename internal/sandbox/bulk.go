@@ -232,10 +232,55 @@ func sortRefs(refs []synth.Ref) {
 	}
 }
 
-// writeFile streams one NDJSON file. It is the sandbox's hot path: resources
-// are appended into one reused buffer and written in large chunks.
+// writeFile streams one NDJSON file. It is the sandbox's hot path:
+// resources are appended into large reused buffers by a producer goroutine
+// while this goroutine writes the previous buffer to the socket, so
+// generation overlaps with the kernel's copy.
 func (j *exportJob) writeFile(w io.Writer, f *bulkFile) error {
-	buf := make([]byte, 0, 256<<10)
+	const chunk = 256 << 10
+	full := make(chan []byte, 2)
+	free := make(chan []byte, 3)
+	for range 3 {
+		free <- make([]byte, 0, chunk+64<<10)
+	}
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		// hand passes a filled buffer on and returns an empty one (nil: stop).
+		hand := func(b []byte) []byte {
+			select {
+			case full <- b:
+			case <-stop:
+				return nil
+			}
+			select {
+			case b = <-free:
+				return b[:0]
+			case <-stop:
+				return nil
+			}
+		}
+		if tail := j.generate(f, chunk, <-free, hand); len(tail) > 0 {
+			hand(tail)
+		}
+	}()
+	var err error
+	for b := range full {
+		if err != nil {
+			continue // drain until the producer sees stop
+		}
+		if _, err = w.Write(b); err != nil {
+			close(stop)
+			continue
+		}
+		free <- b
+	}
+	return err
+}
+
+// generate appends the file's lines to buf, handing it over whenever it
+// holds at least chunk bytes; it returns the unhanded tail (nil if stopped).
+func (j *exportJob) generate(f *bulkFile, chunk int, buf []byte, hand func([]byte) []byte) []byte {
 	ty := f.typ
 	for i := f.from.i; i < f.to.i || i == f.to.i && f.to.k > 0; i++ {
 		p := -1
@@ -262,19 +307,17 @@ func (j *exportJob) writeFile(w io.Writer, f *bulkFile) error {
 				buf = j.t.data.Append(buf, ref, st.meta)
 			}
 			buf = append(buf, '\n')
-			if len(buf) >= 224<<10 {
-				if _, err := w.Write(buf); err != nil {
-					return err
+			if len(buf) >= chunk {
+				if buf = hand(buf); buf == nil {
+					return nil
 				}
-				buf = buf[:0]
 			}
 		}
 		if i == f.to.i {
 			break
 		}
 	}
-	_, err := w.Write(buf)
-	return err
+	return buf
 }
 
 func (j *exportJob) writeDeleted(w io.Writer) error {

@@ -168,14 +168,14 @@ func (r Ref) AppendID(b []byte) []byte {
 	b = append(b, idPrefix[r.Type]...)
 	b = append(b, '-')
 	if r.Type.Shared() {
-		return strconv.AppendInt(b, int64(r.K), 10)
+		return appendInt(b, r.K)
 	}
-	b = strconv.AppendInt(b, int64(r.Patient), 10)
+	b = appendInt(b, r.Patient)
 	if r.Type == Patient {
 		return b
 	}
 	b = append(b, '-')
-	return strconv.AppendInt(b, int64(r.K), 10)
+	return appendInt(b, r.K)
 }
 
 // PatientID is the id of patient p.
@@ -223,6 +223,8 @@ type Header struct {
 	Category    string
 	Code        string // system|code of the first coding
 	Status      string
+	code        uint8 // index of Code in its table
+	enc         int   // encounter index the resource belongs to
 }
 
 type span struct{ start, length int64 }
@@ -265,6 +267,7 @@ func (d *Dataset) header(ref Ref) (Header, rng) {
 	} else {
 		e = ref.K * nEnc / d.Count(ref.Patient, ref.Type)
 	}
+	h.enc = e
 	enc := d.encounterDate(ref.Patient, e, sp, nEnc)
 	x := r.next()
 	if ref.Type == Encounter {
@@ -279,10 +282,12 @@ func (d *Dataset) header(ref Ref) (Header, rng) {
 	c := r.next()
 	switch ref.Type {
 	case Encounter:
-		h.Code = encounterTypes[c%uint64(len(encounterTypes))].sys
+		h.code = uint8(c % uint64(len(encounterTypes)))
+		h.Code = encounterTypes[h.code].sys
 		h.Status = "finished"
 	case Condition:
-		h.Code = conditions[c%uint64(len(conditions))].sys
+		h.code = uint8(c % uint64(len(conditions)))
+		h.Code = conditions[h.code].sys
 		if ref.K%3 == 0 {
 			h.Category = "problem-list-item"
 		} else {
@@ -296,35 +301,43 @@ func (d *Dataset) header(ref Ref) (Header, rng) {
 	case Observation:
 		if ref.K%5 < 3 {
 			h.Category = "vital-signs"
-			h.Code = vitals[c%uint64(len(vitals))].sys
+			h.code = uint8(c % uint64(len(vitals)))
+			h.Code = vitals[h.code].sys
 		} else {
 			h.Category = "laboratory"
-			h.Code = labs[c%uint64(len(labs))].sys
+			h.code = uint8(c % uint64(len(labs)))
+			h.Code = labs[h.code].sys
 		}
 		h.Status = "final"
 	case MedicationRequest:
-		h.Code = medications[c%uint64(len(medications))].sys
+		h.code = uint8(c % uint64(len(medications)))
+		h.Code = medications[h.code].sys
 		if ref.K >= d.Count(ref.Patient, MedicationRequest)-3 {
 			h.Status = "active"
 		} else {
 			h.Status = "completed"
 		}
 	case AllergyIntolerance:
-		h.Code = allergies[c%uint64(len(allergies))].sys
+		h.code = uint8(c % uint64(len(allergies)))
+		h.Code = allergies[h.code].sys
 		h.Category = allergies[c%uint64(len(allergies))].extra
 		h.Status = "active"
 	case Immunization:
-		h.Code = vaccines[c%uint64(len(vaccines))].sys
+		h.code = uint8(c % uint64(len(vaccines)))
+		h.Code = vaccines[h.code].sys
 		h.Status = "completed"
 	case Procedure:
-		h.Code = procedures[c%uint64(len(procedures))].sys
+		h.code = uint8(c % uint64(len(procedures)))
+		h.Code = procedures[h.code].sys
 		h.Status = "completed"
 	case DiagnosticReport:
-		h.Code = panels[c%uint64(len(panels))].sys
+		h.code = uint8(c % uint64(len(panels)))
+		h.Code = panels[h.code].sys
 		h.Category = "LAB"
 		h.Status = "final"
 	case DocumentReference:
-		h.Code = docTypes[c%uint64(len(docTypes))].sys
+		h.code = uint8(c % uint64(len(docTypes)))
+		h.Code = docTypes[h.code].sys
 		h.Category = "clinical-note"
 		h.Status = "current"
 	case Coverage:

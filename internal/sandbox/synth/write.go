@@ -3,6 +3,7 @@ package synth
 import (
 	"encoding/base64"
 	"strconv"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -200,15 +201,6 @@ func location(b []byte, k int) []byte {
 	return append(b, `"}`...)
 }
 
-func pick(tab []code, sys string) *code {
-	for i := range tab {
-		if tab[i].sys == sys {
-			return &tab[i]
-		}
-	}
-	return &tab[0]
-}
-
 func (d *Dataset) subject(b []byte, field string, p int) []byte {
 	b = append(b, `,"`...)
 	b = append(b, field...)
@@ -217,16 +209,11 @@ func (d *Dataset) subject(b []byte, field string, p int) []byte {
 	return append(b, `"}`...)
 }
 
-func (d *Dataset) encounterRef(b []byte, field string, ref Ref) []byte {
-	nEnc := d.Count(ref.Patient, Encounter)
-	e := ref.K
-	if ref.Type != ExplanationOfBenefit {
-		e = ref.K * nEnc / d.Count(ref.Patient, ref.Type)
-	}
+func (d *Dataset) encounterRef(b []byte, field string, ref Ref, h *Header) []byte {
 	b = append(b, `,"`...)
 	b = append(b, field...)
 	b = append(b, `":{"reference":"Encounter/`...)
-	b = Ref{Type: Encounter, Patient: ref.Patient, K: e}.AppendID(b)
+	b = Ref{Type: Encounter, Patient: ref.Patient, K: h.enc}.AppendID(b)
 	return append(b, `"}`...)
 }
 
@@ -254,7 +241,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 	prac := d.patientPractitioner(p)
 	switch ref.Type {
 	case Encounter:
-		c := pick(encounterTypes, h.Code)
+		c := &encounterTypes[h.code]
 		b = append(b, `,"status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"`...)
 		if c.code == "50849002" {
 			b = append(b, `EMER","display":"emergency"}`...)
@@ -277,7 +264,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
 		b = append(b, `"}`...)
 	case Condition:
-		c := pick(conditions, h.Code)
+		c := &conditions[h.code]
 		b = append(b, `,"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"`...)
 		b = append(b, h.Status...)
 		b = append(b, `"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-ver-status","code":"confirmed"}]},"category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-category","code":"`...)
@@ -285,7 +272,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = append(b, `"}]}]`...)
 		b = appendConcept(b, "code", c)
 		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"onsetDateTime":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","recordedDate":"`...)
@@ -299,9 +286,9 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 	case Observation:
 		var c *code
 		if h.Category == "vital-signs" {
-			c = pick(vitals, h.Code)
+			c = &vitals[h.code]
 		} else {
-			c = pick(labs, h.Code)
+			c = &labs[h.code]
 		}
 		b = append(b, `,"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"`...)
 		b = append(b, h.Category...)
@@ -312,7 +299,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		}
 		b = appendConcept(b, "code", c)
 		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"effectiveDateTime":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","issued":"`...)
@@ -341,13 +328,13 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 			}
 		}
 	case MedicationRequest:
-		c := pick(medications, h.Code)
+		c := &medications[h.code]
 		b = append(b, `,"status":"`...)
 		b = append(b, h.Status...)
 		b = append(b, `","intent":"order","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/medicationrequest-category","code":"community","display":"Community"}]}]`...)
 		b = appendConcept(b, "medicationCodeableConcept", c)
 		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"authoredOn":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","requester":{"reference":"Practitioner/`...)
@@ -359,7 +346,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = strconv.AppendInt(b, int64(n), 10)
 		b = append(b, `,"period":1,"periodUnit":"d"}}}]`...)
 	case AllergyIntolerance:
-		c := pick(allergies, h.Code)
+		c := &allergies[h.code]
 		b = append(b, `,"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical","code":"active"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/allergyintolerance-verification","code":"confirmed"}]},"type":"allergy","category":["`...)
 		b = append(b, c.extra...)
 		b = append(b, `"],"criticality":"`...)
@@ -371,11 +358,11 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = appendInstant(b, h.Date)
 		b = append(b, `","reaction":[{"manifestation":[{"coding":[{"system":"http://snomed.info/sct","code":"247472004","display":"Hives"}]}],"severity":"mild"}]`...)
 	case Immunization:
-		c := pick(vaccines, h.Code)
+		c := &vaccines[h.code]
 		b = append(b, `,"status":"completed"`...)
 		b = appendConcept(b, "vaccineCode", c)
 		b = d.subject(b, "patient", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"occurrenceDateTime":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","primarySource":true,"lotNumber":"LOT`...)
@@ -384,22 +371,22 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
 		b = append(b, `"}}]`...)
 	case Procedure:
-		c := pick(procedures, h.Code)
+		c := &procedures[h.code]
 		b = append(b, `,"status":"completed"`...)
 		b = appendConcept(b, "code", c)
 		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"performedDateTime":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","performer":[{"actor":{"reference":"Practitioner/`...)
 		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
 		b = append(b, `"}}]`...)
 	case DiagnosticReport:
-		c := pick(panels, h.Code)
+		c := &panels[h.code]
 		b = append(b, `,"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0074","code":"LAB","display":"Laboratory"}]}]`...)
 		b = appendConcept(b, "code", c)
 		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref)
+		b = d.encounterRef(b, "encounter", ref, &h)
 		b = append(b, `,"effectiveDateTime":"`...)
 		b = appendInstant(b, h.Date)
 		b = append(b, `","issued":"`...)
@@ -408,7 +395,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
 		b = append(b, `"}],"conclusion":"Within normal limits except as noted."`...)
 	case DocumentReference:
-		c := pick(docTypes, h.Code)
+		c := &docTypes[h.code]
 		b = append(b, `,"status":"current","docStatus":"final"`...)
 		b = appendConcept(b, "type", c)
 		b = append(b, `,"category":[{"coding":[{"system":"http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category","code":"clinical-note","display":"Clinical Note"}]}]`...)
@@ -425,8 +412,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		n += len(appendDate(note[n:n], h.Date))
 		b = base64.StdEncoding.AppendEncode(b, note[:n])
 		b = append(b, `"},"format":{"system":"http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode","code":"urn:ihe:iti:xds:2017:mimeTypeSufficient","display":"mimeType Sufficient"}}],"context":{"encounter":[{"reference":"Encounter/`...)
-		nEnc := d.Count(p, Encounter)
-		b = Ref{Type: Encounter, Patient: p, K: ref.K * nEnc / d.Count(p, DocumentReference)}.AppendID(b)
+		b = Ref{Type: Encounter, Patient: p, K: h.enc}.AppendID(b)
 		b = append(b, `"}]}`...)
 	case Coverage:
 		payer := d.payer(p)
@@ -521,8 +507,24 @@ func appendPadded(b []byte, n, width int) []byte {
 	return append(b, s...)
 }
 
+// appendDecimal writes f rounded to two decimals without trailing zeros.
 func appendDecimal(b []byte, f float64) []byte {
-	return strconv.AppendFloat(b, float64(int64(f*100+0.5))/100, 'f', -1, 64)
+	c := int64(f*100 + 0.5)
+	if f < 0 {
+		c = int64(f*100 - 0.5)
+		b = append(b, '-')
+		c = -c
+	}
+	b = strconv.AppendInt(b, c/100, 10)
+	frac := c % 100
+	switch {
+	case frac == 0:
+	case frac%10 == 0:
+		b = append(b, '.', byte('0'+frac/10))
+	default:
+		b = append(b, '.', byte('0'+frac/10), byte('0'+frac%10))
+	}
+	return b
 }
 
 // civil converts days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
@@ -551,17 +553,75 @@ func civil(days int64) (y, m, d int64) {
 
 func append2(b []byte, n int64) []byte { return append(b, byte('0'+n/10), byte('0'+n%10)) }
 
+// Dates are formatted from a table: the generator writes several per
+// resource and the calendar arithmetic showed up in profiles.
+const (
+	tableFirstDay = -25567 // 1900-01-01
+	tableDays     = 200 * 366
+)
+
+var (
+	dateOnce   sync.Once
+	dateTable  []byte // 10 bytes per day from tableFirstDay
+	clockTable []byte // "Thh:mm:ss" per second of the day
+	numTable   []byte // decimal digits of 0..numTableSize-1
+	numOffsets []uint32
+)
+
+func buildDateTable() {
+	dateTable = make([]byte, 0, tableDays*10)
+	for day := int64(tableFirstDay); day < tableFirstDay+tableDays; day++ {
+		dateTable = appendCivilDate(dateTable, day)
+	}
+	clockTable = make([]byte, 0, 86400*9)
+	for s := int64(0); s < 86400; s++ {
+		clockTable = append(clockTable, 'T')
+		clockTable = append2(clockTable, s/3600)
+		clockTable = append(clockTable, ':')
+		clockTable = append2(clockTable, s/60%60)
+		clockTable = append(clockTable, ':')
+		clockTable = append2(clockTable, s%60)
+	}
+	numTable = make([]byte, 0, numTableSize*6)
+	numOffsets = make([]uint32, numTableSize+1)
+	for n := range numTableSize {
+		numOffsets[n] = uint32(len(numTable))
+		numTable = strconv.AppendInt(numTable, int64(n), 10)
+	}
+	numOffsets[numTableSize] = uint32(len(numTable))
+}
+
+const numTableSize = 100000
+
+// appendInt writes n in decimal; small non-negative numbers (every id
+// part) come from a table.
+func appendInt(b []byte, n int) []byte {
+	if n >= 0 && n < numTableSize {
+		dateOnce.Do(buildDateTable)
+		return append(b, numTable[numOffsets[n]:numOffsets[n+1]]...)
+	}
+	return strconv.AppendInt(b, int64(n), 10)
+}
+
+func appendCivilDate(b []byte, days int64) []byte {
+	y, m, d := civil(days)
+	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-')
+	b = append2(b, m)
+	b = append(b, '-')
+	return append2(b, d)
+}
+
 // appendDate writes YYYY-MM-DD.
 func appendDate(b []byte, unix int64) []byte {
 	days := unix / 86400
 	if unix < 0 && unix%86400 != 0 {
 		days--
 	}
-	y, m, d := civil(days)
-	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-')
-	b = append2(b, m)
-	b = append(b, '-')
-	return append2(b, d)
+	if i := days - tableFirstDay; i >= 0 && i < tableDays {
+		dateOnce.Do(buildDateTable)
+		return append(b, dateTable[i*10:i*10+10]...)
+	}
+	return appendCivilDate(b, days)
 }
 
 // appendInstant writes YYYY-MM-DDThh:mm:ssZ.
@@ -573,12 +633,8 @@ func appendInstantNanos(b []byte, unix int64, nanos int) []byte {
 	if s < 0 {
 		s += 86400
 	}
-	b = append(b, 'T')
-	b = append2(b, s/3600)
-	b = append(b, ':')
-	b = append2(b, s/60%60)
-	b = append(b, ':')
-	b = append2(b, s%60)
+	dateOnce.Do(buildDateTable)
+	b = append(b, clockTable[s*9:s*9+9]...)
 	if nanos > 0 {
 		b = append(b, '.')
 		b = appendPadded(b, nanos/1000, 6)
