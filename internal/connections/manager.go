@@ -460,3 +460,22 @@ func (m *Manager) Delete(ctx context.Context, id, reason string) (Connection, er
 	m.sched.forget(id)
 	return c, nil
 }
+
+// Annotate records, on a pending connection, what its authorization uses:
+// the plugin that will serve it, the credential, the scopes asked for.
+func (m *Manager) Annotate(ctx context.Context, id, plugin, credentialID string, scopes []string) error {
+	l := m.lock(id)
+	l.Lock()
+	defer l.Unlock()
+	_, err := m.conns.Modify(ctx, id, func(c Connection, found bool) (Connection, error) {
+		if !found {
+			return c, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		c.Plugin, c.CredentialID = plugin, credentialID
+		if len(scopes) > 0 {
+			c.Scopes = scopes
+		}
+		return c, nil
+	}, store.Synced())
+	return err
+}

@@ -20,6 +20,8 @@ const (
 	Connections       Name = "connections"        // connection by id (no secrets)
 	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
 	ConnectionHistory Name = "connection_history" // connection id / time → transition
+
+	Sessions Name = "sessions" // patient sessions by id
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys
