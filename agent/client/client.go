@@ -41,8 +41,10 @@ type Client struct {
 	conn   *grpc.ClientConn
 	socket string
 
-	Admin agentv1.AdminServiceClient
-	Apps  agentv1.AppServiceClient
+	Admin       agentv1.AdminServiceClient
+	Apps        agentv1.AppServiceClient
+	Sessions    agentv1.SessionServiceClient
+	Connections agentv1.ConnectionServiceClient
 }
 
 type options struct {
@@ -115,6 +117,9 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		socket: o.socket,
 		Admin:  agentv1.NewAdminServiceClient(conn),
 		Apps:   agentv1.NewAppServiceClient(conn),
+
+		Sessions:    agentv1.NewSessionServiceClient(conn),
+		Connections: agentv1.NewConnectionServiceClient(conn),
 	}, nil
 }
 

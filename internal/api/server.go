@@ -18,7 +18,10 @@ import (
 
 	"github.com/medrelay/medrelay/internal/apps"
 	"github.com/medrelay/medrelay/internal/audit"
+	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/ipc"
+	"github.com/medrelay/medrelay/internal/sessions"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -31,6 +34,13 @@ type Deps struct {
 	AdminGroup string
 	// ObserveCall, when set, is told of every call (metrics).
 	ObserveCall func(method, code string, d time.Duration)
+
+	Connections *connections.Manager
+	Sessions    *sessions.Manager
+	Events      *events.Log
+	// Records and Revoker are optional (nil: not wired yet).
+	Records RecordDeleter
+	Revoker GrantRevoker
 }
 
 // Server is the gRPC server of the host API.
@@ -68,6 +78,24 @@ func New(d Deps) *Server {
 		"RevokeApp": {Who: Admins, Audit: true},
 	})
 	agentv1.RegisterAppServiceServer(gs, &appService{apps: d.Apps})
+
+	if d.Connections != nil {
+		register(policy, agentv1.ConnectionService_ServiceDesc, map[string]Rule{
+			"GetConnection":     {Who: Authenticated, Audit: true},
+			"ListConnections":   {Who: Authenticated, Audit: true},
+			"WatchConnections":  {Who: Authenticated, Audit: true},
+			"RefreshConnection": {Who: Authenticated, Audit: true},
+			"DeleteConnection":  {Who: Authenticated, Audit: true},
+		})
+		agentv1.RegisterConnectionServiceServer(gs, &connectionService{conns: d.Connections, events: d.Events, records: d.Records, revoker: d.Revoker})
+	}
+	if d.Sessions != nil {
+		register(policy, agentv1.SessionService_ServiceDesc, map[string]Rule{
+			"CreateSession": {Who: Authenticated, Audit: true},
+			"GetSession":    {Who: Authenticated, Audit: true},
+		})
+		agentv1.RegisterSessionServiceServer(gs, &sessionService{sessions: d.Sessions})
+	}
 
 	return &Server{grpc: gs, health: hs, log: log}
 }
