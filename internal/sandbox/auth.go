@@ -672,7 +672,7 @@ func (s *Sandbox) writeTokenResponseWithRefresh(w http.ResponseWriter, t *tenant
 	}
 	resp := map[string]any{
 		"access_token": tok, "token_type": "Bearer", "expires_in": int(life / time.Second), "scope": scope,
-		"need_patient_banner": true, "smart_style_url": t.s.base + "/" + t.name + "/portal",
+		"need_patient_banner": true, "smart_style_url": t.s.base + "/" + t.name + "/style.json",
 	}
 	if rt != "" {
 		resp["refresh_token"] = rt

@@ -201,6 +201,14 @@ func (s *Sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveLaunch(w, r, t)
 	case strings.HasPrefix(rest, "bulk/"):
 		s.serveBulk(w, r, t, strings.TrimPrefix(rest, "bulk/"))
+	case rest == "style.json":
+		// SMART styling (smart_style_url), so apps can look like the portal.
+		writeJSON(w, http.StatusOK, "application/json", map[string]any{
+			"color_background": "#edeae3", "color_error": "#9e2d2d", "color_highlight": t.prof.Color,
+			"color_modal_backdrop": "", "color_success": "#498e49", "color_text": "#303030",
+			"dim_border_radius": "6px", "dim_font_size": "13px", "dim_spacing_size": "20px",
+			"font_family_body": "system-ui, sans-serif", "font_family_heading": "system-ui, sans-serif",
+		})
 	case rest == "" || rest == "portal":
 		s.serveIndex(w, r)
 	default:
