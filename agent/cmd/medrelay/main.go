@@ -54,6 +54,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.appToken, "app-token", "", "act as the app with this token instead of as an administrator (default $MEDRELAY_APP_TOKEN)")
 	pf.BoolVar(&g.json, "json", false, "print JSON for scripts instead of tables")
 	root.AddCommand(statusCmd(g), appsCmd(g), auditCmd(g))
+	root.AddCommand(connectCmd(g), connectionsCmd(g))
 	return root
 }
 
@@ -105,4 +106,14 @@ func exitCode(err error) int {
 		return 3
 	}
 	return 1
+}
+
+// printJSONLine writes a proto message as one line of JSON (streams).
+func printJSONLine(cmd *cobra.Command, m proto.Message) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(cmd.OutOrStdout(), string(b))
+	return err
 }

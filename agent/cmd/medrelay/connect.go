@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+)
+
+func connectCmd(g *globals) *cobra.Command {
+	var patientRef, returnURL string
+	var recommend []string
+	var meta map[string]string
+	cmd := &cobra.Command{
+		Use:   "connect [SOURCE] --patient-ref P --return-url U",
+		Short: "Start a patient-access session and print the URL to send the patient to",
+		Long: `Start a patient-access session. With SOURCE the session URL redirects straight to that
+source's portal (direct mode); without it the patient gets the hosted picker, with --recommend
+sources shown first. The patient returns to --return-url with patient_ref, session_id, success,
+connection_id, error and error_description.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &agentv1.CreateSessionRequest{PatientRef: patientRef, ReturnUrl: returnURL, RecommendedSourceIds: recommend, Metadata: meta}
+			if len(args) == 1 {
+				req.SourceId = args[0]
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Sessions.CreateSession(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd, resp)
+			}
+			s := resp.GetSession()
+			mode := "picker"
+			if s.GetSourceId() != "" {
+				mode = "direct to " + s.GetSourceId()
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Session %s (%s), open until %s.\nSend the patient to:\n\n  %s\n",
+				s.GetId(), mode, s.GetExpiresAt().AsTime().Local().Format("15:04:05"), s.GetUrl())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&patientRef, "patient-ref", "", "your reference for the patient (required)")
+	f.StringVar(&returnURL, "return-url", "", "where the patient returns with the outcome (required)")
+	f.StringSliceVar(&recommend, "recommend", nil, "picker mode: source ids to show first")
+	f.StringToStringVar(&meta, "meta", nil, "metadata kept with the session (key=value,...)")
+	_ = cmd.MarkFlagRequired("patient-ref")
+	_ = cmd.MarkFlagRequired("return-url")
+	return cmd
+}
+
+func stateName(s agentv1.ConnectionState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "CONNECTION_STATE_"))
+}
