@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -90,6 +91,14 @@ type Log struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced at every append
 	taps    []func(Event)
+	// inflight holds sequences given to appends not yet committed, and
+	// assigned the highest sequence given out by this process. Readers see
+	// only events below both: concurrent appends commit out of order, and
+	// a follower that saw seq 6 before seq 5 committed would skip 5.
+	inflight map[uint64]struct{}
+	assigned uint64
+	// headKnown: assigned has been raised to the newest stored event.
+	headKnown bool
 }
 
 // Option configures a Log.
@@ -108,6 +117,7 @@ func New(db *store.DB, logger *slog.Logger, opts ...Option) *Log {
 		log:       logger.With("component", "events"),
 		retention: 30 * 24 * time.Hour,
 		changed:   make(chan struct{}),
+		inflight:  map[uint64]struct{}{},
 	}
 	for _, o := range opts {
 		o(l)
@@ -140,7 +150,13 @@ func (l *Log) Append(ctx context.Context, e Event, data any) (Event, error) {
 		e.Time = time.Now()
 	}
 	e.Time = e.Time.UTC()
+	l.mu.Lock()
 	seq, err := l.db.NextSeq("events")
+	if err == nil {
+		l.inflight[seq] = struct{}{}
+		l.assigned = max(l.assigned, seq)
+	}
+	l.mu.Unlock()
 	if err != nil {
 		return e, err
 	}
@@ -151,19 +167,76 @@ func (l *Log) Append(ctx context.Context, e Event, data any) (Event, error) {
 		}
 		return l.byApp.PutTx(tx, e.AppID+"/"+seqKey(seq), nil)
 	}, store.Synced())
-	if err != nil {
-		return e, fmt.Errorf("events: append %s: %w", e.Type, err)
-	}
-	l.log.Debug("event", "type", e.Type, "seq", e.Seq, "app", e.AppID, "connection", e.ConnectionID)
 	l.mu.Lock()
+	delete(l.inflight, seq)
+	// Wake readers even after a failure: they may be holding back later
+	// events until this sequence was settled.
 	close(l.changed)
 	l.changed = make(chan struct{})
 	taps := l.taps
 	l.mu.Unlock()
+	if err != nil {
+		return e, fmt.Errorf("events: append %s: %w", e.Type, err)
+	}
+	l.log.Debug("event", "type", e.Type, "seq", e.Seq, "app", e.AppID, "connection", e.ConnectionID)
 	for _, f := range taps {
 		f(e)
 	}
 	return e, nil
+}
+
+// visibleBelow is the first sequence a reader must not return yet: the
+// lowest one still being appended, or the next one to be given out.
+func (l *Log) visibleBelow(ctx context.Context) (uint64, error) {
+	l.mu.Lock()
+	known := l.headKnown
+	l.mu.Unlock()
+	if !known {
+		// Sequences given out before this process started are all stored
+		// (or lost in a crash); the newest stored one bounds them.
+		last, err := l.lastStored(ctx, math.MaxUint64)
+		if err != nil {
+			return 0, err
+		}
+		l.mu.Lock()
+		l.assigned = max(l.assigned, last)
+		l.headKnown = true
+		l.mu.Unlock()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	low := l.assigned + 1
+	for s := range l.inflight {
+		low = min(low, s)
+	}
+	return low, nil
+}
+
+// lastStored returns the newest stored sequence below `below` (0 if none).
+func (l *Log) lastStored(ctx context.Context, below uint64) (uint64, error) {
+	var last uint64
+	err := l.events.Scan(ctx, store.ScanOptions{Reverse: true, KeysOnly: true}, func(k string, _ Event) error {
+		seq, err := strconv.ParseUint(k, 10, 64)
+		if err != nil {
+			return fmt.Errorf("events: bad key %q: %w", k, err)
+		}
+		if seq < below {
+			last = seq
+			return store.ErrStopScan
+		}
+		return nil
+	})
+	return last, err
+}
+
+// Head returns the cursor of the newest event readers can see: a reader
+// starting there receives only events appended afterwards ("from now").
+func (l *Log) Head(ctx context.Context) (uint64, error) {
+	below, err := l.visibleBelow(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return l.lastStored(ctx, below)
 }
 
 // Changed returns a channel closed at the next append.
@@ -190,10 +263,17 @@ func (l *Log) Read(ctx context.Context, f Filter, after uint64, limit int) ([]Ev
 	if limit <= 0 {
 		limit = 500
 	}
+	below, err := l.visibleBelow(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []Event
-	err := l.db.View(ctx, func(tx *store.Txn) error {
+	err = l.db.View(ctx, func(tx *store.Txn) error {
 		if f.All {
 			return l.events.ScanTx(tx, store.ScanOptions{After: seqKey(after)}, func(_ string, e Event) error {
+				if e.Seq >= below {
+					return store.ErrStopScan
+				}
 				if f.match(e) {
 					out = append(out, e)
 				}
@@ -205,6 +285,9 @@ func (l *Log) Read(ctx context.Context, f Filter, after uint64, limit int) ([]Ev
 		}
 		prefix := f.AppID + "/"
 		return l.byApp.ScanTx(tx, store.ScanOptions{Prefix: prefix, After: prefix + seqKey(after), KeysOnly: true}, func(k string, _ []byte) error {
+			if seq, _ := strconv.ParseUint(k[len(prefix):], 10, 64); seq >= below {
+				return store.ErrStopScan
+			}
 			e, err := l.events.GetTx(tx, k[len(prefix):])
 			if errors.Is(err, store.ErrNotFound) {
 				return nil // expired between index and event
@@ -226,8 +309,14 @@ func (l *Log) Read(ctx context.Context, f Filter, after uint64, limit int) ([]Ev
 	}
 	if after > 0 {
 		// Events after the cursor may have been pruned: tell the app it
-		// missed some rather than skip them silently.
-		pruned, err := l.meta.Get(ctx, "events_pruned_through")
+		// missed some rather than skip them silently. An app is compared
+		// with the last of its own events pruned, so a quiet app whose
+		// cursor is old has not "missed" other apps' events.
+		mark := "events_pruned_through"
+		if !f.All {
+			mark += "/" + f.AppID
+		}
+		pruned, err := l.meta.Get(ctx, mark)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, err
 		}
@@ -256,9 +345,25 @@ func (l *Log) Prune(ctx context.Context, now time.Time) (int, error) {
 	if err != nil || len(keys) == 0 {
 		return 0, err
 	}
-	// The watermark is durable before anything is deleted: a crash in
+	// The watermarks are durable before anything is deleted: a crash in
 	// between leaves events that are refused as expired, never a silent gap.
-	if err := l.meta.Put(ctx, "events_pruned_through", last, store.Synced()); err != nil {
+	err = l.db.Update(ctx, func(tx *store.Txn) error {
+		if err := l.meta.PutTx(tx, "events_pruned_through", last); err != nil {
+			return err
+		}
+		lastOf := map[string]uint64{}
+		for i, k := range keys {
+			seq, _ := strconv.ParseUint(k, 10, 64)
+			lastOf[apps[i]] = max(lastOf[apps[i]], seq)
+		}
+		for app, seq := range lastOf {
+			if err := l.meta.PutTx(tx, "events_pruned_through/"+app, seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, store.Synced())
+	if err != nil {
 		return 0, err
 	}
 	b := l.db.NewBatch()
@@ -301,3 +406,4 @@ func (l *Log) Follow(ctx context.Context, f Filter, after uint64, fn func(Event)
 		}
 	}
 }
+

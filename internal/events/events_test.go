@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,5 +115,137 @@ func TestEventsSurviveReopenAndPrunedCursorIsRefused(t *testing.T) {
 	rest, err := l.Read(ctx, events.Filter{AppID: "a"}, 0, 10)
 	if err != nil || len(rest) != 1 || rest[0].Seq != e3.Seq {
 		t.Fatalf("from start after prune: %v %v", rest, err)
+	}
+}
+
+// Appends racing each other commit out of order; a follower must still see
+// every event, in sequence order, none skipped.
+func TestFollowMissesNothingUnderConcurrentAppends(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := events.New(db, quiet)
+	const writers, each = 16, 40
+	got := make(chan events.Event, writers*each)
+	done := make(chan error, 2)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- l.Follow(fctx, events.Filter{AppID: "a"}, 0, func(e events.Event) error { got <- e; return nil })
+	}()
+	// A reader polling as fast as it can hits the moment between two
+	// out-of-order commits far more often than a woken follower does.
+	polled := make(chan int, 1)
+	go func() {
+		var after uint64
+		n := 0
+		for fctx.Err() == nil && n < writers*each {
+			batch, err := l.Read(fctx, events.Filter{AppID: "a"}, after, 1000)
+			if err != nil {
+				break
+			}
+			for _, e := range batch {
+				after = e.Seq
+				n++
+			}
+		}
+		polled <- n
+	}()
+	errs := make(chan error, writers)
+	// Half the writers append bigger events, which take longer between
+	// getting their sequence and committing, so commits may overtake.
+	big := map[string]string{"blob": strings.Repeat("x", 16<<10)}
+	for w := range writers {
+		go func() {
+			var data any
+			if w%2 == 0 {
+				data = big
+			}
+			for range each {
+				if _, err := l.Append(ctx, events.Event{Type: "x", AppID: "a"}, data); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last uint64
+	for i := range writers * each {
+		select {
+		case e := <-got:
+			if e.Seq <= last {
+				t.Fatalf("event %d: seq %d after %d", i, e.Seq, last)
+			}
+			last = e.Seq
+		case <-ctx.Done():
+			t.Fatalf("follower saw %d of %d events", i, writers*each)
+		}
+	}
+	if n := <-polled; n != writers*each {
+		t.Fatalf("polling reader saw %d of %d events", n, writers*each)
+	}
+	stop()
+	<-done
+}
+
+// An app whose own events were not pruned keeps its cursor even when other
+// apps' older events were.
+func TestPruneExpiresOnlyCursorsOfAppsThatLostEvents(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	l := events.New(db, quiet, events.WithRetention(time.Hour))
+	old := time.Now().Add(-2 * time.Hour)
+	b1, _ := l.Append(ctx, events.Event{Type: "x", AppID: "b", Time: old}, nil)
+	b2, _ := l.Append(ctx, events.Event{Type: "x", AppID: "b", Time: old}, nil)
+	l.Append(ctx, events.Event{Type: "x", AppID: "a", Time: old}, nil)
+	l.Append(ctx, events.Event{Type: "x", AppID: "a", Time: old}, nil)
+	b3, _ := l.Append(ctx, events.Event{Type: "x", AppID: "b"}, nil)
+	if n, err := l.Prune(ctx, time.Now()); err != nil || n != 4 {
+		t.Fatalf("pruned %d: %v", n, err)
+	}
+	// b's cursor at b2 missed nothing of b's: a's pruned events are not b's.
+	rest, err := l.Read(ctx, events.Filter{AppID: "b"}, b2.Seq, 10)
+	if err != nil || len(rest) != 1 || rest[0].Seq != b3.Seq {
+		t.Fatalf("b after b2: %v %v", rest, err)
+	}
+	if _, err := l.Read(ctx, events.Filter{AppID: "b"}, b1.Seq, 10); !errors.Is(err, events.ErrCursorExpired) {
+		t.Fatalf("b after b1 (b2 pruned): %v, want expired", err)
+	}
+	if _, err := l.Read(ctx, events.Filter{All: true}, b2.Seq, 10); !errors.Is(err, events.ErrCursorExpired) {
+		t.Fatalf("all after b2 (a's pruned): %v, want expired", err)
+	}
+}
+
+func TestHeadIsTheNewestEventAcrossReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, dir)
+	l := events.New(db, quiet)
+	if h, err := l.Head(ctx); err != nil || h != 0 {
+		t.Fatalf("empty log head %d %v", h, err)
+	}
+	l.Append(ctx, events.Event{Type: "x", AppID: "a"}, nil)
+	e2, _ := l.Append(ctx, events.Event{Type: "x", AppID: "b"}, nil)
+	if h, _ := l.Head(ctx); h != e2.Seq {
+		t.Fatalf("head %d, want %d", h, e2.Seq)
+	}
+	db.Close()
+	db = openDB(t, dir)
+	defer db.Close()
+	l = events.New(db, quiet)
+	if h, _ := l.Head(ctx); h != e2.Seq {
+		t.Fatalf("head after reopen %d, want %d", h, e2.Seq)
+	}
+	e3, _ := l.Append(ctx, events.Event{Type: "x", AppID: "a"}, nil)
+	after, err := l.Read(ctx, events.Filter{AppID: "a"}, e2.Seq, 10)
+	if err != nil || len(after) != 1 || after[0].Seq != e3.Seq {
+		t.Fatalf("after head: %v %v", after, err)
 	}
 }
