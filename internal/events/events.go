@@ -406,4 +406,3 @@ func (l *Log) Follow(ctx context.Context, f Filter, after uint64, fn func(Event)
 		}
 	}
 }
-
