@@ -17,6 +17,11 @@ const (
 	Events      Name = "events"        // events by global sequence
 	EventsByApp Name = "events_by_app" // app id / sequence → nothing (an index)
 
+	Webhooks        Name = "webhooks"         // webhook endpoints by id (no secrets)
+	WebhookSecrets  Name = "webhook_secrets"  // endpoint id → signing secrets
+	WebhookProgress Name = "webhook_progress" // endpoint id → delivery cursor and pending retry
+	WebhookAttempts Name = "webhook_attempts" // endpoint id / event seq / attempt → attempt
+
 	Connections       Name = "connections"        // connection by id (no secrets)
 	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
 	ConnectionHistory Name = "connection_history" // connection id / time → transition
