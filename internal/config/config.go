@@ -34,6 +34,11 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful stop.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	TLS             TLS      `toml:"tls"`
+	// WebhooksAllowPublicHTTP lets apps register plain-http webhook URLs
+	// that resolve to public addresses. Off by default: payloads carry
+	// patient references, so outside loopback and private networks they
+	// must travel over https.
+	WebhooksAllowPublicHTTP bool `toml:"webhooks_allow_public_http"`
 }
 
 // Log configures the agent's own log.
