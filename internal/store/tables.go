@@ -26,7 +26,8 @@ const (
 	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
 	ConnectionHistory Name = "connection_history" // connection id / time → transition
 
-	Sessions Name = "sessions" // patient sessions by id
+	Sessions              Name = "sessions"               // patient sessions by id
+	PendingAuthorizations Name = "pending_authorizations" // OAuth state → verifier, connection (TTL)
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys
