@@ -28,6 +28,12 @@ const (
 
 	Sessions              Name = "sessions"               // patient sessions by id
 	PendingAuthorizations Name = "pending_authorizations" // OAuth state → verifier, connection (TTL)
+
+	DirSources      Name = "dir_sources"       // directory source by id
+	DirEndpoints    Name = "dir_endpoints"     // FHIR endpoint by id (shared by sources)
+	DirLists        Name = "dir_lists"         // imported list by id
+	DirDiscovery    Name = "dir_discovery"     // endpoint id → discovery result
+	DirVendorSetups Name = "dir_vendor_setups" // vendor → imported setup requirements
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys
