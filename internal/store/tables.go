@@ -34,6 +34,12 @@ const (
 	DirLists        Name = "dir_lists"         // imported list by id
 	DirDiscovery    Name = "dir_discovery"     // endpoint id → discovery result
 	DirVendorSetups Name = "dir_vendor_setups" // vendor → imported setup requirements
+
+	// Records (package records). Keys start with the connection id.
+	Records       Name = "records"        // connection/type/id → head (change seq, version, lastUpdated, hash)
+	RecordChanges Name = "record_changes" // connection/seq → change header + the source's raw JSON (or a tombstone)
+	RecordTypes   Name = "record_types"   // connection/type/seq → nothing (per-type change index)
+	RecordPending Name = "record_pending" // connection → first seq of a batch being written (crash repair)
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys
