@@ -35,6 +35,10 @@ const (
 	DirDiscovery    Name = "dir_discovery"     // endpoint id → discovery result
 	DirVendorSetups Name = "dir_vendor_setups" // vendor → imported setup requirements
 
+	Credentials       Name = "credentials"        // credential by id (client secret inside; write-only to callers)
+	CredentialTargets Name = "credential_targets" // "source/<id>" or "vendor/<name>" → credential id
+	CredentialKeys    Name = "credential_keys"    // kid → private key (generated in the agent) and public JWK
+
 	// Records (package records). Keys start with the connection id.
 	Records       Name = "records"        // connection/type/id → head (change seq, version, lastUpdated, hash)
 	RecordChanges Name = "record_changes" // connection/seq → change header + the source's raw JSON (or a tombstone)
