@@ -91,8 +91,8 @@ func (j *exportJob) patientAt(i int) int {
 }
 
 // include decides whether a resource is in the export.
-func (j *exportJob) include(ref synth.Ref) (resourceState, bool) {
-	st := j.ov.state(j.t.data, ref)
+func (j *exportJob) include(c *synth.Cursor, ref synth.Ref) (resourceState, bool) {
+	st := j.ov.stateC(c, ref)
 	if st.deleted {
 		return st, false
 	}
@@ -129,6 +129,7 @@ func (j *exportJob) fast(ty synth.Type, p int) bool {
 
 // plan splits every type into files of at most max resources.
 func (j *exportJob) plan(max int) error {
+	cur := j.t.data.NewCursor()
 	for ti, ty := range j.types {
 		j.mu.Lock()
 		j.progress = fmt.Sprintf("%d%% (%s)", ti*100/len(j.types), ty)
@@ -167,7 +168,7 @@ func (j *exportJob) plan(max int) error {
 				continue
 			}
 			for k := 0; k < cnt; k++ {
-				if _, ok := j.include(synth.Ref{Type: ty, Patient: p, K: k}); ok {
+				if _, ok := j.include(cur, synth.Ref{Type: ty, Patient: p, K: k}); ok {
 					n++
 					if n == max {
 						emit(pos{i, k + 1})
@@ -282,6 +283,7 @@ func (j *exportJob) writeFile(w io.Writer, f *bulkFile) error {
 // holds at least chunk bytes; it returns the unhanded tail (nil if stopped).
 func (j *exportJob) generate(f *bulkFile, chunk int, buf []byte, hand func([]byte) []byte) []byte {
 	ty := f.typ
+	cur := j.t.data.NewCursor()
 	for i := f.from.i; i < f.to.i || i == f.to.i && f.to.k > 0; i++ {
 		p := -1
 		if !ty.Shared() {
@@ -298,13 +300,13 @@ func (j *exportJob) generate(f *bulkFile, chunk int, buf []byte, hand func([]byt
 		for k := k0; k < k1; k++ {
 			ref := synth.Ref{Type: ty, Patient: p, K: k}
 			if fast {
-				buf = j.t.data.Append(buf, ref, synth.Meta{})
+				buf = cur.Append(buf, ref, synth.Meta{})
 			} else {
-				st, ok := j.include(ref)
+				st, ok := j.include(cur, ref)
 				if !ok {
 					continue
 				}
-				buf = j.t.data.Append(buf, ref, st.meta)
+				buf = cur.Append(buf, ref, st.meta)
 			}
 			buf = append(buf, '\n')
 			if len(buf) >= chunk {

@@ -53,7 +53,14 @@ type resourceState struct {
 }
 
 func (o *overlay) state(d *synth.Dataset, ref synth.Ref) resourceState {
-	h := d.Header(ref)
+	return o.stateWith(d.Header(ref), ref)
+}
+
+func (o *overlay) stateC(c *synth.Cursor, ref synth.Ref) resourceState {
+	return o.stateWith(c.Header(ref), ref)
+}
+
+func (o *overlay) stateWith(h synth.Header, ref synth.Ref) resourceState {
 	st := resourceState{header: h, meta: synth.Meta{Version: 1}, lastUpdated: time.Unix(h.LastUpdated, 0).UTC()}
 	if ov, ok := o.get(ref); ok {
 		st.meta = ov.meta

@@ -419,6 +419,7 @@ func (t *tenant) pageSize(q url.Values) int {
 // walk visits every resource of the given types matching f, in id order,
 // until visit returns false.
 func (t *tenant) walk(ov *overlay, types []synth.Type, f *filter, visit func(st *resourceState) bool) {
+	cur := t.data.NewCursor()
 	for _, ty := range types {
 		if ty.Shared() {
 			for k := 0; k < t.data.Count(-1, ty); k++ {
@@ -439,7 +440,7 @@ func (t *tenant) walk(ov *overlay, types []synth.Type, f *filter, visit func(st 
 				continue
 			}
 			for k := 0; k < t.data.Count(p, ty); k++ {
-				st := ov.state(t.data, synth.Ref{Type: ty, Patient: p, K: k})
+				st := ov.stateC(cur, synth.Ref{Type: ty, Patient: p, K: k})
 				if f.match(&st) && !visit(&st) {
 					return
 				}

@@ -242,13 +242,70 @@ func (d *Dataset) encounterDate(p, e int, sp span, n int) int64 {
 	return sp.start + slot*int64(e) + int64(r.next()%uint64(slot/2+1))
 }
 
+// patientInfo caches per-patient facts that every resource of the patient
+// needs (a profile showed them recomputed per resource).
+type patientInfo struct {
+	p      int
+	valid  bool
+	span   span
+	counts [NumTypes]int
+	prac   int
+	payer  int
+}
+
+func (d *Dataset) info(p int, pi *patientInfo) *patientInfo {
+	if pi != nil && pi.valid && pi.p == p {
+		return pi
+	}
+	if pi == nil {
+		pi = &patientInfo{}
+	}
+	*pi = patientInfo{p: p, valid: true}
+	if p >= 0 {
+		pi.span = d.span(p)
+		for t := Patient; t < NumTypes; t++ {
+			pi.counts[t] = d.Count(p, t)
+		}
+		pi.prac = d.patientPractitioner(p)
+		pi.payer = d.payer(p)
+	}
+	return pi
+}
+
+// Cursor makes consecutive Appends of one patient's resources cheaper by
+// caching per-patient facts. Not safe for concurrent use.
+type Cursor struct {
+	d  *Dataset
+	pi patientInfo
+}
+
+// NewCursor returns a cursor over d.
+func (d *Dataset) NewCursor() *Cursor { return &Cursor{d: d} }
+
+// Append is Dataset.Append with the cursor's cache.
+func (c *Cursor) Append(b []byte, ref Ref, m Meta) []byte {
+	if ref.Type.Shared() {
+		return c.d.appendWith(b, ref, m, nil)
+	}
+	return c.d.appendWith(b, ref, m, c.d.info(ref.Patient, &c.pi))
+}
+
 // Header computes the searchable fields of ref.
 func (d *Dataset) Header(ref Ref) Header {
-	h, _ := d.header(ref)
+	h, _ := d.header(ref, nil)
 	return h
 }
 
-func (d *Dataset) header(ref Ref) (Header, rng) {
+// Header is Dataset.Header with the cursor's cache.
+func (c *Cursor) Header(ref Ref) Header {
+	if ref.Type.Shared() {
+		return c.d.Header(ref)
+	}
+	h, _ := c.d.header(ref, c.d.info(ref.Patient, &c.pi))
+	return h
+}
+
+func (d *Dataset) header(ref Ref, pi *patientInfo) (Header, rng) {
 	h := Header{Ref: ref}
 	r := d.rng(ref.Patient, ref.Type, ref.K)
 	switch ref.Type {
@@ -259,13 +316,16 @@ func (d *Dataset) header(ref Ref) (Header, rng) {
 		h.LastUpdated = Anchor - int64(r.next()%(365*86400))
 		return h, r
 	}
-	sp := d.span(ref.Patient)
-	nEnc := d.Count(ref.Patient, Encounter)
+	if pi == nil {
+		pi = d.info(ref.Patient, nil)
+	}
+	sp := pi.span
+	nEnc := pi.counts[Encounter]
 	var e int
 	if ref.Type == Encounter || ref.Type == ExplanationOfBenefit {
 		e = ref.K
 	} else {
-		e = ref.K * nEnc / d.Count(ref.Patient, ref.Type)
+		e = ref.K * nEnc / pi.counts[ref.Type]
 	}
 	h.enc = e
 	enc := d.encounterDate(ref.Patient, e, sp, nEnc)
@@ -312,7 +372,7 @@ func (d *Dataset) header(ref Ref) (Header, rng) {
 	case MedicationRequest:
 		h.code = uint8(c % uint64(len(medications)))
 		h.Code = medications[h.code].sys
-		if ref.K >= d.Count(ref.Patient, MedicationRequest)-3 {
+		if ref.K >= pi.counts[MedicationRequest]-3 {
 			h.Status = "active"
 		} else {
 			h.Status = "completed"

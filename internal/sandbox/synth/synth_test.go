@@ -76,3 +76,23 @@ func TestDeterministic(t *testing.T) {
 		t.Fatal("different seeds, same bytes")
 	}
 }
+
+func TestCursorMatchesAppend(t *testing.T) {
+	d := New(3, 4)
+	c := d.NewCursor()
+	for p := 3; p >= 0; p-- {
+		for _, typ := range AllTypes() {
+			pp := p
+			if typ.Shared() {
+				pp = -1
+			}
+			for k := 0; k < d.Count(pp, typ); k++ {
+				ref := Ref{Type: typ, Patient: pp, K: k}
+				m := Meta{Version: k % 3, LastUpdated: int64(k) * 1000, Nanos: k * 1000}
+				if !bytes.Equal(c.Append(nil, ref, m), d.Append(nil, ref, m)) || c.Header(ref) != d.Header(ref) {
+					t.Fatalf("cursor differs for %s", ref.ID())
+				}
+			}
+		}
+	}
+}

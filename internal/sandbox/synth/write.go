@@ -3,7 +3,6 @@ package synth
 import (
 	"encoding/base64"
 	"strconv"
-	"sync"
 	"unicode/utf8"
 )
 
@@ -16,8 +15,13 @@ type Meta struct {
 }
 
 // Append writes ref as one line of compact FHIR JSON (no trailing newline).
-func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte {
-	h, r := d.header(ref)
+func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte { return d.appendWith(b, ref, m, nil) }
+
+func (d *Dataset) appendWith(b []byte, ref Ref, m Meta, pi *patientInfo) []byte {
+	if pi == nil && !ref.Type.Shared() {
+		pi = d.info(ref.Patient, nil)
+	}
+	h, r := d.header(ref, pi)
 	b = append(b, `{"resourceType":"`...)
 	b = append(b, typeNames[ref.Type]...)
 	b = append(b, `","id":"`...)
@@ -34,12 +38,12 @@ func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte {
 		lu = m.LastUpdated
 	}
 	b = appendInstantNanos(b, lu, m.Nanos)
-	b = append(b, `","profile":["http://hl7.org/fhir/us/core/StructureDefinition/`...)
-	b = append(b, usCoreProfile(ref.Type, h.Category)...)
+	b = append(b, `","profile":["`...)
+	b = append(b, profileURL(ref.Type, h.Category)...)
 	b = append(b, `"]}`...)
 	switch ref.Type {
 	case Patient:
-		b = d.patient(b, ref.Patient, &r)
+		b = d.patient(b, ref.Patient, &r, pi)
 	case Practitioner:
 		b = practitioner(b, ref.K)
 	case Organization:
@@ -47,7 +51,7 @@ func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte {
 	case Location:
 		b = location(b, ref.K)
 	default:
-		b = d.clinical(b, ref, h, &r)
+		b = d.clinical(b, ref, h, &r, pi)
 	}
 	return append(b, '}')
 }
@@ -55,28 +59,32 @@ func (d *Dataset) Append(b []byte, ref Ref, m Meta) []byte {
 // Bytes returns the resource's JSON.
 func (d *Dataset) Bytes(ref Ref, m Meta) []byte { return d.Append(nil, ref, m) }
 
-func usCoreProfile(t Type, category string) string {
+const usCore = "http://hl7.org/fhir/us/core/StructureDefinition/"
+
+var defaultProfiles = func() (out [NumTypes]string) {
+	for t := range out {
+		out[t] = usCore + "us-core-" + lower(typeNames[t])
+	}
+	out[ExplanationOfBenefit] = "http://hl7.org/fhir/us/carin-bb/StructureDefinition/C4BB-ExplanationOfBenefit-Professional-NonClinician"
+	return out
+}()
+
+func profileURL(t Type, category string) string {
 	switch t {
 	case Observation:
 		if category == "vital-signs" {
-			return "us-core-vital-signs"
+			return usCore + "us-core-vital-signs"
 		}
-		return "us-core-observation-lab"
+		return usCore + "us-core-observation-lab"
 	case Condition:
 		if category == "problem-list-item" {
-			return "us-core-condition-problems-health-concerns"
+			return usCore + "us-core-condition-problems-health-concerns"
 		}
-		return "us-core-condition-encounter-diagnosis"
+		return usCore + "us-core-condition-encounter-diagnosis"
 	case DiagnosticReport:
-		return "us-core-diagnosticreport-lab"
-	case MedicationRequest:
-		return "us-core-medicationrequest"
-	case AllergyIntolerance:
-		return "us-core-allergyintolerance"
-	case ExplanationOfBenefit:
-		return "us-core-patient" // CARIN BB would apply; US Core has none
+		return usCore + "us-core-diagnosticreport-lab"
 	}
-	return "us-core-" + lower(typeNames[t])
+	return defaultProfiles[t]
 }
 
 func lower(s string) string {
@@ -101,7 +109,7 @@ func (d *Dataset) payer(p int) int {
 	return 5 + r.intn(3)
 }
 
-func (d *Dataset) patient(b []byte, p int, r *rng) []byte {
+func (d *Dataset) patient(b []byte, p int, r *rng, pi *patientInfo) []byte {
 	male := r.next()%2 == 0
 	given := givenNames[r.intn(len(givenNames))]
 	family := familyNames[r.intn(len(familyNames))]
@@ -138,7 +146,7 @@ func (d *Dataset) patient(b []byte, p int, r *rng) []byte {
 	b = append(b, `","postalCode":"`...)
 	b = append(b, c.zip...)
 	b = append(b, `","country":"US"}],"communication":[{"language":{"coding":[{"system":"urn:ietf:bcp:47","code":"en-US","display":"English (United States)"}]}}],"generalPractitioner":[{"reference":"Practitioner/`...)
-	prac := d.patientPractitioner(p)
+	prac := pi.prac
 	b = Ref{Type: Practitioner, K: prac}.AppendID(b)
 	b = append(b, `"}],"managingOrganization":{"reference":"Organization/`...)
 	b = Ref{Type: Organization, K: providerOrg(prac)}.AppendID(b)
@@ -236,9 +244,9 @@ func appendSimpleConcept(b []byte, field, system, c, display string) []byte {
 	return append(b, `"}]}`...)
 }
 
-func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
+func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng, pi *patientInfo) []byte {
 	p := ref.Patient
-	prac := d.patientPractitioner(p)
+	prac := pi.prac
 	switch ref.Type {
 	case Encounter:
 		c := &encounterTypes[h.code]
@@ -415,7 +423,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = Ref{Type: Encounter, Patient: p, K: h.enc}.AppendID(b)
 		b = append(b, `"}]}`...)
 	case Coverage:
-		payer := d.payer(p)
+		payer := pi.payer
 		b = append(b, `,"status":"active"`...)
 		b = appendSimpleConcept(b, "type", "http://terminology.hl7.org/CodeSystem/v3-ActCode", "HIP", "health insurance plan policy")
 		b = append(b, `,"subscriberId":"SUB`...)
@@ -441,7 +449,7 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng) []byte {
 		b = append(b, `"},"created":"`...)
 		b = appendInstant(b, h.Date+86400)
 		b = append(b, `","insurer":{"reference":"Organization/`...)
-		b = Ref{Type: Organization, K: d.payer(p)}.AppendID(b)
+		b = Ref{Type: Organization, K: pi.payer}.AppendID(b)
 		b = append(b, `"},"provider":{"reference":"Practitioner/`...)
 		b = Ref{Type: Practitioner, K: prac}.AppendID(b)
 		b = append(b, `"},"outcome":"complete","insurance":[{"focal":true,"coverage":{"reference":"Coverage/`...)
@@ -560,27 +568,30 @@ const (
 	tableDays     = 200 * 366
 )
 
+// The tables are built at package init: a sync.Once check per use showed
+// up in profiles.
+func init() { buildDateTable() }
+
 var (
-	dateOnce   sync.Once
-	dateTable  []byte // 10 bytes per day from tableFirstDay
-	clockTable []byte // "Thh:mm:ss" per second of the day
-	numTable   []byte // decimal digits of 0..numTableSize-1
+	dateTable  [][10]byte     // per day from tableFirstDay
+	clockTable [86400][9]byte // "Thh:mm:ss" per second of the day
+	numTable   []byte         // decimal digits of 0..numTableSize-1
 	numOffsets []uint32
 )
 
 func buildDateTable() {
-	dateTable = make([]byte, 0, tableDays*10)
-	for day := int64(tableFirstDay); day < tableFirstDay+tableDays; day++ {
-		dateTable = appendCivilDate(dateTable, day)
+	dateTable = make([][10]byte, tableDays)
+	for i := range dateTable {
+		copy(dateTable[i][:], appendCivilDate(nil, int64(tableFirstDay+i)))
 	}
-	clockTable = make([]byte, 0, 86400*9)
 	for s := int64(0); s < 86400; s++ {
-		clockTable = append(clockTable, 'T')
-		clockTable = append2(clockTable, s/3600)
-		clockTable = append(clockTable, ':')
-		clockTable = append2(clockTable, s/60%60)
-		clockTable = append(clockTable, ':')
-		clockTable = append2(clockTable, s%60)
+		c := append([]byte{'T'}, 0, 0, ':', 0, 0, ':', 0, 0)
+		c = append2(c[:1], s/3600)
+		c = append(c, ':')
+		c = append2(c, s/60%60)
+		c = append(c, ':')
+		c = append2(c, s%60)
+		copy(clockTable[s][:], c)
 	}
 	numTable = make([]byte, 0, numTableSize*6)
 	numOffsets = make([]uint32, numTableSize+1)
@@ -597,7 +608,6 @@ const numTableSize = 100000
 // part) come from a table.
 func appendInt(b []byte, n int) []byte {
 	if n >= 0 && n < numTableSize {
-		dateOnce.Do(buildDateTable)
 		return append(b, numTable[numOffsets[n]:numOffsets[n+1]]...)
 	}
 	return strconv.AppendInt(b, int64(n), 10)
@@ -618,8 +628,7 @@ func appendDate(b []byte, unix int64) []byte {
 		days--
 	}
 	if i := days - tableFirstDay; i >= 0 && i < tableDays {
-		dateOnce.Do(buildDateTable)
-		return append(b, dateTable[i*10:i*10+10]...)
+		return appendFixed10(b, &dateTable[i])
 	}
 	return appendCivilDate(b, days)
 }
@@ -633,13 +642,33 @@ func appendInstantNanos(b []byte, unix int64, nanos int) []byte {
 	if s < 0 {
 		s += 86400
 	}
-	dateOnce.Do(buildDateTable)
-	b = append(b, clockTable[s*9:s*9+9]...)
+	b = appendFixed9(b, &clockTable[s])
 	if nanos > 0 {
 		b = append(b, '.')
 		b = appendPadded(b, nanos/1000, 6)
 	}
 	return append(b, 'Z')
+}
+
+// appendFixed9 and appendFixed10 copy small fixed strings without a memmove call.
+func appendFixed9(b []byte, v *[9]byte) []byte {
+	n := len(b)
+	if cap(b)-n < 9 {
+		return append(b, v[:]...)
+	}
+	b = b[:n+9]
+	*(*[9]byte)(b[n:]) = *v
+	return b
+}
+
+func appendFixed10(b []byte, v *[10]byte) []byte {
+	n := len(b)
+	if cap(b)-n < 10 {
+		return append(b, v[:]...)
+	}
+	b = b[:n+10]
+	*(*[10]byte)(b[n:]) = *v
+	return b
 }
 
 // AppendInstant is the instant format the generator uses, for callers that
