@@ -3,12 +3,14 @@ package sandbox_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/oauth2"
 
@@ -192,5 +194,28 @@ count = 1
 	badCfg.Addr = "127.0.0.1:0"
 	if _, err := sandbox.Start(t.Context(), badCfg); err == nil {
 		t.Fatal("unknown profile accepted")
+	}
+}
+
+// slow_ms delays answers (checked with a client deadline, not a stopwatch);
+// after lets requests through before a burst.
+func TestSlowAndAfterFaults(t *testing.T) {
+	s := sandboxtest.Start(t, sandboxtest.WithPatients(1))
+	_ = s.SetFaults(sandbox.Faults{Tenant: "generic", Endpoints: []string{sandbox.EndpointMetadata}, SlowMillis: 5000})
+	c := &http.Client{Timeout: 200 * time.Millisecond}
+	if _, err := c.Get(s.FHIRBase("generic") + "/metadata"); err == nil {
+		t.Fatal("slow fault did not delay the answer past the client's deadline")
+	}
+	if resp, err := c.Get(s.FHIRBase("epic") + "/metadata"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("other tenant slowed: %v", err)
+	}
+	_ = s.SetFaults(sandbox.Faults{Tenant: "generic", Endpoints: []string{sandbox.EndpointMetadata}, Status: 500, After: 2, Count: 1})
+	var got []int
+	for range 4 {
+		r := getJSON(t, http.DefaultClient, s.FHIRBase("generic")+"/metadata", nil)
+		got = append(got, r.StatusCode)
+	}
+	if fmt.Sprint(got) != "[200 200 500 200]" {
+		t.Fatalf("after/count sequence %v", got)
 	}
 }

@@ -81,6 +81,7 @@ type Config struct {
 
 // Logger is the subset of *slog.Logger the sandbox uses.
 type Logger interface {
+	Debug(msg string, args ...any)
 	Info(msg string, args ...any)
 	Warn(msg string, args ...any)
 }
@@ -243,5 +244,6 @@ func validName(s string) bool {
 
 type nopLogger struct{}
 
-func (nopLogger) Info(string, ...any) {}
-func (nopLogger) Warn(string, ...any) {}
+func (nopLogger) Debug(string, ...any) {}
+func (nopLogger) Info(string, ...any)  {}
+func (nopLogger) Warn(string, ...any)  {}

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,7 +26,8 @@ type Sandbox struct {
 	keys    *serverKeys
 	tenants map[string]*tenant
 	order   []string
-	client  *http.Client // fetches client JWKS URLs
+	client  *http.Client // fetches client JWKS URLs and CDS services
+	cert    *x509.Certificate
 
 	mu      sync.Mutex
 	faults  []*faultState
@@ -81,7 +83,12 @@ func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 		}
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		scheme = "https"
-		s.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // fetching client JWKS from other local test servers
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("sandbox: certificate: %w", err)
+		}
+		s.cert = leaf
 	}
 	s.ln = ln
 	s.base = scheme + "://" + ln.Addr().String()
@@ -105,12 +112,21 @@ func (s *Sandbox) FHIRBase(tenant string) string { return s.base + "/" + tenant 
 // Tenants lists the tenant names in configuration order.
 func (s *Sandbox) Tenants() []string { return append([]string(nil), s.order...) }
 
-// CACertificate returns the PEM of the self-signed certificate when TLS is on.
+// Certificate is the generated self-signed certificate (nil without TLS).
+func (s *Sandbox) Certificate() *x509.Certificate { return s.cert }
+
+// HTTPClient returns a client that trusts the sandbox's certificate when TLS
+// is on (and nothing else self-signed).
 func (s *Sandbox) HTTPClient() *http.Client {
-	if !s.cfg.TLS {
+	if s.cert == nil {
 		return &http.Client{}
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // self-signed sandbox
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AddCert(s.cert)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 }
 
 // Close stops the server.
@@ -173,6 +189,7 @@ func (s *Sandbox) janitor() {
 // ServeHTTP routes {base}/brands.json, {base}/admin/... and {base}/{tenant}/...
 func (s *Sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
+	s.cfg.Logger.Debug("request", "method", r.Method, "path", path)
 	w.Header().Set("Cache-Control", "no-store")
 	switch {
 	case path == "/" || path == "":
