@@ -1,0 +1,478 @@
+package index
+
+import (
+	"math"
+	"math/bits"
+	"sort"
+	"strings"
+)
+
+// Query is a search.
+type Query struct {
+	Text string
+	// Filters; empty means any.
+	Vendor string
+	Kind   string
+	State  string
+	// PostalPrefix keeps documents with a postal code starting with it.
+	PostalPrefix string
+	// ExcludeSuspended drops suspended sources (by default they are listed
+	// after active ones).
+	ExcludeSuspended bool
+	Limit            int
+	// After continues a previous search after this cursor.
+	After *Cursor
+}
+
+// Cursor is where a page ended.
+type Cursor struct {
+	Score float32
+	Key   string
+}
+
+// Hit is a result.
+type Hit struct {
+	Key   string
+	Score float32
+	// Matched is the number of query words the document matched.
+	Matched int
+}
+
+// Match qualities of a candidate term for a query word.
+const (
+	qExact       = 1.0
+	qPrefixMin   = 0.72
+	qPrefixRange = 0.2
+	qEdit1       = 0.6
+	qEdit2       = 0.4
+	qPrefixEdit  = 0.42
+	// Prefix completions considered per word: the most frequent ones.
+	maxCompletions = 96
+	maxQueryTokens = 16
+	maxFuzzyLen    = 32
+)
+
+type candidate struct {
+	term int32
+	q    float32
+}
+
+type scratch struct {
+	acc      []float32
+	best     []float32
+	bestF    []uint8
+	mask     []uint16
+	nameHits []uint8
+	touched  []uint32
+	tokTouch []uint32
+	cands    []candidate
+	terms    []int32
+	rows     [][]int8
+}
+
+func (ix *Index) getScratch() *scratch {
+	if s, ok := ix.pool.Get().(*scratch); ok {
+		return s
+	}
+	n := len(ix.keys)
+	s := &scratch{
+		acc: make([]float32, n), best: make([]float32, n), bestF: make([]uint8, n),
+		mask: make([]uint16, n), nameHits: make([]uint8, n),
+	}
+	s.rows = make([][]int8, maxTokenLen+2)
+	for i := range s.rows {
+		s.rows[i] = make([]int8, maxFuzzyLen+1)
+	}
+	return s
+}
+
+// Search runs q and returns at most q.Limit hits, best first, and the cursor
+// of the next page (nil when there is none).
+func (ix *Index) Search(q Query) ([]Hit, *Cursor) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 20
+	}
+	toks := queryTokens(q.Text)
+	if len(toks) > maxQueryTokens {
+		toks = toks[:maxQueryTokens]
+	}
+	f := ix.compileFilter(q)
+	if f.none {
+		return nil, nil
+	}
+	if len(toks) == 0 {
+		return ix.browse(f, q.After, limit)
+	}
+	s := ix.getScratch()
+	defer ix.release(s)
+
+	for i, qt := range toks {
+		last := i == len(toks)-1
+		s.cands = ix.candidates(s, qt, last, s.cands[:0])
+		if len(s.cands) == 0 {
+			continue
+		}
+		// Weight by how rare the intended word is: the exact term's rarity
+		// when it exists, else the most common candidate's. Using each
+		// candidate's own rarity would let a rare misspelling outrank the
+		// common word the user meant.
+		idf := float32(0)
+		if id, ok := ix.terms[qt.tok]; ok {
+			idf = ix.idf[id]
+		} else {
+			idf = float32(math.MaxFloat32)
+			for _, c := range s.cands {
+				idf = min(idf, ix.idf[c.term])
+			}
+		}
+		bit := uint16(1) << uint(i)
+		for _, c := range s.cands {
+			w := c.q * idf
+			lo, hi := ix.postStart[c.term], ix.postStart[c.term+1]
+			docs := ix.postDoc[lo:hi]
+			fields := ix.postField[lo:hi]
+			for k, d := range docs {
+				fw := w * fieldWeight[fields[k]]
+				if s.best[d] == 0 {
+					s.tokTouch = append(s.tokTouch, d)
+				}
+				if fw > s.best[d] {
+					s.best[d] = fw
+					s.bestF[d] = fields[k]
+				}
+			}
+		}
+		for _, d := range s.tokTouch {
+			if s.mask[d] == 0 {
+				s.touched = append(s.touched, d)
+			}
+			s.acc[d] += s.best[d]
+			s.mask[d] |= bit
+			if s.bestF[d]&(fieldName|fieldAlias) != 0 {
+				s.nameHits[d]++
+			}
+			s.best[d] = 0
+			s.bestF[d] = 0
+		}
+		s.tokTouch = s.tokTouch[:0]
+	}
+
+	h := topK{limit: limit + 1}
+	for _, d := range s.touched {
+		m := ix.meta[d]
+		if !f.keep(ix, d, m) {
+			continue
+		}
+		cov := float32(1)
+		if m.nameLen > 0 {
+			cov = min(1, float32(s.nameHits[d])/float32(m.nameLen))
+		}
+		score := s.acc[d] * (0.8 + 0.2*cov)
+		if m.suspended {
+			score *= 0.9
+		}
+		if q.After != nil && !after(score, ix.keys[d], q.After) {
+			continue
+		}
+		h.push(Hit{Key: ix.keys[d], Score: score, Matched: bits.OnesCount16(s.mask[d])})
+	}
+	return h.result(limit)
+}
+
+func (ix *Index) release(s *scratch) {
+	for _, d := range s.touched {
+		s.acc[d] = 0
+		s.mask[d] = 0
+		s.nameHits[d] = 0
+	}
+	s.touched = s.touched[:0]
+	ix.pool.Put(s)
+}
+
+// after reports whether (score, key) sorts after the cursor.
+func after(score float32, key string, c *Cursor) bool {
+	if score != c.Score {
+		return score < c.Score
+	}
+	return key > c.Key
+}
+
+// candidates lists the terms a query word may mean, with their quality.
+func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidate) []candidate {
+	seen := func(t int32) int {
+		for i := range out {
+			if out[i].term == t {
+				return i
+			}
+		}
+		return -1
+	}
+	add := func(t int32, q float32) {
+		if i := seen(t); i >= 0 {
+			out[i].q = max(out[i].q, q)
+			return
+		}
+		out = append(out, candidate{term: t, q: q})
+	}
+	if id, ok := ix.terms[qt.tok]; ok {
+		add(int32(id), qExact)
+	}
+	// Prefixes: every word of three letters or more, and the last word from
+	// its first letter (the user is still typing it). An expanded
+	// abbreviation is also tried as typed ("med" may be "medina").
+	for _, p := range []string{qt.tok, qt.raw} {
+		if len(p) < 3 && !(last && len(p) >= 1) {
+			continue
+		}
+		ni := ix.find(p)
+		if ni < 0 {
+			continue
+		}
+		s.terms = ix.descendants(ni, s.terms[:0], 1<<16)
+		if len(s.terms) > maxCompletions {
+			sort.Slice(s.terms, func(a, b int) bool { return ix.df(s.terms[a]) > ix.df(s.terms[b]) })
+			s.terms = s.terms[:maxCompletions]
+		}
+		for _, t := range s.terms {
+			tl := ix.termLen(t)
+			if tl == len(p) {
+				continue
+			}
+			add(t, qPrefixMin+qPrefixRange*float32(len(p))/float32(tl))
+		}
+		if p == qt.raw {
+			break
+		}
+	}
+	// Typos: one edit from four letters, two from eight.
+	if n := len(qt.tok); n >= 4 && n <= maxFuzzyLen {
+		maxD := 1
+		if n >= 8 {
+			maxD = 2
+		}
+		ix.fuzzy(s, qt.tok, maxD, last && n >= 5, func(t int32, d int, prefix bool) {
+			switch {
+			case d == 0 && !prefix:
+				add(t, qExact)
+			case prefix:
+				add(t, qPrefixEdit)
+			case d == 1:
+				add(t, qEdit1)
+			default:
+				add(t, qEdit2)
+			}
+		})
+	}
+	return out
+}
+
+func (ix *Index) termLen(t int32) int { return int(ix.tlen[t]) }
+
+// fuzzy walks the trie with a Damerau-Levenshtein (optimal string
+// alignment) row per level, pruning branches whose best cell exceeds maxD.
+// With prefixOK, a node whose path is within maxD of the whole word also
+// yields its subtree as prefix matches.
+func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit func(t int32, d int, prefix bool)) {
+	m := len(word)
+	row0 := s.rows[0][:m+1]
+	for j := range row0 {
+		row0[j] = int8(j)
+	}
+	var walk func(ni, depth int, prevLabel byte)
+	walk = func(ni, depth int, prevLabel byte) {
+		if depth+1 >= len(s.rows) {
+			return
+		}
+		nd := ix.trie[ni]
+		c := nd.label
+		prev := s.rows[depth][:m+1]
+		cur := s.rows[depth+1][:m+1]
+		cur[0] = prev[0] + 1
+		rowMin := cur[0]
+		for j := 1; j <= m; j++ {
+			cost := int8(1)
+			if word[j-1] == c {
+				cost = 0
+			}
+			v := min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if depth >= 1 && j > 1 && word[j-1] == prevLabel && word[j-2] == c {
+				v = min(v, s.rows[depth-1][j-2]+1)
+			}
+			cur[j] = v
+			rowMin = min(rowMin, v)
+		}
+		d := int(cur[m])
+		if nd.term >= 0 && d <= maxD {
+			emit(nd.term, d, false)
+		}
+		if prefixOK && d <= maxD && d > 0 && depth+1 >= m-1 {
+			s.terms = ix.descendants(ni, s.terms[:0], maxCompletions)
+			for _, t := range s.terms {
+				if t != nd.term {
+					emit(t, d, true)
+				}
+			}
+			return
+		}
+		if int(rowMin) > maxD {
+			return
+		}
+		for k := 0; k < int(nd.n); k++ {
+			walk(int(nd.first)+k, depth+1, c)
+		}
+	}
+	root := ix.trie[0]
+	for k := 0; k < int(root.n); k++ {
+		walk(int(root.first)+k, 0, 0)
+	}
+}
+
+type filter struct {
+	none     bool
+	vendor   int // -1 any
+	kind     int
+	state    uint64
+	postal   string
+	noSusp   bool
+	anyCheck bool
+}
+
+func (ix *Index) compileFilter(q Query) filter {
+	f := filter{vendor: -1, kind: -1, postal: strings.TrimSpace(q.PostalPrefix), noSusp: q.ExcludeSuspended}
+	if v := strings.TrimSpace(q.Vendor); v != "" {
+		f.vendor = -2
+		for i, x := range ix.vendors {
+			if strings.EqualFold(x, v) {
+				f.vendor = i
+			}
+		}
+		if f.vendor == -2 {
+			f.none = true
+		}
+	}
+	if k := strings.TrimSpace(q.Kind); k != "" {
+		f.kind = -2
+		for i, x := range ix.kinds {
+			if strings.EqualFold(x, k) {
+				f.kind = i
+			}
+		}
+		if f.kind == -2 {
+			f.none = true
+		}
+	}
+	if st := strings.TrimSpace(q.State); st != "" {
+		f.state = stateMask([]string{st})
+	}
+	f.anyCheck = f.vendor >= 0 || f.kind >= 0 || f.state != 0 || f.postal != "" || f.noSusp
+	return f
+}
+
+func (f *filter) keep(ix *Index, d uint32, m docMeta) bool {
+	if !f.anyCheck {
+		return true
+	}
+	switch {
+	case f.vendor >= 0 && int(m.vendor) != f.vendor,
+		f.kind >= 0 && int(m.kind) != f.kind,
+		f.state != 0 && m.states&f.state == 0,
+		f.noSusp && m.suspended:
+		return false
+	}
+	if f.postal != "" {
+		ok := false
+		for _, p := range ix.postal[d] {
+			if strings.HasPrefix(p, f.postal) {
+				ok = true
+				break
+			}
+		}
+		return ok
+	}
+	return true
+}
+
+// browse lists documents passing the filter in name order (an empty query:
+// "every Epic source in Kansas"). Every hit scores 0, so the cursor's key
+// carries the position.
+func (ix *Index) browse(f filter, cur *Cursor, limit int) ([]Hit, *Cursor) {
+	start := 0
+	if cur != nil {
+		// The cursor key is the last document's key; find its position.
+		for i, d := range ix.byName {
+			if ix.keys[d] == cur.Key {
+				start = i + 1
+				break
+			}
+		}
+	}
+	var out []Hit
+	for i := start; i < len(ix.byName); i++ {
+		d := ix.byName[i]
+		if !f.keep(ix, d, ix.meta[d]) {
+			continue
+		}
+		if len(out) == limit {
+			last := out[len(out)-1]
+			return out, &Cursor{Key: last.Key}
+		}
+		out = append(out, Hit{Key: ix.keys[d]})
+	}
+	return out, nil
+}
+
+// topK keeps the best hits: score descending, key ascending.
+type topK struct {
+	limit int
+	h     []Hit // min-heap by rank (worst at 0)
+}
+
+func worse(a, b Hit) bool {
+	if a.Score != b.Score {
+		return a.Score < b.Score
+	}
+	return a.Key > b.Key
+}
+
+func (t *topK) push(x Hit) {
+	if len(t.h) < t.limit {
+		t.h = append(t.h, x)
+		for i := len(t.h) - 1; i > 0; {
+			p := (i - 1) / 2
+			if !worse(t.h[i], t.h[p]) {
+				break
+			}
+			t.h[i], t.h[p] = t.h[p], t.h[i]
+			i = p
+		}
+		return
+	}
+	if !worse(t.h[0], x) {
+		return
+	}
+	t.h[0] = x
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(t.h) && worse(t.h[l], t.h[m]) {
+			m = l
+		}
+		if r < len(t.h) && worse(t.h[r], t.h[m]) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		t.h[i], t.h[m] = t.h[m], t.h[i]
+		i = m
+	}
+}
+
+func (t *topK) result(limit int) ([]Hit, *Cursor) {
+	sort.Slice(t.h, func(a, b int) bool { return worse(t.h[b], t.h[a]) })
+	if len(t.h) > limit {
+		last := t.h[limit-1]
+		return t.h[:limit], &Cursor{Score: last.Score, Key: last.Key}
+	}
+	return t.h, nil
+}
