@@ -45,6 +45,7 @@ type Client struct {
 	Apps        agentv1.AppServiceClient
 	Sessions    agentv1.SessionServiceClient
 	Connections agentv1.ConnectionServiceClient
+	Credentials agentv1.CredentialServiceClient
 }
 
 type options struct {
@@ -120,6 +121,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 
 		Sessions:    agentv1.NewSessionServiceClient(conn),
 		Connections: agentv1.NewConnectionServiceClient(conn),
+		Credentials: agentv1.NewCredentialServiceClient(conn),
 	}, nil
 }
 

@@ -8,6 +8,7 @@ package api
 import (
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,6 +20,7 @@ import (
 	"github.com/medrelay/medrelay/internal/apps"
 	"github.com/medrelay/medrelay/internal/audit"
 	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/credentials"
 	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/sessions"
@@ -41,6 +43,11 @@ type Deps struct {
 	// Records and Revoker are optional (nil: not wired yet).
 	Records RecordDeleter
 	Revoker GrantRevoker
+
+	// Credentials (nil: not wired) and the public URL that redirect URIs
+	// and the JWKS URL derive from.
+	Credentials *credentials.Store
+	PublicURL   string
 }
 
 // Server is the gRPC server of the host API.
@@ -95,6 +102,17 @@ func New(d Deps) *Server {
 			"GetSession":    {Who: Authenticated, Audit: true},
 		})
 		agentv1.RegisterSessionServiceServer(gs, &sessionService{sessions: d.Sessions})
+	}
+
+	if d.Credentials != nil {
+		register(policy, agentv1.CredentialService_ServiceDesc, map[string]Rule{
+			"SetCredential":       {Who: Admins, Audit: true},
+			"ListCredentials":     {Who: Admins, Audit: true},
+			"DeleteCredential":    {Who: Admins, Audit: true},
+			"RotateCredentialKey": {Who: Admins, Audit: true},
+			"GetJWKS":             {Who: Authenticated},
+		})
+		agentv1.RegisterCredentialServiceServer(gs, &credentialService{creds: d.Credentials, publicURL: strings.TrimRight(d.PublicURL, "/")})
 	}
 
 	return &Server{grpc: gs, health: hs, log: log}

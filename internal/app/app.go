@@ -21,6 +21,7 @@ import (
 	"github.com/medrelay/medrelay/internal/apps"
 	"github.com/medrelay/medrelay/internal/audit"
 	"github.com/medrelay/medrelay/internal/config"
+	"github.com/medrelay/medrelay/internal/credentials"
 	"github.com/medrelay/medrelay/internal/home"
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/secrets"
@@ -60,6 +61,7 @@ type Agent struct {
 	audit   *audit.Log
 	apps    *apps.Registry
 	metrics *telemetry.Metrics
+	creds   *credentials.Store
 
 	sock   net.Listener
 	api    *api.Server
@@ -163,6 +165,8 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.creds = credentials.New(db, credentials.Options{Logger: a.log})
+	a.public.Handle("GET /.well-known/jwks.json", a.creds.JWKSHandler())
 	a.admin, err = a.metrics.ListenAdmin(o.Config.AdminAddr, a.health, a.log)
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w", o.Config.AdminAddr, err)
@@ -174,6 +178,8 @@ func (a *Agent) start(ctx context.Context) error {
 		Status:      a.status,
 		AdminGroup:  o.Config.AdminGroup,
 		ObserveCall: a.metrics.ObserveCall,
+		Credentials: a.creds,
+		PublicURL:   a.public.PublicURL(),
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})

@@ -55,6 +55,7 @@ func newRoot() *cobra.Command {
 	pf.BoolVar(&g.json, "json", false, "print JSON for scripts instead of tables")
 	root.AddCommand(statusCmd(g), appsCmd(g), auditCmd(g))
 	root.AddCommand(connectCmd(g), connectionsCmd(g))
+	root.AddCommand(credentialsCmd(g))
 	return root
 }
 
