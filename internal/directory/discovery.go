@@ -85,8 +85,8 @@ type Capability struct {
 
 // Body limits.
 const (
-	maxSmartConfigBytes = 1 << 20
-	maxMetadataBytes    = 32 << 20
+	maxSmartConfigBytes   = 1 << 20
+	maxMetadataBytes      = 32 << 20
 	maxEndpointsPerSource = 6
 )
 

@@ -10,7 +10,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
-		"regexp"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -284,13 +284,13 @@ func (c *Catalog) importData(ctx context.Context, data []byte, opts ImportOption
 
 // merge applies one parsed list to (copies of) the catalog's sources.
 type merge struct {
-	c        *Catalog
-	list     *importers.List
-	listID   string
-	origin   string
-	prio     int
-	now      time.Time
-	sum      Summary
+	c      *Catalog
+	list   *importers.List
+	listID string
+	origin string
+	prio   int
+	now    time.Time
+	sum    Summary
 	// baseKeys are the catalog's identity keys (tenant|name → source id);
 	// keys those this import adds.
 	baseKeys map[string]string

@@ -129,8 +129,8 @@ type Setup struct {
 	PKCEMethods  []string `json:"pkce_methods,omitempty"`
 	PKCERequired bool     `json:"pkce_required,omitempty"`
 	// ConfidentialRequired: public clients are refused.
-	ConfidentialRequired bool `json:"confidential_required,omitempty"`
-	DynamicRegistration  bool `json:"dynamic_registration,omitempty"`
+	ConfidentialRequired bool     `json:"confidential_required,omitempty"`
+	DynamicRegistration  bool     `json:"dynamic_registration,omitempty"`
 	Scopes               []string `json:"scopes,omitempty"`
 	RegistrationURL      string   `json:"registration_url,omitempty"`
 	Documentation        string   `json:"documentation,omitempty"`
