@@ -526,12 +526,14 @@ func (s *Sandbox) tokenFromCode(w http.ResponseWriter, t *tenant, ca *clientAuth
 		// A replayed code revokes everything issued from it (RFC 6749 §4.1.2).
 		ac.fam.revoked = true
 	}
+	revoked := false
 	if ok {
 		ac.used = true
+		revoked = ac.fam.revoked
 	}
 	t.mu.Unlock()
 	switch {
-	case !ok || replay || ac.fam.revoked:
+	case !ok || replay || revoked:
 		oauthError(w, http.StatusBadRequest, "invalid_grant", "unknown, expired or already used code")
 		return
 	case s.now().After(ac.exp):

@@ -32,8 +32,8 @@ var consentTmpl = template.Must(template.New("consent").Parse(`<!doctype html>
 {{range $i, $p := .Patients}}<label><input type="radio" name="patient" value="{{$p.ID}}" {{if eq $p.ID $.Selected}}checked{{end}}> {{$p.Name}} <small>({{$p.ID}})</small></label>
 {{end}}</fieldset>{{end}}
 <fieldset><legend>Allow the app to</legend>
-{{range .Scopes}}<label><input type="checkbox" name="scope_item" value="{{.}}" checked> <code>{{.}}</code></label>
-{{end}}{{range .Other}}<p><code>{{.}}</code></p>{{end}}</fieldset>
+{{range .Scopes}}<label><input type="checkbox" name="scope_item" value="{{.Scope}}" checked> {{.Text}} <code>{{.Scope}}</code></label>
+{{end}}{{range .Other}}<p>{{.Text}} <code>{{.Scope}}</code></p>{{end}}</fieldset>
 <button class="primary" type="submit" name="decision" value="approve">Allow</button>
 <button type="submit" name="decision" value="deny">Deny</button>
 </form></main></body></html>`))
@@ -54,13 +54,53 @@ Admin: <code>{{.Base}}/admin/stats</code>, <code>/admin/faults</code>, <code>/ad
 
 type consentPatient struct{ ID, Name string }
 
+type scopeText struct{ Scope, Text string }
+
+// describeScope says in plain words what a resource scope allows.
+func describeScope(sc scope) string {
+	what := "your " + sc.typ + " records"
+	if sc.typ == "*" {
+		what = "all of your health record"
+	}
+	if sc.context != "patient" {
+		what = strings.Replace(what, "your ", "", 1) + " (any patient you can see)"
+	}
+	verb := "Read"
+	switch {
+	case sc.read && sc.search:
+		verb = "Read and search"
+	case sc.search:
+		verb = "Search"
+	case !sc.read:
+		verb = "Change"
+	}
+	if sc.query != nil {
+		what += " where " + sc.query.Encode()
+	}
+	return verb + " " + what
+}
+
+func describeOther(s string) string {
+	switch {
+	case s == "openid" || s == "fhirUser" || s == "profile":
+		return "Know who you are"
+	case s == "offline_access":
+		return "Keep access while you are not using the app"
+	case s == "online_access":
+		return "Keep access while you are signed in"
+	case strings.HasPrefix(s, "launch"):
+		return "Know which patient record you opened"
+	}
+	return "Other permission"
+}
+
 func (s *Sandbox) renderConsent(w http.ResponseWriter, t *tenant, id string, req *authRequest) {
-	var scopes, other []string
+	var scopes, other []scopeText
 	for _, f := range strings.Fields(req.scope) {
-		if _, ok := parseScope(f); ok {
-			scopes = append(scopes, f)
+		if sc, ok := parseScope(f); ok {
+			scopes = append(scopes, scopeText{f, describeScope(sc)})
 		} else {
-			other = append(other, f)
+			other = append(other, scopeText{f, describeOther(f)})
 		}
 	}
 	data := map[string]any{
