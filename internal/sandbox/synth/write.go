@@ -38,6 +38,9 @@ func (d *Dataset) appendWith(b []byte, ref Ref, m Meta, pi *patientInfo) []byte 
 		lu = m.LastUpdated
 	}
 	b = appendInstantNanos(b, lu, m.Nanos)
+	if ref.Type == Observation {
+		return d.observation(b, ref, &h, &r)
+	}
 	b = append(b, `","profile":["`...)
 	b = append(b, profileURL(ref.Type, h.Category)...)
 	b = append(b, `"]}`...)
@@ -290,50 +293,6 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng, pi *patientInfo)
 			b = append(b, `,"abatementDateTime":"`...)
 			b = appendInstant(b, h.Date+int64(7+r.intn(60))*86400)
 			b = append(b, '"')
-		}
-	case Observation:
-		var c *code
-		if h.Category == "vital-signs" {
-			c = &vitals[h.code]
-		} else {
-			c = &labs[h.code]
-		}
-		b = append(b, `,"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"`...)
-		b = append(b, h.Category...)
-		if h.Category == "vital-signs" {
-			b = append(b, `","display":"Vital Signs"}]}]`...)
-		} else {
-			b = append(b, `","display":"Laboratory"}]}]`...)
-		}
-		b = appendConcept(b, "code", c)
-		b = d.subject(b, "subject", p)
-		b = d.encounterRef(b, "encounter", ref, &h)
-		b = append(b, `,"effectiveDateTime":"`...)
-		b = appendInstant(b, h.Date)
-		b = append(b, `","issued":"`...)
-		b = appendInstant(b, h.Date+600)
-		b = append(b, '"')
-		if c.code == "85354-9" {
-			b = append(b, `,"component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}]},"valueQuantity":{"value":`...)
-			b = strconv.AppendInt(b, int64(100+r.intn(60)), 10)
-			b = append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},{"code":{"coding":[{"system":"http://loinc.org","code":"8462-4","display":"Diastolic blood pressure"}]},"valueQuantity":{"value":`...)
-			b = strconv.AppendInt(b, int64(60+r.intn(35)), 10)
-			b = append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}}]`...)
-		} else {
-			b = append(b, `,"valueQuantity":{"value":`...)
-			b = appendDecimal(b, c.lo+(c.hi-c.lo)*float64(r.next()%1000)/1000)
-			b = append(b, `,"unit":`...)
-			b = appendString(b, c.unit)
-			b = append(b, `,"system":"http://unitsofmeasure.org","code":`...)
-			b = appendString(b, c.unit)
-			b = append(b, '}')
-			if h.Category == "laboratory" {
-				b = append(b, `,"referenceRange":[{"low":{"value":`...)
-				b = appendDecimal(b, c.lo+(c.hi-c.lo)*0.1)
-				b = append(b, `},"high":{"value":`...)
-				b = appendDecimal(b, c.hi-(c.hi-c.lo)*0.1)
-				b = append(b, `}}]`...)
-			}
 		}
 	case MedicationRequest:
 		c := &medications[h.code]
@@ -674,3 +633,78 @@ func appendFixed10(b []byte, v *[10]byte) []byte {
 // AppendInstant is the instant format the generator uses, for callers that
 // write meta themselves.
 func AppendInstant(b []byte, unix int64, nanos int) []byte { return appendInstantNanos(b, unix, nanos) }
+
+// obsTemplate holds an Observation's constant parts for one code: everything
+// from the profile up to the patient id, and everything after the value.
+// Observations are most of every export, so they get a faster path.
+type obsTemplate struct {
+	pre  []byte // `","profile":[...]},...,"subject":{"reference":"Patient/pat-`
+	post []byte // `,"unit":...}` (+ referenceRange) + `}`
+}
+
+var obsVitals, obsLabs []obsTemplate
+
+func init() {
+	build := func(tab []code, category, display string) []obsTemplate {
+		out := make([]obsTemplate, len(tab))
+		for i := range tab {
+			c := &tab[i]
+			pre := []byte(`","profile":["`)
+			pre = append(pre, profileURL(Observation, category)...)
+			pre = append(pre, `"]},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"`...)
+			pre = append(pre, category...)
+			pre = append(pre, `","display":"`...)
+			pre = append(pre, display...)
+			pre = append(pre, `"}]}],"code":`...)
+			pre = append(pre, c.concept...)
+			pre = append(pre, `,"subject":{"reference":"Patient/pat-`...)
+			post := []byte(`,"unit":`)
+			post = appendString(post, c.unit)
+			post = append(post, `,"system":"http://unitsofmeasure.org","code":`...)
+			post = appendString(post, c.unit)
+			post = append(post, '}')
+			if category == "laboratory" {
+				post = append(post, `,"referenceRange":[{"low":{"value":`...)
+				post = appendDecimal(post, c.lo+(c.hi-c.lo)*0.1)
+				post = append(post, `},"high":{"value":`...)
+				post = appendDecimal(post, c.hi-(c.hi-c.lo)*0.1)
+				post = append(post, `}}]`...)
+			}
+			post = append(post, '}')
+			out[i] = obsTemplate{pre: pre, post: post}
+		}
+		return out
+	}
+	obsVitals = build(vitals, "vital-signs", "Vital Signs")
+	obsLabs = build(labs, "laboratory", "Laboratory")
+}
+
+func (d *Dataset) observation(b []byte, ref Ref, h *Header, r *rng) []byte {
+	var tpl *obsTemplate
+	var c *code
+	if h.Category == "vital-signs" {
+		tpl, c = &obsVitals[h.code], &vitals[h.code]
+	} else {
+		tpl, c = &obsLabs[h.code], &labs[h.code]
+	}
+	b = append(b, tpl.pre...)
+	b = appendInt(b, ref.Patient)
+	b = append(b, `"},"encounter":{"reference":"Encounter/enc-`...)
+	b = appendInt(b, ref.Patient)
+	b = append(b, '-')
+	b = appendInt(b, h.enc)
+	b = append(b, `"},"effectiveDateTime":"`...)
+	b = appendInstant(b, h.Date)
+	b = append(b, `","issued":"`...)
+	b = appendInstant(b, h.Date+600)
+	if c.code == "85354-9" {
+		b = append(b, `","component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6","display":"Systolic blood pressure"}]},"valueQuantity":{"value":`...)
+		b = appendInt(b, 100+r.intn(60))
+		b = append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},{"code":{"coding":[{"system":"http://loinc.org","code":"8462-4","display":"Diastolic blood pressure"}]},"valueQuantity":{"value":`...)
+		b = appendInt(b, 60+r.intn(35))
+		return append(b, `,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}}]}`...)
+	}
+	b = append(b, `","valueQuantity":{"value":`...)
+	b = appendDecimal(b, c.lo+(c.hi-c.lo)*float64(r.next()%1000)/1000)
+	return append(b, tpl.post...)
+}
