@@ -388,8 +388,9 @@ func (c *Client) Refresh(ctx context.Context, refresh secrets.Value, scopes []st
 	if err != nil {
 		return nil, err
 	}
-	if !t.RefreshRotated {
-		t.RefreshToken = refresh
+	// Servers that do not rotate may send the same token back.
+	if !t.RefreshRotated || t.RefreshToken == refresh {
+		t.RefreshToken, t.RefreshRotated = refresh, false
 	}
 	c.finish(ctx, t)
 	return t, nil
