@@ -227,6 +227,11 @@ func (t *tenant) gc(now time.Time) {
 			delete(t.launches, k)
 		}
 	}
+	for k, p := range t.pending {
+		if now.After(p.exp) {
+			delete(t.pending, k)
+		}
+	}
 	for k, r := range t.refresh {
 		if !r.exp.IsZero() && now.After(r.exp) {
 			delete(t.refresh, k)
