@@ -1,0 +1,188 @@
+package records
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Keys. Every key starts with the connection id, so a connection's records
+// are one key range in each table.
+//
+//	records         conn/type/id   → head
+//	record_changes  conn/seq       → change (header + raw JSON)
+//	record_types    conn/type/seq  → nothing
+//	record_pending  conn           → first seq of the batch being written
+//
+// seq is 16 lowercase hex digits so keys sort in change order.
+
+func headKey(conn, typ, id string) string { return conn + "/" + typ + "/" + id }
+
+func changeKey(conn string, seq uint64) string { return conn + "/" + seqHex(seq) }
+
+func typeKey(conn, typ string, seq uint64) string { return conn + "/" + typ + "/" + seqHex(seq) }
+
+func seqHex(seq uint64) string {
+	var b [16]byte
+	const digits = "0123456789abcdef"
+	for i := 15; i >= 0; i-- {
+		b[i] = digits[seq&0xf]
+		seq >>= 4
+	}
+	return string(b[:])
+}
+
+func parseSeqHex(s string) (uint64, error) {
+	if len(s) != 16 {
+		return 0, fmt.Errorf("bad sequence %q", s)
+	}
+	return strconv.ParseUint(s, 16, 64)
+}
+
+const (
+	formatV1    = 1
+	flagDeleted = 1
+)
+
+var errCorrupt = errors.New("records: corrupt stored value")
+
+// head is what the records table holds for one resource: where its latest
+// change is, and enough to decide whether an incoming copy is new.
+type head struct {
+	seq         uint64
+	deleted     bool
+	lastUpdated int64 // Unix nanoseconds; 0 = unknown
+	hash        uint64
+	versionID   string
+}
+
+func (h head) append(b []byte) []byte {
+	b = append(b, formatV1, flags(h.deleted))
+	b = binary.AppendUvarint(b, h.seq)
+	b = binary.AppendVarint(b, h.lastUpdated)
+	b = binary.LittleEndian.AppendUint64(b, h.hash)
+	return append(b, h.versionID...)
+}
+
+func decodeHead(v []byte) (head, error) {
+	var h head
+	if len(v) < 2 || v[0] != formatV1 {
+		return h, errCorrupt
+	}
+	h.deleted = v[1]&flagDeleted != 0
+	v = v[2:]
+	var n int
+	if h.seq, n = binary.Uvarint(v); n <= 0 {
+		return h, errCorrupt
+	}
+	v = v[n:]
+	if h.lastUpdated, n = binary.Varint(v); n <= 0 {
+		return h, errCorrupt
+	}
+	v = v[n:]
+	if len(v) < 8 {
+		return h, errCorrupt
+	}
+	h.hash = binary.LittleEndian.Uint64(v)
+	h.versionID = string(v[8:])
+	return h, nil
+}
+
+// change is one entry of the change index: the resource as it was stored at
+// that change (or a tombstone), and the change it superseded (prev), which
+// crash repair needs to finish an interrupted batch.
+type change struct {
+	prev        uint64
+	deleted     bool
+	lastUpdated int64
+	hash        uint64
+	typ, id     string
+	versionID   string
+	json        []byte
+}
+
+func (c *change) appendHeader(b []byte) []byte {
+	b = append(b, formatV1, flags(c.deleted))
+	b = binary.AppendUvarint(b, c.prev)
+	b = binary.AppendVarint(b, c.lastUpdated)
+	b = binary.LittleEndian.AppendUint64(b, c.hash)
+	b = appendString(b, c.typ)
+	b = appendString(b, c.id)
+	return appendString(b, c.versionID)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// decodeChange reads a stored change. json aliases v (no copy).
+func decodeChange(v []byte) (change, error) {
+	var c change
+	if len(v) < 2 || v[0] != formatV1 {
+		return c, errCorrupt
+	}
+	c.deleted = v[1]&flagDeleted != 0
+	v = v[2:]
+	var n int
+	if c.prev, n = binary.Uvarint(v); n <= 0 {
+		return c, errCorrupt
+	}
+	v = v[n:]
+	if c.lastUpdated, n = binary.Varint(v); n <= 0 {
+		return c, errCorrupt
+	}
+	v = v[n:]
+	if len(v) < 8 {
+		return c, errCorrupt
+	}
+	c.hash = binary.LittleEndian.Uint64(v)
+	v = v[8:]
+	var ok bool
+	if c.typ, v, ok = readString(v); !ok {
+		return c, errCorrupt
+	}
+	if c.id, v, ok = readString(v); !ok {
+		return c, errCorrupt
+	}
+	if c.versionID, v, ok = readString(v); !ok {
+		return c, errCorrupt
+	}
+	c.json = v
+	return c, nil
+}
+
+func readString(v []byte) (string, []byte, bool) {
+	l, n := binary.Uvarint(v)
+	if n <= 0 || uint64(len(v)-n) < l {
+		return "", nil, false
+	}
+	return string(v[n : n+int(l)]), v[n+int(l):], true
+}
+
+func (c *change) head(seq uint64) head {
+	return head{seq: seq, deleted: c.deleted, lastUpdated: c.lastUpdated, hash: c.hash, versionID: c.versionID}
+}
+
+func flags(deleted bool) byte {
+	if deleted {
+		return flagDeleted
+	}
+	return 0
+}
+
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}

@@ -1,0 +1,529 @@
+// Package records owns the agent's record store: FHIR resources of each
+// connection kept as the source's raw JSON bytes, keyed by (connection,
+// resource type, id), with a change index that lets an app read "everything
+// that changed since cursor C" in change order.
+//
+// Only resourceType, id, meta.versionId and meta.lastUpdated are read from a
+// resource (ScanHeader); the rest is never unmarshalled.
+//
+// # Change index
+//
+// Every put or delete that changes a resource gets the next value of a
+// store-wide sequence; the resource's entry in the change index moves to that
+// sequence, so the index holds each resource once, at its latest change. A
+// copy identical to the stored one (a re-ingested file, a resumed download)
+// changes nothing. A copy whose meta.lastUpdated is older than the stored
+// one's is stale and ignored, as is a put older than a tombstone's time.
+//
+// Writes to one connection are serialised (one lock per connection, held
+// from sequence allocation until the batch is flushed), and Badger makes
+// commits visible in order, so a reader that has seen sequence n will never
+// later find a change below n: a cursor never skips anything.
+//
+// # Exactly-once ingest
+//
+// Writer.Commit flushes a batch (a Badger WriteBatch, not atomic) laid out
+// as: a pending marker naming the batch's first sequence, the record
+// changes, the caller's progress marker, and the removal of the pending
+// marker. Badger persists a prefix of what was written, so after a crash
+// either the caller's progress is stored and everything before it is, or it
+// is not and some prefix of the records may be. Open then finishes any
+// interrupted batch from the change entries it finds (each names the change
+// it superseded), and the caller resumes from its last progress marker:
+// records already stored are identical and change nothing. None are lost and
+// none appear twice.
+package records
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/errdefs"
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// Errors.
+var (
+	ErrNotFound      = errdefs.Define(errdefs.NotFound, "RECORD_NOT_FOUND", "no such record")
+	ErrBadCursor     = errdefs.Define(errdefs.InvalidArgument, "RECORD_CURSOR_INVALID", "the cursor is not valid")
+	ErrBadConnection = errdefs.Define(errdefs.InvalidArgument, "CONNECTION_ID_INVALID", "invalid connection id")
+	ErrBadType       = errdefs.Define(errdefs.InvalidArgument, "RESOURCE_TYPE_INVALID", "invalid resource type")
+	ErrBadID         = errdefs.Define(errdefs.InvalidArgument, "RESOURCE_ID_INVALID", "invalid resource id")
+)
+
+// Record is one stored resource (or the tombstone of a deleted one).
+type Record struct {
+	Type        string
+	ID          string
+	VersionID   string
+	LastUpdated time.Time
+	Deleted     bool
+	// JSON is the resource exactly as the source sent it (nil for a
+	// tombstone). The caller owns it.
+	JSON []byte
+	// Seq is the record's position in its connection's change index.
+	Seq uint64
+}
+
+// Cursor is the position to continue a List after this record.
+func (r Record) Cursor() string { return FormatCursor(r.Seq) }
+
+// FormatCursor renders a change position. Cursors are opaque to apps.
+func FormatCursor(seq uint64) string {
+	if seq == 0 {
+		return ""
+	}
+	return strconv.FormatUint(seq, 10)
+}
+
+// ParseCursor reads a cursor; "" is the beginning.
+func ParseCursor(c string) (uint64, error) {
+	if c == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(c, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadCursor, clip(c))
+	}
+	return v, nil
+}
+
+// Store is the record store. Safe for concurrent use.
+type Store struct {
+	db      *store.DB
+	heads   *store.Table[[]byte]
+	changes *store.Table[[]byte]
+	types   *store.Table[[]byte]
+	pending *store.Table[[]byte]
+	log     *slog.Logger
+
+	locks sync.Map // connection id → *sync.Mutex
+}
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+const seqName = "records"
+
+// Open returns the record store kept in db, first finishing any batch a
+// crash interrupted.
+func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
+	s := &Store{
+		db:      db,
+		heads:   store.NewTable[[]byte](db, store.Records),
+		changes: store.NewTable[[]byte](db, store.RecordChanges),
+		types:   store.NewTable[[]byte](db, store.RecordTypes),
+		pending: store.NewTable[[]byte](db, store.RecordPending),
+		log:     slog.Default(),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("component", "records")
+	type interrupted struct {
+		conn  string
+		first uint64
+	}
+	var todo []interrupted
+	err := s.pending.Scan(ctx, store.ScanOptions{}, func(conn string, v []byte) error {
+		first, err := decodePending(v)
+		if err != nil {
+			return fmt.Errorf("records: pending batch of %s: %w", conn, err)
+		}
+		todo = append(todo, interrupted{conn, first})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range todo {
+		s.log.Warn("finishing a record batch interrupted by a crash", "connection", t.conn, "from_seq", t.first)
+		if err := s.repair(ctx, t.conn, t.first); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// lock serialises writers of one connection.
+func (s *Store) lock(conn string) *sync.Mutex {
+	if m, ok := s.locks.Load(conn); ok {
+		return m.(*sync.Mutex)
+	}
+	m, _ := s.locks.LoadOrStore(conn, &sync.Mutex{})
+	return m.(*sync.Mutex)
+}
+
+func checkConn(conn string) error {
+	if conn == "" || len(conn) > 256 || strings.ContainsAny(conn, "/\x00") {
+		return fmt.Errorf("%w: %q", ErrBadConnection, clip(conn))
+	}
+	return nil
+}
+
+func encodePending(first uint64) []byte { return []byte(seqHex(first)) }
+
+func decodePending(v []byte) (uint64, error) { return parseSeqHex(string(v)) }
+
+// repair finishes an interrupted batch of conn whose first sequence was
+// first: every change entry from first on is rolled forward (the head moves
+// to the newest change of its resource, superseded entries are removed). Each
+// step is idempotent, and the pending marker goes last, so a crash during
+// repair just means repairing again. Callers hold the connection's lock (or
+// run before anyone else can write).
+func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
+	b := s.db.NewBatch()
+	out := batchSink{b}
+	latest := map[string]uint64{} // head key → seq the head points to after this repair
+	err := s.db.View(ctx, func(tx *store.Txn) error {
+		return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/", After: changeKey(conn, first-1)}, func(k string, v []byte) error {
+			seq, err := parseSeqHex(k[len(conn)+1:])
+			if err != nil {
+				return err
+			}
+			c, err := decodeChange(v)
+			if err != nil {
+				return fmt.Errorf("change %s: %w", k, err)
+			}
+			hk := headKey(conn, c.typ, c.id)
+			cur, ok := latest[hk]
+			if !ok {
+				hv, err := s.heads.GetTx(tx, hk)
+				switch {
+				case err == nil:
+					h, err := decodeHead(hv)
+					if err != nil {
+						return fmt.Errorf("head %s: %w", hk, err)
+					}
+					cur = h.seq
+				case errors.Is(err, store.ErrNotFound):
+				default:
+					return err
+				}
+			}
+			switch {
+			case cur > seq:
+				// Superseded later in the batch: drop it.
+				if err := s.deleteChange(out, conn, c.typ, seq); err != nil {
+					return err
+				}
+				return nil
+			case cur < seq:
+				if err := out.put(s.heads, hk, c.head(seq).append(nil)); err != nil {
+					return err
+				}
+				if err := out.put(s.types, typeKey(conn, c.typ, seq), nil); err != nil {
+					return err
+				}
+				if cur != 0 && cur != c.prev {
+					if err := s.deleteChange(out, conn, c.typ, cur); err != nil {
+						return err
+					}
+				}
+				latest[hk] = seq
+			}
+			if c.prev != 0 {
+				return s.deleteChange(out, conn, c.typ, c.prev)
+			}
+			return nil
+		})
+	})
+	if err == nil {
+		err = store.BatchDelete(b, s.pending, conn)
+	}
+	if err != nil {
+		b.Cancel()
+		return fmt.Errorf("records: repair %s: %w", conn, err)
+	}
+	if err := b.Flush(true); err != nil {
+		return fmt.Errorf("records: repair %s: %w", conn, err)
+	}
+	return nil
+}
+
+func (s *Store) deleteChange(out sink, conn, typ string, seq uint64) error {
+	if err := out.del(s.changes, changeKey(conn, seq)); err != nil {
+		return err
+	}
+	return out.del(s.types, typeKey(conn, typ, seq))
+}
+
+// repairIfPending finishes a batch of conn left pending by a failed flush.
+// Callers hold the connection's lock.
+func (s *Store) repairIfPending(ctx context.Context, conn string) error {
+	v, err := s.pending.Get(ctx, conn)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	first, err := decodePending(v)
+	if err != nil {
+		return fmt.Errorf("records: pending batch of %s: %w", conn, err)
+	}
+	return s.repair(ctx, conn, first)
+}
+
+// Get returns the stored record (possibly a tombstone) of one resource.
+func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
+	if err := checkConn(conn); err != nil {
+		return Record{}, err
+	}
+	if !validType(typ) {
+		return Record{}, fmt.Errorf("%w: %q", ErrBadType, clip(typ))
+	}
+	if !ValidID(id) {
+		return Record{}, fmt.Errorf("%w: %q", ErrBadID, clip(id))
+	}
+	var r Record
+	err := s.db.View(ctx, func(tx *store.Txn) error {
+		hv, err := s.heads.GetTx(tx, headKey(conn, typ, id))
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
+		}
+		if err != nil {
+			return err
+		}
+		h, err := decodeHead(hv)
+		if err != nil {
+			return err
+		}
+		cv, err := s.changes.GetTx(tx, changeKey(conn, h.seq))
+		if err != nil {
+			return fmt.Errorf("records: change %d of %s/%s: %w", h.seq, typ, id, err)
+		}
+		r, err = recordOf(h.seq, cv)
+		return err
+	})
+	return r, err
+}
+
+func recordOf(seq uint64, v []byte) (Record, error) {
+	c, err := decodeChange(v)
+	if err != nil {
+		return Record{}, err
+	}
+	r := Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
+	if !c.deleted {
+		r.JSON = c.json
+	}
+	return r, nil
+}
+
+// Query selects what List returns.
+type Query struct {
+	// Types limits the list to these resource types (empty: all).
+	Types []string
+	// After is the cursor to continue from (0: the beginning).
+	After uint64
+	// Limit stops after this many records in all (0: no limit).
+	Limit int
+	// PageRecords and PageBytes bound one page (one read transaction, one
+	// call of fn). Defaults: 1000 records, 1 MiB of JSON.
+	PageRecords int
+	PageBytes   int
+}
+
+// List calls fn with the records of conn changed after q.After, in change
+// order, a page at a time, with the cursor that continues after the page.
+// It returns the final cursor (q.After when nothing changed). Each page is
+// read in its own short transaction, so a slow reader holds nothing open in
+// the store. fn owns the page; it may be called with an empty page when
+// only superseded entries were passed over.
+func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []Record, cursor uint64) error) (uint64, error) {
+	if err := checkConn(conn); err != nil {
+		return q.After, err
+	}
+	var types []string
+	for _, t := range q.Types {
+		if !validType(t) {
+			return q.After, fmt.Errorf("%w: %q", ErrBadType, clip(t))
+		}
+		if !slices.Contains(types, t) {
+			types = append(types, t)
+		}
+	}
+	if q.PageRecords <= 0 {
+		q.PageRecords = 1000
+	}
+	if q.PageBytes <= 0 {
+		q.PageBytes = 1 << 20
+	}
+	cursor, total := q.After, 0
+	for {
+		want := q.PageRecords
+		if q.Limit > 0 {
+			want = min(want, q.Limit-total)
+		}
+		var p page
+		var err error
+		if len(types) == 0 {
+			p, err = s.pageAll(ctx, conn, cursor, want, q.PageBytes)
+		} else {
+			p, err = s.pageTypes(ctx, conn, types, cursor, want, q.PageBytes)
+		}
+		if err != nil {
+			return cursor, err
+		}
+		if p.next > cursor {
+			cursor = p.next
+			if err := fn(p.records, cursor); err != nil {
+				return cursor, err
+			}
+			total += len(p.records)
+		}
+		if !p.more || (q.Limit > 0 && total >= q.Limit) {
+			return cursor, nil
+		}
+	}
+}
+
+// page is one read of the change index: the records found, the position it
+// covers through (the last sequence looked at) and whether there may be more.
+type page struct {
+	records []Record
+	next    uint64
+	more    bool
+}
+
+// pageAll reads one page of every type, in change order.
+func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, maxBytes int) (page, error) {
+	p := page{next: after}
+	size := 0
+	prefix := conn + "/"
+	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: changeKey(conn, after), Limit: limit}, func(k string, v []byte) error {
+		seq, err := parseSeqHex(k[len(prefix):])
+		if err != nil {
+			return err
+		}
+		r, err := recordOf(seq, v)
+		if err != nil {
+			return fmt.Errorf("records: change %s: %w", k, err)
+		}
+		p.records = append(p.records, r)
+		p.next = seq
+		size += len(r.JSON)
+		if len(p.records) >= limit || size >= maxBytes {
+			p.more = true
+			return store.ErrStopScan
+		}
+		return nil
+	})
+	return p, err
+}
+
+// pageTypes reads one page of the given types: the per-type indexes are read
+// in one transaction and merged by sequence. Only sequences up to the
+// smallest last sequence among types that had more than a page are safe to
+// return (a type cut short may have entries below it still unread).
+func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int) (page, error) {
+	p := page{next: after}
+	err := s.db.View(ctx, func(tx *store.Txn) error {
+		var seqs []uint64
+		bound := ^uint64(0)
+		for _, t := range types {
+			prefix := conn + "/" + t + "/"
+			n := 0
+			var last uint64
+			err := s.types.ScanTx(tx, store.ScanOptions{Prefix: prefix, After: typeKey(conn, t, after), Limit: limit, KeysOnly: true}, func(k string, _ []byte) error {
+				seq, err := parseSeqHex(k[len(prefix):])
+				if err != nil {
+					return err
+				}
+				seqs = append(seqs, seq)
+				last = seq
+				n++
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if n >= limit {
+				p.more = true
+				bound = min(bound, last)
+			}
+		}
+		slices.Sort(seqs)
+		if p.more {
+			i, _ := slices.BinarySearch(seqs, bound+1)
+			seqs = seqs[:i]
+		}
+		if len(seqs) > limit {
+			seqs = seqs[:limit]
+			p.more = true
+		}
+		size := 0
+		for i, seq := range seqs {
+			p.next = seq
+			v, err := s.changes.GetTx(tx, changeKey(conn, seq))
+			if errors.Is(err, store.ErrNotFound) {
+				continue // superseded while the index was read
+			}
+			if err != nil {
+				return err
+			}
+			r, err := recordOf(seq, v)
+			if err != nil {
+				return err
+			}
+			p.records = append(p.records, r)
+			if size += len(r.JSON); size >= maxBytes && i < len(seqs)-1 {
+				p.more = true
+				break
+			}
+		}
+		return nil
+	})
+	return p, err
+}
+
+// Count returns how many resources of conn are stored (tombstones included).
+func (s *Store) Count(ctx context.Context, conn string) (int, error) {
+	if err := checkConn(conn); err != nil {
+		return 0, err
+	}
+	return s.heads.Count(ctx, conn+"/")
+}
+
+// DeleteConnection removes every record of conn, tombstones and change index
+// included. Writers of conn wait; one still running after this starts the
+// connection afresh, so stop a connection's jobs before deleting it.
+func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
+	if err := checkConn(conn); err != nil {
+		return err
+	}
+	mu := s.lock(conn)
+	mu.Lock()
+	defer mu.Unlock()
+	b := s.db.NewBatch()
+	prefix := conn + "/"
+	for _, t := range []*store.Table[[]byte]{s.heads, s.types, s.changes} {
+		err := t.Scan(ctx, store.ScanOptions{Prefix: prefix, KeysOnly: true}, func(k string, _ []byte) error {
+			return store.BatchDelete(b, t, k)
+		})
+		if err != nil {
+			b.Cancel()
+			return fmt.Errorf("records: delete %s: %w", conn, err)
+		}
+	}
+	if err := store.BatchDelete(b, s.pending, conn); err != nil {
+		b.Cancel()
+		return err
+	}
+	if err := b.Flush(true); err != nil {
+		return fmt.Errorf("records: delete %s: %w", conn, err)
+	}
+	s.log.Info("deleted the records of a connection", "connection", conn)
+	return nil
+}

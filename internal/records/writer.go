@@ -1,0 +1,306 @@
+package records
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// Writer buffers changes to one connection's records and writes them in
+// batches with Commit. Puts and deletes are applied in the order given. A
+// Writer is not safe for concurrent use; several Writers (one per file of a
+// bulk export, say) may write the same connection at once.
+type Writer struct {
+	s     *Store
+	conn  string
+	sync  bool
+	items []item
+	arena []byte            // JSON of buffered puts
+	vals  []byte            // values built by Commit (reused)
+	names map[string]string // interned type names
+	heads map[string]head   // heads as changed by the commit in progress
+}
+
+type item struct {
+	typ, id, version string
+	lastUpdated      int64
+	hash             uint64
+	off, n           int // JSON in arena
+	deleted          bool
+}
+
+// WriterOption configures a Writer.
+type WriterOption func(*Writer)
+
+// WithoutSync makes Commit return before its batch is fsynced. A process
+// crash still loses nothing committed; a power cut may lose the last
+// batches (and, as with any crash, the caller then resumes from an earlier
+// progress marker).
+func WithoutSync() WriterOption { return func(w *Writer) { w.sync = false } }
+
+// NewWriter starts a writer for conn.
+func (s *Store) NewWriter(conn string, opts ...WriterOption) (*Writer, error) {
+	if err := checkConn(conn); err != nil {
+		return nil, err
+	}
+	w := &Writer{s: s, conn: conn, sync: true, names: map[string]string{}, heads: map[string]head{}}
+	for _, o := range opts {
+		o(w)
+	}
+	return w, nil
+}
+
+// Len is the number of buffered changes; Size their bytes of JSON.
+func (w *Writer) Len() int  { return len(w.items) }
+func (w *Writer) Size() int { return len(w.arena) }
+
+// Put buffers one resource, given as its JSON. It returns the resource's
+// header, or an error wrapping ErrMalformed (nothing is buffered then).
+func (w *Writer) Put(raw []byte) (Header, error) {
+	h, err := ScanHeader(raw)
+	if err != nil {
+		return h, err
+	}
+	off := len(w.arena)
+	w.arena = append(w.arena, raw...)
+	w.items = append(w.items, item{
+		typ: w.intern(h.Type), id: h.ID, version: h.VersionID,
+		lastUpdated: unixNanos(h.LastUpdated), hash: xxhash.Sum64(raw),
+		off: off, n: len(raw),
+	})
+	return h, nil
+}
+
+// Delete buffers the deletion of a resource, leaving a tombstone so readers
+// of the change index learn of it. at is when the source deleted it, when
+// known (zero otherwise): a put whose meta.lastUpdated is not after it is
+// then stale, and the tombstone is stale if the stored copy is newer.
+func (w *Writer) Delete(typ, id string, at time.Time) error {
+	if !validType(typ) {
+		return fmt.Errorf("%w: %q", ErrBadType, clip(typ))
+	}
+	if !ValidID(id) {
+		return fmt.Errorf("%w: %q", ErrBadID, clip(id))
+	}
+	w.items = append(w.items, item{typ: w.intern(typ), id: id, lastUpdated: unixNanos(at), deleted: true})
+	return nil
+}
+
+func (w *Writer) intern(t string) string {
+	if s, ok := w.names[t]; ok {
+		return s
+	}
+	w.names[t] = t
+	return t
+}
+
+// Discard drops what is buffered.
+func (w *Writer) Discard() { w.reset() }
+
+func (w *Writer) reset() {
+	w.items = w.items[:0]
+	w.arena = w.arena[:0]
+	w.vals = w.vals[:0]
+	clear(w.heads)
+	// One huge resource must not pin its buffer for the writer's life.
+	if cap(w.arena) > 64<<20 {
+		w.arena = nil
+	}
+	if cap(w.vals) > 64<<20 {
+		w.vals = nil
+	}
+}
+
+// Counts says what a Commit did.
+type Counts struct {
+	Written   int // new or changed resources
+	Deleted   int // tombstones written
+	Unchanged int // identical to the stored copy (e.g. a re-ingested line)
+	Stale     int // older than the stored copy or its tombstone
+}
+
+func (c *Counts) Add(o Counts) {
+	c.Written += o.Written
+	c.Deleted += o.Deleted
+	c.Unchanged += o.Unchanged
+	c.Stale += o.Stale
+}
+
+// Marker adds the caller's progress to the batch being committed, in
+// tables the caller owns (store.BatchPut); n is what this batch does. It is
+// written after the records it covers: once it is stored, so are they.
+type Marker func(b *store.Batch, n Counts) error
+
+type verdict int
+
+const (
+	apply verdict = iota
+	unchanged
+	stale
+)
+
+func decide(cur head, found bool, it *item) verdict {
+	if !found {
+		return apply
+	}
+	known := cur.lastUpdated != 0 && it.lastUpdated != 0
+	if it.deleted {
+		switch {
+		case cur.deleted:
+			return unchanged
+		case known && cur.lastUpdated > it.lastUpdated:
+			return stale // re-created after the deletion
+		}
+		return apply
+	}
+	switch {
+	case cur.deleted:
+		if known && it.lastUpdated <= cur.lastUpdated {
+			return stale // a copy from before the deletion
+		}
+	case cur.hash == it.hash:
+		return unchanged
+	case it.version != "" && it.version == cur.versionID && it.lastUpdated == cur.lastUpdated:
+		return unchanged // same version, served differently
+	case known && it.lastUpdated < cur.lastUpdated:
+		return stale
+	}
+	return apply
+}
+
+// Commit writes what is buffered, then marker (may be nil), as one batch,
+// and empties the writer. Changes that alter nothing are not written and do
+// not move in the change index.
+func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
+	if len(w.items) == 0 && marker == nil {
+		return Counts{}, nil
+	}
+	s := w.s
+	mu := s.lock(w.conn)
+	mu.Lock()
+	defer mu.Unlock()
+	defer w.reset()
+	if err := s.repairIfPending(ctx, w.conn); err != nil {
+		return Counts{}, err
+	}
+	b := s.db.NewBatch()
+	n, first, err := w.plan(ctx, batchSink{b})
+	if err == nil && marker != nil {
+		err = marker(b, n)
+	}
+	if err == nil && first != 0 {
+		err = store.BatchDelete(b, s.pending, w.conn)
+	}
+	if err != nil {
+		b.Cancel()
+		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
+	}
+	if err := b.Flush(w.sync); err != nil {
+		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
+	}
+	return n, nil
+}
+
+// sink receives a commit's writes in order: a store.Batch, or in tests a
+// recorder that replays every prefix of them.
+type sink interface {
+	put(t *store.Table[[]byte], key string, v []byte) error
+	del(t *store.Table[[]byte], key string) error
+}
+
+type batchSink struct{ b *store.Batch }
+
+func (s batchSink) put(t *store.Table[[]byte], key string, v []byte) error {
+	return store.BatchPut(s.b, t, key, v)
+}
+
+func (s batchSink) del(t *store.Table[[]byte], key string) error {
+	return store.BatchDelete(s.b, t, key)
+}
+
+// plan decides what each buffered change does and sends the writes to out:
+// the pending marker first (if anything is written), then per change the
+// new change entry, its type index, the head, and the removal of the
+// superseded change. It returns the counts and the first sequence used (0:
+// nothing written). Callers hold the connection's lock.
+func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
+	var n Counts
+	var first uint64
+	s := w.s
+	err := s.db.View(ctx, func(tx *store.Txn) error {
+		for i := range w.items {
+			it := &w.items[i]
+			hk := headKey(w.conn, it.typ, it.id)
+			cur, found := w.heads[hk]
+			if !found {
+				hv, err := s.heads.GetTx(tx, hk)
+				switch {
+				case err == nil:
+					if cur, err = decodeHead(hv); err != nil {
+						return fmt.Errorf("head %s: %w", hk, err)
+					}
+					found = true
+				case !errors.Is(err, store.ErrNotFound):
+					return err
+				}
+			}
+			switch decide(cur, found, it) {
+			case unchanged:
+				n.Unchanged++
+				continue
+			case stale:
+				n.Stale++
+				continue
+			}
+			seq, err := s.db.NextSeq(seqName)
+			if err != nil {
+				return err
+			}
+			if first == 0 {
+				// First in the batch: if any of it is stored, so is this.
+				first = seq
+				if err := out.put(s.pending, w.conn, encodePending(seq)); err != nil {
+					return err
+				}
+			}
+			c := change{deleted: it.deleted, lastUpdated: it.lastUpdated, hash: it.hash, typ: it.typ, id: it.id, versionID: it.version}
+			if found {
+				c.prev = cur.seq
+			}
+			start := len(w.vals)
+			w.vals = c.appendHeader(w.vals)
+			w.vals = append(w.vals, w.arena[it.off:it.off+it.n]...)
+			// Full slice expression: later appends must never write into
+			// a value the batch still holds.
+			val := w.vals[start:len(w.vals):len(w.vals)]
+			if err := out.put(s.changes, changeKey(w.conn, seq), val); err != nil {
+				return err
+			}
+			if err := out.put(s.types, typeKey(w.conn, it.typ, seq), nil); err != nil {
+				return err
+			}
+			h := c.head(seq)
+			if err := out.put(s.heads, hk, h.append(nil)); err != nil {
+				return err
+			}
+			if found {
+				if err := s.deleteChange(out, w.conn, it.typ, cur.seq); err != nil {
+					return err
+				}
+			}
+			w.heads[hk] = h
+			if it.deleted {
+				n.Deleted++
+			} else {
+				n.Written++
+			}
+		}
+		return nil
+	})
+	return n, first, err
+}
