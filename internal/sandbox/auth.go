@@ -551,7 +551,7 @@ func (s *Sandbox) tokenFromCode(w http.ResponseWriter, t *tenant, ca *clientAuth
 		oauthError(w, http.StatusBadRequest, "invalid_grant", "PKCE verification failed")
 		return
 	}
-	s.writeTokenResponse(w, t, ac.fam, ca, true)
+	s.writeTokenResponse(w, t, ac.fam, ca, nil)
 }
 
 func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientAuth, form url.Values) {
@@ -564,6 +564,7 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 	t.mu.Lock()
 	tok, ok := t.refresh[rt]
 	var fam *family
+	var prev *refreshToken
 	reason := ""
 	switch {
 	case !ok:
@@ -572,6 +573,13 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 		reason = "refresh token was issued to another client"
 	case tok.fam.revoked:
 		reason = "the grant has been revoked"
+	case tok.superseded:
+		reason = "refresh token was replaced after a retry"
+	case tok.used && t.reuseGrace > 0 && now.Sub(tok.rotatedAt) <= t.reuseGrace && tok.successor != nil && !tok.successor.used:
+		// A retry: the client never used what we rotated to, so it most
+		// likely never received it. Replace that token instead of revoking.
+		tok.successor.superseded = true
+		fam, prev = tok.fam, tok
 	case tok.used:
 		// Reuse of a rotated token: assume theft, revoke the whole family.
 		tok.fam.revoked = true
@@ -583,7 +591,7 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 	default:
 		fam = tok.fam
 		if t.rotate {
-			tok.used = true
+			tok.used, tok.rotatedAt, prev = true, now, tok
 		}
 	}
 	t.mu.Unlock()
@@ -603,7 +611,7 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 		s.writeTokenResponseWithRefresh(w, t, fam, ca, rt)
 		return
 	}
-	s.writeTokenResponse(w, t, fam, ca, false)
+	s.writeTokenResponse(w, t, fam, ca, prev)
 }
 
 func (s *Sandbox) tokenFromClientCredentials(w http.ResponseWriter, t *tenant, ca *clientAuth, form url.Values) {
@@ -645,13 +653,17 @@ func (s *Sandbox) lifetime(t *tenant, clientID string) time.Duration {
 	return t.atLifetime
 }
 
-func (s *Sandbox) writeTokenResponse(w http.ResponseWriter, t *tenant, fam *family, ca *clientAuth, first bool) {
+// writeTokenResponse issues an access token and, for offline grants, a new
+// refresh token (linked from prev when it rotates one).
+func (s *Sandbox) writeTokenResponse(w http.ResponseWriter, t *tenant, fam *family, ca *clientAuth, prev *refreshToken) {
 	rt := ""
 	if fam.offline {
 		rt = randomToken(32)
+		nt := &refreshToken{fam: fam}
 		t.mu.Lock()
-		t.refresh[rt] = &refreshToken{fam: fam}
-		if !first {
+		t.refresh[rt] = nt
+		if prev != nil {
+			prev.successor = nt
 			fam.rotations++
 		}
 		t.mu.Unlock()

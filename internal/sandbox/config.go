@@ -98,6 +98,11 @@ type TenantConfig struct {
 	RotateRefreshTokens *bool `json:"rotate_refresh_tokens,omitempty" toml:"rotate_refresh_tokens"`
 	// AccessTokenLifetime overrides the profile's default.
 	AccessTokenLifetime Duration `json:"access_token_lifetime,omitempty" toml:"access_token_lifetime"`
+	// RefreshReuseGrace lets a client present a rotated refresh token again
+	// within this window if it never used the token it was rotated to (it
+	// crashed before storing it), as Okta's and Auth0's grace periods do.
+	// 0 (default) treats every reuse as theft and revokes the grant.
+	RefreshReuseGrace Duration `json:"refresh_reuse_grace,omitempty" toml:"refresh_reuse_grace"`
 }
 
 // ClientConfig registers an OAuth client with a tenant.

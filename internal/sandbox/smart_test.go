@@ -522,3 +522,51 @@ func TestScopeEnforcement(t *testing.T) {
 		t.Fatalf("Condition: %d", r.StatusCode)
 	}
 }
+
+// With a reuse grace, a client that crashed before storing its rotated
+// refresh token may retry with the old one once; real reuse still revokes.
+func TestRefreshReuseGrace(t *testing.T) {
+	clk := &clock{}
+	s := sandboxtest.Start(t, sandboxtest.WithClients(publicApp), withClock(clk),
+		sandboxtest.WithTenants(sandbox.TenantConfig{Name: "graceful", Profile: "generic", RefreshReuseGrace: sandbox.Duration(30 * time.Second)}))
+	conf := oauthConf(t, s, "graceful", "app", "", patientScopes)
+	refresh := func(rt string) (*oauth2.Token, error) {
+		return conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt, Expiry: time.Now().Add(-time.Minute)}).Token()
+	}
+	tok := standalone(t, s, "graceful", conf)
+	lost, err := refresh(tok.RefreshToken) // the client "crashes" before storing lost.RefreshToken
+	if err != nil {
+		t.Fatal(err)
+	}
+	retry, err := refresh(tok.RefreshToken)
+	if err != nil || retry.RefreshToken == lost.RefreshToken {
+		t.Fatalf("retry within the grace: %v", err)
+	}
+	if _, err := refresh(lost.RefreshToken); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("superseded token: %v", err)
+	}
+	next, err := refresh(retry.RefreshToken)
+	if err != nil {
+		t.Fatalf("grant revoked by a graceful retry: %v", err)
+	}
+	after, err := refresh(next.RefreshToken) // the successor of retry is used now
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Presenting retry's token again is theft: its successor was used.
+	if _, err := refresh(retry.RefreshToken); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("reuse after the successor was used: %v", err)
+	}
+	if _, err := refresh(after.RefreshToken); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("family not revoked: %v", err)
+	}
+	// Past the grace window a retry is theft too.
+	tok = standalone(t, s, "graceful", conf)
+	if _, err := refresh(tok.RefreshToken); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(31 * time.Second)
+	if _, err := refresh(tok.RefreshToken); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("retry after the grace: %v", err)
+	}
+}

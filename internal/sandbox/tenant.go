@@ -22,6 +22,7 @@ type tenant struct {
 	data *synth.Dataset
 
 	rotate      bool
+	reuseGrace  time.Duration
 	atLifetime  time.Duration
 	requiresTok bool
 
@@ -82,9 +83,12 @@ type accessToken struct {
 }
 
 type refreshToken struct {
-	fam  *family
-	used bool // rotated away; presenting it again is reuse
-	exp  time.Time
+	fam        *family
+	used       bool // rotated away; presenting it again is reuse
+	exp        time.Time
+	rotatedAt  time.Time
+	successor  *refreshToken // the token it was rotated to
+	superseded bool          // replaced after a retry within the reuse grace
 }
 
 type launchCtx struct {
@@ -121,6 +125,7 @@ func newTenant(s *Sandbox, tc TenantConfig) *tenant {
 	if tc.RotateRefreshTokens != nil {
 		t.rotate = *tc.RotateRefreshTokens
 	}
+	t.reuseGrace = time.Duration(tc.RefreshReuseGrace)
 	if tc.AccessTokenLifetime > 0 {
 		t.atLifetime = time.Duration(tc.AccessTokenLifetime)
 	}
