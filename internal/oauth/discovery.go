@@ -113,8 +113,9 @@ func (l *list) UnmarshalJSON(b []byte) error {
 	}
 	out := make(list, 0, len(raw))
 	for _, r := range raw {
-		if json.Unmarshal(r, &s) == nil && s != "" {
-			out = append(out, s)
+		var e string
+		if json.Unmarshal(r, &e) == nil && e != "" {
+			out = append(out, e)
 		}
 	}
 	*l = out

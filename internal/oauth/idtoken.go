@@ -199,7 +199,7 @@ func (kc *keyCache) get(ctx context.Context, issuer string, force bool) (*jose.J
 	kc.mu.Lock()
 	ck := kc.m[issuer]
 	kc.mu.Unlock()
-	now := time.Now()
+	now := kc.now()
 	if ck != nil && (now.Sub(ck.fetched) < keyTTL && !force || now.Sub(ck.fetched) < refetchMin) {
 		return ck.keys, nil
 	}

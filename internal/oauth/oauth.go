@@ -276,7 +276,7 @@ func New(cfg ClientConfig) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, now: now, hc: noRedirects(cfg.HTTPClient), v2: useV2(cfg.Profile, cfg.Endpoints)}
 	c.aud = audience(cfg.Profile.AudRule, cfg.FHIRBase)
-	c.keys = newKeyCache(c.httpClient())
+	c.keys = newKeyCache(c.httpClient(), now)
 	return c, nil
 }
 
@@ -388,9 +388,12 @@ func useV2(p Profile, e Endpoints) bool {
 
 // keyCache keeps JWKS documents (for ID tokens) by URL.
 type keyCache struct {
-	hc *http.Client
-	mu sync.Mutex
-	m  map[string]*cachedKeys
+	hc  *http.Client
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]*cachedKeys
 }
 
-func newKeyCache(hc *http.Client) *keyCache { return &keyCache{hc: hc, m: map[string]*cachedKeys{}} }
+func newKeyCache(hc *http.Client, now func() time.Time) *keyCache {
+	return &keyCache{hc: hc, now: now, m: map[string]*cachedKeys{}}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -472,6 +473,7 @@ func TestNew_Refuses(t *testing.T) {
 func TestTLS_OldVersionRefused(t *testing.T) {
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(okToken))
 	ts.TLS = &tls.Config{MaxVersion: tls.VersionTLS11}
+	ts.Config.ErrorLog = log.New(io.Discard, "", 0)
 	ts.StartTLS()
 	defer ts.Close()
 	_, err := oauth.Discover(context.Background(), nil, ts.URL+"/fhir")
