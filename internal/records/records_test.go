@@ -442,7 +442,7 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		for _, r := range [][]byte{
 			res("Patient", "a", "2", lu(2)),
 			res("Observation", "d", "1", lu(2)),
-			res("Patient", "a", "3", lu(3)), // twice in one batch
+			res("Patient", "a", "3", lu(3)),   // twice in one batch
 			res("Condition", "c", "1", lu(1)), // unchanged
 			res("Observation", "e", "1", lu(2)),
 		} {
