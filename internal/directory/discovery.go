@@ -67,6 +67,9 @@ type SmartConfig struct {
 	// SMART 2.2: the brand bundle that describes this endpoint's brands
 	// more precisely than a vendor-consolidated one.
 	UserAccessBrandBundle string `json:"user_access_brand_bundle,omitempty"`
+	// RFC 9207: the server sends iss with its authorization responses, so a
+	// callback without it must be refused.
+	IssParameterSupported bool `json:"authorization_response_iss_parameter_supported,omitempty"`
 }
 
 // Capability is the part of the CapabilityStatement we keep.
@@ -464,6 +467,11 @@ func ParseSmartConfig(b []byte, base string) (*SmartConfig, []string, error) {
 	list("code_challenge_methods_supported", &cfg.CodeChallengeMethods)
 	list("token_endpoint_auth_methods_supported", &cfg.TokenEndpointAuthMethods)
 	list("token_endpoint_auth_signing_alg_values_supported", &cfg.TokenEndpointAuthSigningAlgs)
+	if v, ok := raw["authorization_response_iss_parameter_supported"]; ok {
+		if err := json.Unmarshal(v, &cfg.IssParameterSupported); err != nil {
+			problems = append(problems, "authorization_response_iss_parameter_supported is not a boolean")
+		}
+	}
 
 	bu, err := url.Parse(strings.TrimRight(base, "/") + "/")
 	if err != nil {
