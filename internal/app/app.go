@@ -20,11 +20,17 @@ import (
 	"github.com/medrelay/medrelay/internal/api"
 	"github.com/medrelay/medrelay/internal/apps"
 	"github.com/medrelay/medrelay/internal/audit"
+	"github.com/medrelay/medrelay/internal/authorize"
 	"github.com/medrelay/medrelay/internal/config"
+	"github.com/medrelay/medrelay/internal/connections"
 	"github.com/medrelay/medrelay/internal/credentials"
+	"github.com/medrelay/medrelay/internal/directory"
+	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/home"
 	"github.com/medrelay/medrelay/internal/ipc"
+	"github.com/medrelay/medrelay/internal/pluginhost"
 	"github.com/medrelay/medrelay/internal/secrets"
+	"github.com/medrelay/medrelay/internal/sessions"
 	"github.com/medrelay/medrelay/internal/store"
 	"github.com/medrelay/medrelay/internal/telemetry"
 	"github.com/medrelay/medrelay/internal/version"
@@ -61,7 +67,19 @@ type Agent struct {
 	audit   *audit.Log
 	apps    *apps.Registry
 	metrics *telemetry.Metrics
-	creds   *credentials.Store
+
+	events   *events.Log
+	catalog  *directory.Catalog
+	creds    *credentials.Store
+	plugins  *pluginhost.Host
+	conns    *connections.Manager
+	authz    *authorize.Authorizer
+	sessions *sessions.Manager
+
+	// jobs are background loops (refresher, pruning, deliveries); stop
+	// cancels them and waits, after the listeners and before the plugins.
+	jobsCancel context.CancelFunc
+	jobs       sync.WaitGroup
 
 	sock   net.Listener
 	api    *api.Server
@@ -152,6 +170,7 @@ func (a *Agent) start(ctx context.Context) error {
 
 	a.audit = audit.New(db, a.log)
 	a.apps = apps.NewRegistry(db)
+	a.events = events.New(db, a.log)
 	a.metrics = telemetry.New(version.String())
 	a.metrics.GaugeFunc("medrelay_store_bytes", "Size of the store on disk (LSM and value log).", func() float64 {
 		l, v := db.Size()
@@ -165,11 +184,12 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.creds = credentials.New(db, credentials.Options{Logger: a.log})
-	a.public.Handle("GET /.well-known/jwks.json", a.creds.JWKSHandler())
 	a.admin, err = a.metrics.ListenAdmin(o.Config.AdminAddr, a.health, a.log)
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w", o.Config.AdminAddr, err)
+	}
+	if err := a.startComponents(ctx); err != nil {
+		return err
 	}
 	a.api = api.New(api.Deps{
 		Logger:      a.log,
@@ -180,6 +200,9 @@ func (a *Agent) start(ctx context.Context) error {
 		ObserveCall: a.metrics.ObserveCall,
 		Credentials: a.creds,
 		PublicURL:   a.public.PublicURL(),
+		Connections: a.conns,
+		Sessions:    a.sessions,
+		Events:      a.events,
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})
@@ -224,7 +247,17 @@ func (a *Agent) stop() {
 		}()
 	}
 	wg.Wait()
-	// 2. Jobs and 3. plugins arrive with later components.
+	// 2. Jobs: cancel and wait, so no refresh or delivery is left half done.
+	if a.jobsCancel != nil {
+		a.jobsCancel()
+		a.jobs.Wait()
+	}
+	// 3. Plugins: killed with a deadline.
+	if a.plugins != nil {
+		if err := a.plugins.Stop(ctx); err != nil {
+			a.log.Warn("stop plugins", "err", err)
+		}
+	}
 	// 4. Store: drain the audit writer first, it writes into the store.
 	if a.audit != nil {
 		a.audit.Close()
@@ -262,6 +295,8 @@ func (a *Agent) status(ctx context.Context) (*agentv1.GetStatusResponse, error) 
 		Store: &agentv1.StoreStatus{
 			Path: a.db.Dir(), LsmBytes: lsm, VlogBytes: vlog, Encrypted: true,
 		},
+		PluginCount:     int64(a.plugins.Count()),
+		ConnectionCount: int64(a.connectionCount()),
 		Listeners: &agentv1.Listeners{
 			Socket:    a.opts.Layout.Socket,
 			HttpAddr:  a.public.Addr(),

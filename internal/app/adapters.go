@@ -1,0 +1,233 @@
+package app
+
+// Adapters between components. Each component declares the small interface
+// it needs; this file is where the agent satisfies them from the others, so
+// no component imports another just to read one field.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/medrelay/medrelay/internal/authorize"
+	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/credentials"
+	"github.com/medrelay/medrelay/internal/directory"
+	"github.com/medrelay/medrelay/internal/errdefs"
+	"github.com/medrelay/medrelay/internal/oauth"
+	"github.com/medrelay/medrelay/internal/pluginhost"
+	"github.com/medrelay/medrelay/internal/sessions"
+)
+
+// ErrSourceNotReady: discovery found no usable SMART endpoint for a source.
+var ErrSourceNotReady = errdefs.Define(errdefs.FailedPrecondition, "SOURCE_NOT_READY", "the source has no usable SMART endpoint")
+
+// dirSources resolves a directory source to its discovered OAuth endpoints
+// (authorize.Sources).
+type dirSources struct{ cat *directory.Catalog }
+
+func (d dirSources) Resolve(ctx context.Context, id string) (authorize.Source, error) {
+	e, err := d.cat.EnsureDiscovered(ctx, id)
+	if err != nil {
+		return authorize.Source{}, err
+	}
+	ep, err := patientEndpoint(e)
+	if err != nil {
+		return authorize.Source{}, err
+	}
+	vendor := e.Source.Vendor
+	if vendor == "" {
+		vendor = ep.Vendor
+	}
+	return authorize.Source{ID: e.Source.ID, Vendor: vendor, FHIRBase: ep.URL, Endpoints: endpointsOf(ep.Discovery)}, nil
+}
+
+// patientEndpoint picks the endpoint to authorize patients at: the first
+// one (primary first) whose discovery found authorization endpoints,
+// preferring patient-facing R4.
+func patientEndpoint(e directory.Entry) (directory.EndpointEntry, error) {
+	var best *directory.EndpointEntry
+	var problems []string
+	for i := range e.Endpoints {
+		ep := e.Endpoints[i]
+		d := ep.Discovery
+		if d == nil || endpointsOf(d).AuthorizeURL == "" {
+			if d != nil {
+				problems = append(problems, fmt.Sprintf("%s: %s %s", ep.URL, d.Status, strings.Join(d.Problems, "; ")))
+			}
+			continue
+		}
+		if ep.Audience == directory.AudienceProvider {
+			continue
+		}
+		if best == nil || (!strings.HasPrefix(best.FHIRVersion, "4") && strings.HasPrefix(ep.FHIRVersion, "4")) {
+			best = &e.Endpoints[i]
+		}
+	}
+	if best == nil {
+		return directory.EndpointEntry{}, fmt.Errorf("%w: %s: %s", ErrSourceNotReady, e.Source.ID, strings.Join(problems, " | "))
+	}
+	return *best, nil
+}
+
+func endpointsOf(d *directory.Discovery) oauth.Endpoints {
+	var e oauth.Endpoints
+	if d == nil {
+		return e
+	}
+	if s := d.Smart; s != nil {
+		e = oauth.Endpoints{
+			Issuer: s.Issuer, AuthorizeURL: s.AuthorizationEndpoint, TokenURL: s.TokenEndpoint,
+			RevokeURL: s.RevocationEndpoint, IntrospectURL: s.IntrospectionEndpoint, JWKSURL: s.JWKSURI,
+			ScopesSupported: s.Scopes, CodeChallengeMethods: s.CodeChallengeMethods,
+			TokenAuthMethods: s.TokenEndpointAuthMethods, Capabilities: s.Capabilities,
+			GrantTypes: s.GrantTypes, SigningAlgs: s.TokenEndpointAuthSigningAlgs,
+			IssParameterSupported: s.IssParameterSupported,
+		}
+	}
+	if c := d.Capability; c != nil && e.AuthorizeURL == "" {
+		// SMART 1.0 servers: the CapabilityStatement's oauth-uris.
+		e.AuthorizeURL, e.TokenURL = c.OAuthAuthorize, c.OAuthToken
+	}
+	return e
+}
+
+// pickerDirectory is the directory as the patient picker sees it.
+type pickerDirectory struct{ cat *directory.Catalog }
+
+func sessionSource(e directory.Entry) sessions.Source {
+	s := e.Source
+	out := sessions.Source{ID: s.ID, Name: s.Name, Vendor: s.Vendor, Logo: s.Logo, Active: s.Status == directory.StatusActive}
+	if len(s.Portals) > 0 {
+		out.PortalName = s.Portals[0].Name
+		if out.Logo == "" {
+			out.Logo = s.Portals[0].Logo
+		}
+	}
+	if len(s.Locations) > 0 {
+		out.City, out.State = s.Locations[0].City, s.Locations[0].State
+	}
+	if len(e.Endpoints) > 0 {
+		out.FHIRBase = e.Endpoints[0].URL
+	}
+	return out
+}
+
+func (p pickerDirectory) Source(ctx context.Context, id string) (sessions.Source, error) {
+	e, err := p.cat.Get(ctx, id)
+	if err != nil {
+		return sessions.Source{}, err
+	}
+	return sessionSource(e), nil
+}
+
+func (p pickerDirectory) Search(ctx context.Context, q string, limit int) ([]sessions.Source, error) {
+	res, err := p.cat.Search(ctx, directory.SearchParams{Query: q, ExcludeSuspended: true, Limit: limit})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]sessions.Source, 0, len(res.Hits))
+	for _, h := range res.Hits {
+		out = append(out, sessionSource(h.Entry))
+	}
+	return out, nil
+}
+
+// credentialAdapter is the credential store as the authorizer sees it.
+type credentialAdapter struct{ s *credentials.Store }
+
+func (c credentialAdapter) Resolve(ctx context.Context, sourceID, vendor string) (authorize.Credential, error) {
+	cred, auth, err := c.s.Resolve(ctx, sourceID, vendor)
+	if err != nil {
+		return authorize.Credential{}, err
+	}
+	return authorize.Credential{ID: cred.ID, ClientID: cred.ClientID, Auth: auth, Scopes: cred.Scopes}, nil
+}
+
+func (c credentialAdapter) ByID(ctx context.Context, id string) (authorize.Credential, error) {
+	cred, auth, err := c.s.ByID(ctx, id)
+	if err != nil {
+		return authorize.Credential{}, err
+	}
+	return authorize.Credential{ID: cred.ID, ClientID: cred.ClientID, Auth: auth, Scopes: cred.Scopes}, nil
+}
+
+// genericPlugin serves every vendor without a plugin of its own.
+const genericPlugin = "smart"
+
+// pluginVendors finds the plugin of a vendor and its auth profile.
+type pluginVendors struct{ host *pluginhost.Host }
+
+// pluginFor returns the plugin serving vendor: the plugin named after it,
+// else one whose Describe names it, else the generic SMART plugin.
+func (p pluginVendors) pluginFor(vendor string) (pluginhost.Info, bool) {
+	key := strings.ToLower(strings.ReplaceAll(vendor, " ", ""))
+	var generic *pluginhost.Info
+	for _, in := range p.host.List() {
+		if in.Name == key || (in.Describe != nil && strings.EqualFold(in.Describe.GetVendor(), vendor)) {
+			return in, true
+		}
+		if in.Name == genericPlugin {
+			g := in
+			generic = &g
+		}
+	}
+	if generic != nil {
+		return *generic, true
+	}
+	return pluginhost.Info{}, false
+}
+
+func (p pluginVendors) Vendor(ctx context.Context, vendor string) (authorize.Vendor, error) {
+	in, ok := p.pluginFor(vendor)
+	if !ok {
+		// No plugins installed: authorize with SMART defaults; data calls
+		// will fail with a clear "no plugin" error.
+		return authorize.Vendor{Profile: oauth.Profile{EchoesOfflineAccess: true}}, nil
+	}
+	if in.Describe == nil {
+		if err := p.host.WaitRunning(ctx, in.Name); err != nil {
+			return authorize.Vendor{}, err
+		}
+		if in, ok = p.pluginFor(vendor); !ok || in.Describe == nil {
+			return authorize.Vendor{}, fmt.Errorf("plugin %s has not described itself", in.Name)
+		}
+	}
+	d := in.Describe
+	return authorize.Vendor{Plugin: in.Name, Profile: oauth.ProfileFromPlugin(d.GetAuthProfile()), ResourceTypes: d.GetResourceTypes()}, nil
+}
+
+// VendorSetup gives the directory a vendor's setup requirements from its
+// plugin's profile (directory.SetupProvider).
+func (p pluginVendors) VendorSetup(ctx context.Context, vendor string) (directory.Setup, bool) {
+	in, ok := p.pluginFor(vendor)
+	if !ok || in.Describe == nil || in.Name == genericPlugin && !strings.EqualFold(vendor, genericPlugin) {
+		return directory.Setup{}, false
+	}
+	prof := oauth.ProfileFromPlugin(in.Describe.GetAuthProfile())
+	s := directory.Setup{ClientAuthMethods: prof.ClientAuthMethods, PKCERequired: prof.PKCERequired, ConfidentialRequired: prof.ConfidentialOnly, From: "plugin:" + in.Name}
+	if prof.PKCERequired {
+		s.PKCEMethods = []string{"S256"}
+	}
+	if prof.ScopesV2 {
+		s.Scopes = prof.DefaultScopesV2
+	} else {
+		s.Scopes = prof.DefaultScopesV1
+	}
+	return s, true
+}
+
+// custody hands plugins access tokens from the connections' custody.
+type custody struct{ conns *connections.Manager }
+
+func (c custody) AccessToken(ctx context.Context, id string, rejected bool) (pluginhost.Token, error) {
+	if c.conns == nil {
+		return pluginhost.Token{}, errors.New("connections are not available")
+	}
+	tok, exp, err := c.conns.AccessToken(ctx, id, rejected)
+	if err != nil {
+		return pluginhost.Token{}, err
+	}
+	return pluginhost.Token{AccessToken: tok.Reveal(), TokenType: "Bearer", Expiry: exp}, nil
+}

@@ -1,0 +1,96 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/authorize"
+	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/credentials"
+	"github.com/medrelay/medrelay/internal/directory"
+	"github.com/medrelay/medrelay/internal/pluginhost"
+	"github.com/medrelay/medrelay/internal/sessions"
+)
+
+// startComponents builds the domain components in dependency order, after
+// the store and the public listener (whose URL the redirect URI derives
+// from), and starts their background jobs.
+func (a *Agent) startComponents(ctx context.Context) error {
+	var err error
+	a.creds = credentials.New(a.db, credentials.Options{Logger: a.log})
+	a.public.Handle("GET /.well-known/jwks.json", a.creds.JWKSHandler())
+
+	// Plugins ask custody for tokens; custody (connections) needs the
+	// authorizer, which needs the plugins' profiles: the host is created
+	// first and told about custody through an adapter filled in below.
+	cust := &custody{}
+	a.plugins = pluginhost.New(pluginhost.Options{
+		Dir: a.opts.Layout.PluginDir, StateDir: a.opts.Layout.StateDir, Tokens: cust, Logger: a.log,
+	})
+	if err := a.plugins.Start(ctx); err != nil {
+		return fmt.Errorf("plugins: %w", err)
+	}
+	vendors := pluginVendors{host: a.plugins}
+
+	a.catalog = directory.New(a.db, directory.WithLogger(a.log), directory.WithSetupProvider(vendors))
+	if err := a.catalog.Load(ctx); err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
+
+	a.authz = authorize.New(a.db, dirSources{cat: a.catalog}, credentialAdapter{s: a.creds}, vendors, a.log,
+		authorize.Options{RedirectURI: a.public.PublicURL() + "/oauth/callback"})
+	a.conns, err = connections.New(ctx, a.db, a.events, a.authz, a.log)
+	if err != nil {
+		return err
+	}
+	cust.conns = a.conns
+
+	a.sessions = sessions.New(a.db, a.conns, a.events, pickerDirectory{cat: a.catalog}, a.authz, a.log,
+		sessions.Options{PublicURL: a.public.PublicURL()})
+	a.sessions.Register(a.public.Handle)
+
+	jobCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.jobsCancel = cancel
+	a.job(func() { a.conns.Run(jobCtx) })
+	a.job(func() { a.pruneEvents(jobCtx) })
+	return nil
+}
+
+// job runs f in the background until stop.
+func (a *Agent) job(f func()) {
+	a.jobs.Add(1)
+	go func() {
+		defer a.jobs.Done()
+		f()
+	}()
+}
+
+// pruneEvents drops events past their retention, hourly.
+func (a *Agent) pruneEvents(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := a.events.Prune(ctx, time.Now()); err != nil {
+			a.log.Warn("prune events", "err", err)
+		} else if n > 0 {
+			a.log.Info("pruned events", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) connectionCount() int {
+	if a.conns == nil {
+		return 0
+	}
+	n := 0
+	for _, c := range a.conns.Count() {
+		n += c
+	}
+	return n
+}
