@@ -285,7 +285,7 @@ func (s *Store) Set(ctx context.Context, in Input) (Credential, error) {
 				return err
 			}
 		}
-		if rec.ClientID != "" && rec.ClientID != in.ClientID && !rec.Secret.IsZero() && in.ClientSecret.IsZero() && in.Method != oauth.AuthNone {
+		if rec.ClientID != "" && rec.ClientID != in.ClientID && !rec.Secret.IsZero() && in.ClientSecret.IsZero() && in.GenerateKey == "" && in.Method != oauth.AuthNone {
 			return fmt.Errorf("%w: the client id changed: give the new client's secret too (or a key, or method none)", ErrInvalid)
 		}
 		rec.ClientID = in.ClientID

@@ -26,8 +26,10 @@ package oauth
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -137,6 +139,21 @@ type ClientAuth struct {
 	Secret secrets.Value
 	// Signer for private_key_jwt.
 	Signer AssertionSigner
+}
+
+// LogValue keeps the secret out of structured logs (a JSON handler would
+// otherwise marshal it).
+func (a ClientAuth) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("method", a.Method), slog.Bool("has_secret", !a.Secret.IsZero()),
+		slog.Bool("has_signer", a.Signer != nil))
+}
+
+// MarshalJSON writes the method only: a ClientAuth is never stored, and a
+// careless json.Marshal must not reveal the secret.
+func (a ClientAuth) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Method string `json:"method"`
+	}{a.Method})
 }
 
 // AssertionSigner signs SMART client authentication JWTs (private_key_jwt):

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
@@ -53,6 +54,16 @@ type Token struct {
 	SmartStyleURL     string
 	Intent            string
 	Tenant            string
+}
+
+// LogValue keeps the tokens out of structured logs.
+func (t *Token) LogValue() slog.Value {
+	if t == nil {
+		return slog.StringValue("<nil>")
+	}
+	return slog.GroupValue(slog.String("type", t.TokenType), slog.Time("expiry", t.Expiry),
+		slog.Bool("refresh_token", t.RefreshToken != ""), slog.Bool("id_token", t.IDToken != ""),
+		slog.Any("scopes", t.Scopes), slog.String("patient", t.Patient))
 }
 
 // ContextItem is one entry of the token response's fhirContext.

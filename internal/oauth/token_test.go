@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -504,6 +505,16 @@ func TestParseTokenResponse_Token(t *testing.T) {
 	// Printing a token prints no secret.
 	if s := fmt.Sprintf("%v %+v", tok, *tok); strings.Contains(s, `"a"`) || strings.Contains(s, "AccessToken:a ") {
 		t.Fatalf("token prints its secrets: %s", s)
+	}
+	// Nor does logging it, or a client authentication, with a JSON handler.
+	var logs strings.Builder
+	auth := oauth.ClientAuth{Method: oauth.AuthClientSecretBasic, Secret: "secret-SENTINEL"}
+	slog.New(slog.NewJSONHandler(&logs, nil)).Info("x", "token", tok, "auth", auth)
+	if b, _ := json.Marshal(auth); strings.Contains(string(b), "SENTINEL") {
+		t.Fatal("json.Marshal(ClientAuth) carries the secret")
+	}
+	if strings.Contains(logs.String(), `"a"`) || strings.Contains(logs.String(), `"r"`) || strings.Contains(logs.String(), "SENTINEL") {
+		t.Fatalf("logs carry secrets: %s", logs.String())
 	}
 	if _, err := oauth.ParseTokenResponse(400, []byte(`{"error":"invalid_grant"}`)); !errors.Is(err, oauth.ErrInvalidGrant) {
 		t.Fatalf("400: %v", err)
