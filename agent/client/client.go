@@ -46,6 +46,7 @@ type Client struct {
 	Sessions    agentv1.SessionServiceClient
 	Connections agentv1.ConnectionServiceClient
 	Credentials agentv1.CredentialServiceClient
+	Records     agentv1.RecordServiceClient
 }
 
 type options struct {
@@ -122,6 +123,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		Sessions:    agentv1.NewSessionServiceClient(conn),
 		Connections: agentv1.NewConnectionServiceClient(conn),
 		Credentials: agentv1.NewCredentialServiceClient(conn),
+		Records:     agentv1.NewRecordServiceClient(conn),
 	}, nil
 }
 

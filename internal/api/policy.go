@@ -95,7 +95,28 @@ func (g *guard) admit(ctx context.Context, method string) (context.Context, Rule
 type connectionSubject interface{ GetConnectionId() string }
 type patientSubject interface{ GetPatientRef() string }
 
-func (g *guard) record(method string, c Caller, req any, start time.Time, err error) {
+// auditNote holds what a handler learns about its call's subject that the
+// request does not say: a records read names only the connection, and the
+// patient comes from the connection. The guard records it.
+type auditNote struct{ patientRef string }
+
+type auditNoteKey struct{}
+
+func withAuditNote(ctx context.Context) (context.Context, *auditNote) {
+	n := &auditNote{}
+	return context.WithValue(ctx, auditNoteKey{}, n), n
+}
+
+// NoteAuditPatient names the patient of the current call for its audit
+// entry, when the request itself carries no patient_ref. Call it from the
+// handler's goroutine.
+func NoteAuditPatient(ctx context.Context, patientRef string) {
+	if n, ok := ctx.Value(auditNoteKey{}).(*auditNote); ok {
+		n.patientRef = patientRef
+	}
+}
+
+func (g *guard) record(method string, c Caller, req any, note *auditNote, start time.Time, err error) {
 	e := audit.Entry{
 		Time:     start,
 		Kind:     c.Kind.String(),
@@ -114,6 +135,9 @@ func (g *guard) record(method string, c Caller, req any, start time.Time, err er
 	if s, ok := req.(patientSubject); ok {
 		e.PatientRef = s.GetPatientRef()
 	}
+	if e.PatientRef == "" && note != nil {
+		e.PatientRef = note.patientRef
+	}
 	if err != nil {
 		e.Detail = status.Convert(err).Message()
 	}
@@ -122,31 +146,33 @@ func (g *guard) record(method string, c Caller, req any, start time.Time, err er
 
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	ctx, note := withAuditNote(ctx)
 	ctx, rule, caller, err := g.admit(ctx, info.FullMethod)
 	var resp any
 	if err == nil {
 		resp, err = h(ctx, req)
 	}
 	err = g.toStatus(info.FullMethod, err)
-	g.finish(info.FullMethod, rule, caller, req, start, err)
+	g.finish(info.FullMethod, rule, caller, req, note, start, err)
 	return resp, err
 }
 
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	start := time.Now()
-	ctx, rule, caller, err := g.admit(ss.Context(), info.FullMethod)
+	ctx, note := withAuditNote(ss.Context())
+	ctx, rule, caller, err := g.admit(ctx, info.FullMethod)
 	rs := &recordingStream{ServerStream: ss, ctx: ctx}
 	if err == nil {
 		err = h(srv, rs)
 	}
 	err = g.toStatus(info.FullMethod, err)
-	g.finish(info.FullMethod, rule, caller, rs.first, start, err)
+	g.finish(info.FullMethod, rule, caller, rs.first, note, start, err)
 	return err
 }
 
-func (g *guard) finish(method string, rule Rule, c Caller, req any, start time.Time, err error) {
+func (g *guard) finish(method string, rule Rule, c Caller, req any, note *auditNote, start time.Time, err error) {
 	if rule.Audit || isDenied(err) {
-		g.record(method, c, req, start, err)
+		g.record(method, c, req, note, start, err)
 	}
 	if g.observe != nil {
 		g.observe(method, status.Code(err).String(), time.Since(start))

@@ -23,6 +23,7 @@ import (
 	"github.com/medrelay/medrelay/internal/credentials"
 	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/ipc"
+	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
@@ -43,6 +44,11 @@ type Deps struct {
 	// Records and Revoker are optional (nil: not wired yet).
 	Records RecordDeleter
 	Revoker GrantRevoker
+
+	// RecordStore serves RecordService (nil: not wired). RecordOwner checks
+	// who may read a connection; nil means ConnectionOwner(Connections).
+	RecordStore *records.Store
+	RecordOwner RecordOwner
 
 	// Credentials (nil: not wired) and the public URL that redirect URIs
 	// and the JWKS URL derive from.
@@ -113,6 +119,18 @@ func New(d Deps) *Server {
 			"GetJWKS":             {Who: Authenticated},
 		})
 		agentv1.RegisterCredentialServiceServer(gs, &credentialService{creds: d.Credentials, publicURL: strings.TrimRight(d.PublicURL, "/")})
+	}
+
+	if d.RecordStore != nil {
+		register(policy, agentv1.RecordService_ServiceDesc, map[string]Rule{
+			"ListRecords": {Who: Authenticated, Audit: true},
+			"GetRecord":   {Who: Authenticated, Audit: true},
+		})
+		owner := d.RecordOwner
+		if owner == nil && d.Connections != nil {
+			owner = ConnectionOwner(d.Connections)
+		}
+		agentv1.RegisterRecordServiceServer(gs, &recordService{records: d.RecordStore, owner: owner})
 	}
 
 	return &Server{grpc: gs, health: hs, log: log}
