@@ -124,4 +124,3 @@ func (p *plugin) fromCall(err error) error {
 	}
 	return se
 }
-

@@ -100,13 +100,13 @@ func (p *plugin) supervise(ctx context.Context, firstDone func()) {
 	backoff := p.h.opts.BackoffInitial
 	for {
 		err := p.launch(ctx)
-		first()
 		if ctx.Err() != nil {
 			p.shutdown()
 			return
 		}
 		var ran time.Duration
 		if err == nil {
+			first()
 			started := time.Now()
 			err = p.watch(ctx)
 			ran = time.Since(started)
@@ -127,6 +127,7 @@ func (p *plugin) supervise(ctx context.Context, firstDone func()) {
 		if p.crashed(err, backoff) {
 			return
 		}
+		first()
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
@@ -303,6 +304,8 @@ func (p *plugin) startError(err error) error {
 		sum, _ := fileSHA256(p.path)
 		return &permanentError{fmt.Errorf("%w: plugin %s: %s has sha256 %s but its manifest says %s; reinstall the plugin or rewrite its manifest (%s manifest --write) if you trust this binary",
 			ErrChecksum, p.name, p.path, sum, p.manifest.SHA256, filepath.Base(p.path))}
+	case strings.Contains(msg, "Failed to read any lines from plugin's stdout"):
+		return fmt.Errorf("%w: plugin %s exited before completing the handshake", ErrUnavailable, p.name)
 	case strings.Contains(msg, "Unrecognized remote plugin message"):
 		line := strings.TrimSpace(strings.SplitN(strings.TrimPrefix(msg, "Unrecognized remote plugin message: "), "\n", 2)[0])
 		return &permanentError{fmt.Errorf("%w: plugin %s wrote %q to stdout before the handshake; plugins must write nothing to stdout (log to stderr; plugins/sdk does)", ErrHandshake, p.name, clip(line, 200))}

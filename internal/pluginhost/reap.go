@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,4 +86,3 @@ func (h *Host) reapOrphans() {
 
 var errNotVerifiable = errors.New("cannot verify the process's executable on this system")
 
-var _ = slog.Default
