@@ -29,6 +29,8 @@ import (
 	"github.com/medrelay/medrelay/internal/home"
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/pluginhost"
+	"github.com/medrelay/medrelay/internal/pull"
+	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/sessions"
 	"github.com/medrelay/medrelay/internal/store"
@@ -75,6 +77,8 @@ type Agent struct {
 	conns    *connections.Manager
 	authz    *authorize.Authorizer
 	sessions *sessions.Manager
+	records  *records.Store
+	puller   *pull.Puller
 
 	// jobs are background loops (refresher, pruning, deliveries); stop
 	// cancels them and waits, after the listeners and before the plugins.
@@ -203,6 +207,8 @@ func (a *Agent) start(ctx context.Context) error {
 		Connections: a.conns,
 		Sessions:    a.sessions,
 		Events:      a.events,
+		Records:     a.records,
+		RecordStore: a.records,
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})

@@ -10,6 +10,8 @@ import (
 	"github.com/medrelay/medrelay/internal/credentials"
 	"github.com/medrelay/medrelay/internal/directory"
 	"github.com/medrelay/medrelay/internal/pluginhost"
+	"github.com/medrelay/medrelay/internal/pull"
+	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
 )
 
@@ -46,6 +48,12 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	}
 	cust.conns = a.conns
 
+	a.records, err = records.Open(ctx, a.db, records.WithLogger(a.log))
+	if err != nil {
+		return fmt.Errorf("records: %w", err)
+	}
+	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{})
+
 	a.sessions = sessions.New(a.db, a.conns, a.events, pickerDirectory{cat: a.catalog}, a.authz, a.log,
 		sessions.Options{PublicURL: a.public.PublicURL()})
 	a.sessions.Register(a.public.Handle)
@@ -54,6 +62,7 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	a.jobsCancel = cancel
 	a.job(func() { a.conns.Run(jobCtx) })
 	a.job(func() { a.pruneEvents(jobCtx) })
+	a.job(func() { a.puller.Run(jobCtx) })
 	return nil
 }
 
