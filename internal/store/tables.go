@@ -26,6 +26,7 @@ const (
 	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
 	ConnectionHistory Name = "connection_history" // connection id / time → transition
 
+	PullStates            Name = "pull_states"            // connection id → patient pull bookkeeping
 	Sessions              Name = "sessions"               // patient sessions by id
 	PendingAuthorizations Name = "pending_authorizations" // OAuth state → verifier, connection (TTL)
 
