@@ -37,8 +37,15 @@ func (d dirSources) Resolve(ctx context.Context, id string) (authorize.Source, e
 		return authorize.Source{}, err
 	}
 	vendor := e.Source.Vendor
-	if vendor == "" {
+	if vendor == "" || vendor == "medrelay-sandbox" {
 		vendor = ep.Vendor
+	}
+	if vendor == "" || vendor == "medrelay-sandbox" {
+		// Lists such as brands bundles do not say who made the server;
+		// its CapabilityStatement does.
+		if ep.Discovery != nil && ep.Discovery.Capability != nil {
+			vendor = vendorFromSoftware(ep.Discovery.Capability.Software)
+		}
 	}
 	return authorize.Source{ID: e.Source.ID, Vendor: vendor, FHIRBase: ep.URL, Endpoints: endpointsOf(ep.Discovery)}, nil
 }
@@ -91,6 +98,26 @@ func endpointsOf(d *directory.Discovery) oauth.Endpoints {
 		e.AuthorizeURL, e.TokenURL = c.OAuthAuthorize, c.OAuthToken
 	}
 	return e
+}
+
+// softwareVendors maps words in a CapabilityStatement's software name to
+// vendor keys (plugin names).
+var softwareVendors = []struct{ word, vendor string }{
+	{"epic", "epic"},
+	{"cerner", "oraclehealth"}, {"millennium", "oraclehealth"}, {"oracle", "oraclehealth"}, {"oraclehealth", "oraclehealth"},
+	{"athena", "athenahealth"},
+	{"eclinicalworks", "eclinicalworks"}, {"ecw", "eclinicalworks"},
+	{"bluebutton", "bluebutton"}, {"blue button", "bluebutton"},
+}
+
+func vendorFromSoftware(software string) string {
+	s := strings.ToLower(software)
+	for _, v := range softwareVendors {
+		if strings.Contains(s, v.word) {
+			return v.vendor
+		}
+	}
+	return ""
 }
 
 // pickerDirectory is the directory as the patient picker sees it.
