@@ -56,6 +56,8 @@ func newRoot() *cobra.Command {
 	root.AddCommand(statusCmd(g), appsCmd(g), auditCmd(g))
 	root.AddCommand(connectCmd(g), connectionsCmd(g))
 	root.AddCommand(credentialsCmd(g))
+	root.AddCommand(recordsCmd(g))
+	root.AddCommand(pluginsCmd(g))
 	return root
 }
 
