@@ -532,9 +532,8 @@ const (
 func init() { buildDateTable() }
 
 var (
-	dateTable  [][10]byte     // per day from tableFirstDay
-	clockTable [86400][9]byte // "Thh:mm:ss" per second of the day
-	numTable   []byte         // decimal digits of 0..numTableSize-1
+	dateTable  [][10]byte // per day from tableFirstDay
+	numTable   []byte     // decimal digits of 0..numTableSize-1
 	numOffsets []uint32
 )
 
@@ -542,15 +541,6 @@ func buildDateTable() {
 	dateTable = make([][10]byte, tableDays)
 	for i := range dateTable {
 		copy(dateTable[i][:], appendCivilDate(nil, int64(tableFirstDay+i)))
-	}
-	for s := int64(0); s < 86400; s++ {
-		c := append([]byte{'T'}, 0, 0, ':', 0, 0, ':', 0, 0)
-		c = append2(c[:1], s/3600)
-		c = append(c, ':')
-		c = append2(c, s/60%60)
-		c = append(c, ':')
-		c = append2(c, s%60)
-		copy(clockTable[s][:], c)
 	}
 	numTable = make([]byte, 0, numTableSize*6)
 	numOffsets = make([]uint32, numTableSize+1)
@@ -601,7 +591,11 @@ func appendInstantNanos(b []byte, unix int64, nanos int) []byte {
 	if s < 0 {
 		s += 86400
 	}
-	b = appendFixed9(b, &clockTable[s])
+	// Arithmetic, not a table: a per-second table is larger than the cache
+	// and its misses cost more than these divisions by constants.
+	h, m, sec := s/3600, s/60%60, s%60
+	clock := [9]byte{'T', byte('0' + h/10), byte('0' + h%10), ':', byte('0' + m/10), byte('0' + m%10), ':', byte('0' + sec/10), byte('0' + sec%10)}
+	b = appendFixed9(b, &clock)
 	if nanos > 0 {
 		b = append(b, '.')
 		b = appendPadded(b, nanos/1000, 6)
