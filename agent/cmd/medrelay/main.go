@@ -57,7 +57,6 @@ func newRoot() *cobra.Command {
 	root.AddCommand(connectCmd(g), connectionsCmd(g))
 	root.AddCommand(credentialsCmd(g))
 	root.AddCommand(recordsCmd(g))
-	root.AddCommand(pluginsCmd(g))
 	return root
 }
 
