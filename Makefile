@@ -22,18 +22,19 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./agent/cmd/...
 	@$(MAKE) --no-print-directory plugins
 
-## plugins: every plugins/<name>/ with a main package, into bin/plugins/
+## plugins: every plugins/<name>/ with a main package, into bin/plugins/, each with its manifest (sha256)
 plugins:
 	@mkdir -p $(BIN)/plugins
 	@for d in plugins/*/; do \
 	  if grep -qs '^package main' $$d/main.go; then \
 	    $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/plugins/medrelay-plugin-$$(basename $$d) ./$$d || exit 1; \
+	    $(BIN)/plugins/medrelay-plugin-$$(basename $$d) manifest --write 2>/dev/null || exit 1; \
 	  fi; \
 	done
 
 ## run: build and start the agent in the foreground, state in ./.medrelay
 run: build
-	$(BIN)/medrelayd run --home .medrelay
+	$(BIN)/medrelayd run --home .medrelay --plugin-dir $(BIN)/plugins
 
 ## test: what CI runs: formatting, vet, generated-code drift, import rules, all tests with the race detector
 test: lint

@@ -47,6 +47,7 @@ type Client struct {
 	Connections agentv1.ConnectionServiceClient
 	Credentials agentv1.CredentialServiceClient
 	Records     agentv1.RecordServiceClient
+	Plugins     agentv1.PluginServiceClient
 }
 
 type options struct {
@@ -124,6 +125,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		Connections: agentv1.NewConnectionServiceClient(conn),
 		Credentials: agentv1.NewCredentialServiceClient(conn),
 		Records:     agentv1.NewRecordServiceClient(conn),
+		Plugins:     agentv1.NewPluginServiceClient(conn),
 	}, nil
 }
 

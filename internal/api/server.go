@@ -54,6 +54,9 @@ type Deps struct {
 	// and the JWKS URL derive from.
 	Credentials *credentials.Store
 	PublicURL   string
+
+	// Plugins serves PluginService (nil: not wired).
+	Plugins PluginRegistry
 }
 
 // Server is the gRPC server of the host API.
@@ -131,6 +134,14 @@ func New(d Deps) *Server {
 			owner = ConnectionOwner(d.Connections)
 		}
 		agentv1.RegisterRecordServiceServer(gs, &recordService{records: d.RecordStore, owner: owner})
+	}
+
+	if d.Plugins != nil {
+		register(policy, agentv1.PluginService_ServiceDesc, map[string]Rule{
+			"ListPlugins":   {Who: Admins},
+			"VerifyPlugins": {Who: Admins, Audit: true},
+		})
+		agentv1.RegisterPluginServiceServer(gs, &pluginService{plugins: d.Plugins})
 	}
 
 	return &Server{grpc: gs, health: hs, log: log}

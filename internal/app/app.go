@@ -209,6 +209,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Events:      a.events,
 		Records:     a.records,
 		RecordStore: a.records,
+		Plugins:     a.plugins,
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})

@@ -57,6 +57,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(connectCmd(g), connectionsCmd(g))
 	root.AddCommand(credentialsCmd(g))
 	root.AddCommand(recordsCmd(g))
+	root.AddCommand(pluginsCmd(g))
 	return root
 }
 

@@ -37,6 +37,7 @@ func main() {
 type runFlags struct {
 	home, configFile                      string
 	httpAddr, adminAddr, publicURL, level string
+	pluginDir                             string
 }
 
 func (f *runFlags) bind(cmd *cobra.Command) {
@@ -47,6 +48,7 @@ func (f *runFlags) bind(cmd *cobra.Command) {
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "loopback listener for /metrics and /healthz (config admin_addr, default 127.0.0.1:8751)")
 	fl.StringVar(&f.publicURL, "public-url", "", "URL browsers and EHRs use to reach the public listener (config public_url)")
 	fl.StringVar(&f.level, "log-level", "", "debug, info, warn or error (config log.level)")
+	fl.StringVar(&f.pluginDir, "plugin-dir", "", "source plugins directory (config plugin_dir; default DIR/plugins with --home, else /usr/lib/medrelay/plugins)")
 }
 
 // args turns the flags back into a command line for the installed service.
@@ -66,6 +68,13 @@ func (f *runFlags) args() ([]string, error) {
 			return nil, err
 		}
 		add("config", abs)
+	}
+	if f.pluginDir != "" {
+		abs, err := filepath.Abs(f.pluginDir)
+		if err != nil {
+			return nil, err
+		}
+		add("plugin-dir", abs)
 	}
 	for _, kv := range [][2]string{{"http-addr", f.httpAddr}, {"admin-addr", f.adminAddr}, {"public-url", f.publicURL}, {"log-level", f.level}} {
 		if kv[1] != "" {
@@ -102,6 +111,13 @@ func (f *runFlags) resolve() (home.Layout, config.Config, error) {
 	}
 	if cfg.PluginDir != "" {
 		layout.PluginDir = cfg.PluginDir
+	}
+	if f.pluginDir != "" {
+		abs, err := filepath.Abs(f.pluginDir)
+		if err != nil {
+			return layout, cfg, err
+		}
+		layout.PluginDir = abs
 	}
 	return layout, cfg, cfg.Validate()
 }
