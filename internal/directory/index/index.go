@@ -96,6 +96,10 @@ type Index struct {
 	idf       []float32
 	tlen      []uint8
 	trie      []node
+	// top holds, for the trie nodes of one- and two-letter prefixes, their
+	// most frequent completions: a user typing "c" gets "center", "clinic",
+	// "care" without the search sorting thousands of terms.
+	top map[int32][]int32
 
 	pool sync.Pool
 }
@@ -229,6 +233,7 @@ func Build(docs []Doc) *Index {
 	}
 	ix.postStart[len(terms)] = uint32(len(ix.postDoc))
 	ix.buildTrie(terms)
+	ix.buildTop()
 
 	ix.byName = make([]uint32, len(docs))
 	for i := range ix.byName {
@@ -273,6 +278,24 @@ func (ix *Index) buildTrie(terms []string) {
 		}
 	}
 	fill(0, 0, len(terms), 0)
+}
+
+func (ix *Index) buildTop() {
+	ix.top = map[int32][]int32{}
+	var buf []int32
+	root := ix.trie[0]
+	for a := int(root.first); a < int(root.first)+int(root.n); a++ {
+		nodes := []int{a}
+		na := ix.trie[a]
+		for b := int(na.first); b < int(na.first)+int(na.n); b++ {
+			nodes = append(nodes, b)
+		}
+		for _, ni := range nodes {
+			buf = ix.descendants(ni, buf[:0], 1<<30)
+			sort.Slice(buf, func(i, j int) bool { return ix.df(buf[i]) > ix.df(buf[j]) })
+			ix.top[int32(ni)] = append([]int32(nil), buf[:min(len(buf), maxCompletions)]...)
+		}
+	}
 }
 
 // find returns the trie node spelling prefix, or -1.

@@ -229,7 +229,11 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 		if ni < 0 {
 			continue
 		}
-		s.terms = ix.descendants(ni, s.terms[:0], 1<<16)
+		if top, ok := ix.top[int32(ni)]; ok {
+			s.terms = append(s.terms[:0], top...)
+		} else {
+			s.terms = ix.descendants(ni, s.terms[:0], 1<<14)
+		}
 		if len(s.terms) > maxCompletions {
 			sort.Slice(s.terms, func(a, b int) bool { return ix.df(s.terms[a]) > ix.df(s.terms[b]) })
 			s.terms = s.terms[:maxCompletions]
@@ -245,13 +249,14 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 			break
 		}
 	}
-	// Typos: one edit from four letters, two from eight.
-	if n := len(qt.tok); n >= 4 && n <= maxFuzzyLen {
-		maxD := 1
-		if n >= 8 {
-			maxD = 2
-		}
-		ix.fuzzy(s, qt.tok, maxD, last && n >= 5, func(t int32, d int, prefix bool) {
+	// Typos: one edit from four letters, two from nine; two only when one
+	// finds nothing (the second walk is the expensive one). A word that is
+	// in the dictionary as typed is taken as meant.
+	if _, exact := ix.terms[qt.tok]; !exact && len(qt.tok) >= 4 && len(qt.tok) <= maxFuzzyLen {
+		n := len(qt.tok)
+		found := 0
+		emit := func(t int32, d int, prefix bool) {
+			found++
 			switch {
 			case d == 0 && !prefix:
 				add(t, qExact)
@@ -262,7 +267,11 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 			default:
 				add(t, qEdit2)
 			}
-		})
+		}
+		ix.fuzzy(s, qt.tok, 1, last && n >= 5, emit)
+		if found == 0 && n >= 9 {
+			ix.fuzzy(s, qt.tok, 2, false, emit)
+		}
 	}
 	return out
 }
@@ -270,14 +279,16 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 func (ix *Index) termLen(t int32) int { return int(ix.tlen[t]) }
 
 // fuzzy walks the trie with a Damerau-Levenshtein (optimal string
-// alignment) row per level, pruning branches whose best cell exceeds maxD.
+// alignment) row per level, computing only the diagonal band a path within
+// maxD edits can use, and pruning branches whose best cell exceeds maxD.
 // With prefixOK, a node whose path is within maxD of the whole word also
 // yields its subtree as prefix matches.
 func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit func(t int32, d int, prefix bool)) {
 	m := len(word)
+	inf := int8(maxD + 1)
 	row0 := s.rows[0][:m+1]
 	for j := range row0 {
-		row0[j] = int8(j)
+		row0[j] = min(int8(j), inf)
 	}
 	var walk func(ni, depth int, prevLabel byte)
 	walk = func(ni, depth int, prevLabel byte) {
@@ -286,36 +297,47 @@ func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit fu
 		}
 		nd := ix.trie[ni]
 		c := nd.label
+		i := depth + 1 // row number: characters of the path so far
 		prev := s.rows[depth][:m+1]
 		cur := s.rows[depth+1][:m+1]
-		cur[0] = prev[0] + 1
+		cur[0] = min(int8(min(i, 127)), inf)
 		rowMin := cur[0]
-		for j := 1; j <= m; j++ {
+		lo, hi := max(1, i-maxD), min(m, i+maxD)
+		if lo > 1 {
+			cur[lo-1] = inf
+		}
+		for j := lo; j <= hi; j++ {
 			cost := int8(1)
 			if word[j-1] == c {
 				cost = 0
 			}
-			v := min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			v := min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost, inf)
 			if depth >= 1 && j > 1 && word[j-1] == prevLabel && word[j-2] == c {
 				v = min(v, s.rows[depth-1][j-2]+1)
 			}
 			cur[j] = v
 			rowMin = min(rowMin, v)
 		}
-		d := int(cur[m])
+		if hi < m {
+			cur[hi+1] = inf
+		}
+		if rowMin > inf-1 {
+			return
+		}
+		d := int(inf)
+		if hi == m {
+			d = int(cur[m])
+		}
 		if nd.term >= 0 && d <= maxD {
 			emit(nd.term, d, false)
 		}
-		if prefixOK && d <= maxD && d > 0 && depth+1 >= m-1 {
+		if prefixOK && d <= maxD && d > 0 && i >= m-1 {
 			s.terms = ix.descendants(ni, s.terms[:0], maxCompletions)
 			for _, t := range s.terms {
 				if t != nd.term {
 					emit(t, d, true)
 				}
 			}
-			return
-		}
-		if int(rowMin) > maxD {
 			return
 		}
 		for k := 0; k < int(nd.n); k++ {
