@@ -44,6 +44,8 @@ type Deps struct {
 	// Records and Revoker are optional (nil: not wired yet).
 	Records RecordDeleter
 	Revoker GrantRevoker
+	// Backend creates backend connections (nil: not wired).
+	Backend BackendConnector
 
 	// RecordStore serves RecordService (nil: not wired). RecordOwner checks
 	// who may read a connection; nil means ConnectionOwner(Connections).
@@ -97,13 +99,14 @@ func New(d Deps) *Server {
 
 	if d.Connections != nil {
 		register(policy, agentv1.ConnectionService_ServiceDesc, map[string]Rule{
-			"GetConnection":     {Who: Authenticated, Audit: true},
-			"ListConnections":   {Who: Authenticated, Audit: true},
-			"WatchConnections":  {Who: Authenticated, Audit: true},
-			"RefreshConnection": {Who: Authenticated, Audit: true},
-			"DeleteConnection":  {Who: Authenticated, Audit: true},
+			"GetConnection":           {Who: Authenticated, Audit: true},
+			"ListConnections":         {Who: Authenticated, Audit: true},
+			"WatchConnections":        {Who: Authenticated, Audit: true},
+			"RefreshConnection":       {Who: Authenticated, Audit: true},
+			"DeleteConnection":        {Who: Authenticated, Audit: true},
+			"CreateBackendConnection": {Who: Authenticated, Audit: true},
 		})
-		agentv1.RegisterConnectionServiceServer(gs, &connectionService{conns: d.Connections, events: d.Events, records: d.Records, revoker: d.Revoker})
+		agentv1.RegisterConnectionServiceServer(gs, &backendConnections{connectionService: &connectionService{conns: d.Connections, events: d.Events, records: d.Records, revoker: d.Revoker}, backend: d.Backend})
 	}
 	if d.Sessions != nil {
 		register(policy, agentv1.SessionService_ServiceDesc, map[string]Rule{

@@ -205,6 +205,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Credentials: a.creds,
 		PublicURL:   a.public.PublicURL(),
 		Connections: a.conns,
+		Backend:     a.authz,
 		Sessions:    a.sessions,
 		Events:      a.events,
 		Records:     a.records,

@@ -882,6 +882,105 @@ func (x *DeleteConnectionResponse) GetConnection() *Connection {
 	return nil
 }
 
+type CreateBackendConnectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The directory source to connect to.
+	SourceId string `protobuf:"bytes,1,opt,name=source_id,json=sourceId,proto3" json:"source_id,omitempty"`
+	// Scopes to ask for (default: the credential's system/ scopes, else the
+	// vendor's backend scopes, else system/*.rs).
+	Scopes        []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBackendConnectionRequest) Reset() {
+	*x = CreateBackendConnectionRequest{}
+	mi := &file_medrelay_agent_v1_connections_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBackendConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBackendConnectionRequest) ProtoMessage() {}
+
+func (x *CreateBackendConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medrelay_agent_v1_connections_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBackendConnectionRequest.ProtoReflect.Descriptor instead.
+func (*CreateBackendConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_medrelay_agent_v1_connections_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CreateBackendConnectionRequest) GetSourceId() string {
+	if x != nil {
+		return x.SourceId
+	}
+	return ""
+}
+
+func (x *CreateBackendConnectionRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+type CreateBackendConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBackendConnectionResponse) Reset() {
+	*x = CreateBackendConnectionResponse{}
+	mi := &file_medrelay_agent_v1_connections_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBackendConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBackendConnectionResponse) ProtoMessage() {}
+
+func (x *CreateBackendConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medrelay_agent_v1_connections_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBackendConnectionResponse.ProtoReflect.Descriptor instead.
+func (*CreateBackendConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_medrelay_agent_v1_connections_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CreateBackendConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
 var File_medrelay_agent_v1_connections_proto protoreflect.FileDescriptor
 
 const file_medrelay_agent_v1_connections_proto_rawDesc = "" +
@@ -961,6 +1060,13 @@ const file_medrelay_agent_v1_connections_proto_rawDesc = "" +
 	"\x18DeleteConnectionResponse\x12=\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x1d.medrelay.agent.v1.ConnectionR\n" +
+	"connection\"U\n" +
+	"\x1eCreateBackendConnectionRequest\x12\x1b\n" +
+	"\tsource_id\x18\x01 \x01(\tR\bsourceId\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\"`\n" +
+	"\x1fCreateBackendConnectionResponse\x12=\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x1d.medrelay.agent.v1.ConnectionR\n" +
 	"connection*\xec\x01\n" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
@@ -969,13 +1075,14 @@ const file_medrelay_agent_v1_connections_proto_rawDesc = "" +
 	"\x17CONNECTION_STATE_FAILED\x10\x03\x12#\n" +
 	"\x1fCONNECTION_STATE_REFRESH_FAILED\x10\x04\x12\x1c\n" +
 	"\x18CONNECTION_STATE_EXPIRED\x10\x05\x12\x1c\n" +
-	"\x18CONNECTION_STATE_REVOKED\x10\x062\xad\x04\n" +
+	"\x18CONNECTION_STATE_REVOKED\x10\x062\xb0\x05\n" +
 	"\x11ConnectionService\x12b\n" +
 	"\rGetConnection\x12'.medrelay.agent.v1.GetConnectionRequest\x1a(.medrelay.agent.v1.GetConnectionResponse\x12h\n" +
 	"\x0fListConnections\x12).medrelay.agent.v1.ListConnectionsRequest\x1a*.medrelay.agent.v1.ListConnectionsResponse\x12m\n" +
 	"\x10WatchConnections\x12*.medrelay.agent.v1.WatchConnectionsRequest\x1a+.medrelay.agent.v1.WatchConnectionsResponse0\x01\x12n\n" +
 	"\x11RefreshConnection\x12+.medrelay.agent.v1.RefreshConnectionRequest\x1a,.medrelay.agent.v1.RefreshConnectionResponse\x12k\n" +
-	"\x10DeleteConnection\x12*.medrelay.agent.v1.DeleteConnectionRequest\x1a+.medrelay.agent.v1.DeleteConnectionResponseBBZ@github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1;agentv1b\x06proto3"
+	"\x10DeleteConnection\x12*.medrelay.agent.v1.DeleteConnectionRequest\x1a+.medrelay.agent.v1.DeleteConnectionResponse\x12\x80\x01\n" +
+	"\x17CreateBackendConnection\x121.medrelay.agent.v1.CreateBackendConnectionRequest\x1a2.medrelay.agent.v1.CreateBackendConnectionResponseBBZ@github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_medrelay_agent_v1_connections_proto_rawDescOnce sync.Once
@@ -990,33 +1097,35 @@ func file_medrelay_agent_v1_connections_proto_rawDescGZIP() []byte {
 }
 
 var file_medrelay_agent_v1_connections_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_medrelay_agent_v1_connections_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_medrelay_agent_v1_connections_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_medrelay_agent_v1_connections_proto_goTypes = []any{
-	(ConnectionState)(0),              // 0: medrelay.agent.v1.ConnectionState
-	(*Connection)(nil),                // 1: medrelay.agent.v1.Connection
-	(*ConnectionTransition)(nil),      // 2: medrelay.agent.v1.ConnectionTransition
-	(*GetConnectionRequest)(nil),      // 3: medrelay.agent.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),     // 4: medrelay.agent.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),    // 5: medrelay.agent.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),   // 6: medrelay.agent.v1.ListConnectionsResponse
-	(*WatchConnectionsRequest)(nil),   // 7: medrelay.agent.v1.WatchConnectionsRequest
-	(*WatchConnectionsResponse)(nil),  // 8: medrelay.agent.v1.WatchConnectionsResponse
-	(*RefreshConnectionRequest)(nil),  // 9: medrelay.agent.v1.RefreshConnectionRequest
-	(*RefreshConnectionResponse)(nil), // 10: medrelay.agent.v1.RefreshConnectionResponse
-	(*DeleteConnectionRequest)(nil),   // 11: medrelay.agent.v1.DeleteConnectionRequest
-	(*DeleteConnectionResponse)(nil),  // 12: medrelay.agent.v1.DeleteConnectionResponse
-	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
+	(ConnectionState)(0),                    // 0: medrelay.agent.v1.ConnectionState
+	(*Connection)(nil),                      // 1: medrelay.agent.v1.Connection
+	(*ConnectionTransition)(nil),            // 2: medrelay.agent.v1.ConnectionTransition
+	(*GetConnectionRequest)(nil),            // 3: medrelay.agent.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),           // 4: medrelay.agent.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),          // 5: medrelay.agent.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),         // 6: medrelay.agent.v1.ListConnectionsResponse
+	(*WatchConnectionsRequest)(nil),         // 7: medrelay.agent.v1.WatchConnectionsRequest
+	(*WatchConnectionsResponse)(nil),        // 8: medrelay.agent.v1.WatchConnectionsResponse
+	(*RefreshConnectionRequest)(nil),        // 9: medrelay.agent.v1.RefreshConnectionRequest
+	(*RefreshConnectionResponse)(nil),       // 10: medrelay.agent.v1.RefreshConnectionResponse
+	(*DeleteConnectionRequest)(nil),         // 11: medrelay.agent.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil),        // 12: medrelay.agent.v1.DeleteConnectionResponse
+	(*CreateBackendConnectionRequest)(nil),  // 13: medrelay.agent.v1.CreateBackendConnectionRequest
+	(*CreateBackendConnectionResponse)(nil), // 14: medrelay.agent.v1.CreateBackendConnectionResponse
+	(*timestamppb.Timestamp)(nil),           // 15: google.protobuf.Timestamp
 }
 var file_medrelay_agent_v1_connections_proto_depIdxs = []int32{
 	0,  // 0: medrelay.agent.v1.Connection.state:type_name -> medrelay.agent.v1.ConnectionState
-	13, // 1: medrelay.agent.v1.Connection.state_changed_at:type_name -> google.protobuf.Timestamp
-	13, // 2: medrelay.agent.v1.Connection.created_at:type_name -> google.protobuf.Timestamp
-	13, // 3: medrelay.agent.v1.Connection.access_token_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 4: medrelay.agent.v1.Connection.grant_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 5: medrelay.agent.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
-	13, // 6: medrelay.agent.v1.Connection.next_refresh_at:type_name -> google.protobuf.Timestamp
+	15, // 1: medrelay.agent.v1.Connection.state_changed_at:type_name -> google.protobuf.Timestamp
+	15, // 2: medrelay.agent.v1.Connection.created_at:type_name -> google.protobuf.Timestamp
+	15, // 3: medrelay.agent.v1.Connection.access_token_expires_at:type_name -> google.protobuf.Timestamp
+	15, // 4: medrelay.agent.v1.Connection.grant_expires_at:type_name -> google.protobuf.Timestamp
+	15, // 5: medrelay.agent.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
+	15, // 6: medrelay.agent.v1.Connection.next_refresh_at:type_name -> google.protobuf.Timestamp
 	2,  // 7: medrelay.agent.v1.Connection.history:type_name -> medrelay.agent.v1.ConnectionTransition
-	13, // 8: medrelay.agent.v1.ConnectionTransition.time:type_name -> google.protobuf.Timestamp
+	15, // 8: medrelay.agent.v1.ConnectionTransition.time:type_name -> google.protobuf.Timestamp
 	0,  // 9: medrelay.agent.v1.ConnectionTransition.from:type_name -> medrelay.agent.v1.ConnectionState
 	0,  // 10: medrelay.agent.v1.ConnectionTransition.to:type_name -> medrelay.agent.v1.ConnectionState
 	1,  // 11: medrelay.agent.v1.GetConnectionResponse.connection:type_name -> medrelay.agent.v1.Connection
@@ -1025,21 +1134,24 @@ var file_medrelay_agent_v1_connections_proto_depIdxs = []int32{
 	1,  // 14: medrelay.agent.v1.WatchConnectionsResponse.connection:type_name -> medrelay.agent.v1.Connection
 	1,  // 15: medrelay.agent.v1.RefreshConnectionResponse.connection:type_name -> medrelay.agent.v1.Connection
 	1,  // 16: medrelay.agent.v1.DeleteConnectionResponse.connection:type_name -> medrelay.agent.v1.Connection
-	3,  // 17: medrelay.agent.v1.ConnectionService.GetConnection:input_type -> medrelay.agent.v1.GetConnectionRequest
-	5,  // 18: medrelay.agent.v1.ConnectionService.ListConnections:input_type -> medrelay.agent.v1.ListConnectionsRequest
-	7,  // 19: medrelay.agent.v1.ConnectionService.WatchConnections:input_type -> medrelay.agent.v1.WatchConnectionsRequest
-	9,  // 20: medrelay.agent.v1.ConnectionService.RefreshConnection:input_type -> medrelay.agent.v1.RefreshConnectionRequest
-	11, // 21: medrelay.agent.v1.ConnectionService.DeleteConnection:input_type -> medrelay.agent.v1.DeleteConnectionRequest
-	4,  // 22: medrelay.agent.v1.ConnectionService.GetConnection:output_type -> medrelay.agent.v1.GetConnectionResponse
-	6,  // 23: medrelay.agent.v1.ConnectionService.ListConnections:output_type -> medrelay.agent.v1.ListConnectionsResponse
-	8,  // 24: medrelay.agent.v1.ConnectionService.WatchConnections:output_type -> medrelay.agent.v1.WatchConnectionsResponse
-	10, // 25: medrelay.agent.v1.ConnectionService.RefreshConnection:output_type -> medrelay.agent.v1.RefreshConnectionResponse
-	12, // 26: medrelay.agent.v1.ConnectionService.DeleteConnection:output_type -> medrelay.agent.v1.DeleteConnectionResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	1,  // 17: medrelay.agent.v1.CreateBackendConnectionResponse.connection:type_name -> medrelay.agent.v1.Connection
+	3,  // 18: medrelay.agent.v1.ConnectionService.GetConnection:input_type -> medrelay.agent.v1.GetConnectionRequest
+	5,  // 19: medrelay.agent.v1.ConnectionService.ListConnections:input_type -> medrelay.agent.v1.ListConnectionsRequest
+	7,  // 20: medrelay.agent.v1.ConnectionService.WatchConnections:input_type -> medrelay.agent.v1.WatchConnectionsRequest
+	9,  // 21: medrelay.agent.v1.ConnectionService.RefreshConnection:input_type -> medrelay.agent.v1.RefreshConnectionRequest
+	11, // 22: medrelay.agent.v1.ConnectionService.DeleteConnection:input_type -> medrelay.agent.v1.DeleteConnectionRequest
+	13, // 23: medrelay.agent.v1.ConnectionService.CreateBackendConnection:input_type -> medrelay.agent.v1.CreateBackendConnectionRequest
+	4,  // 24: medrelay.agent.v1.ConnectionService.GetConnection:output_type -> medrelay.agent.v1.GetConnectionResponse
+	6,  // 25: medrelay.agent.v1.ConnectionService.ListConnections:output_type -> medrelay.agent.v1.ListConnectionsResponse
+	8,  // 26: medrelay.agent.v1.ConnectionService.WatchConnections:output_type -> medrelay.agent.v1.WatchConnectionsResponse
+	10, // 27: medrelay.agent.v1.ConnectionService.RefreshConnection:output_type -> medrelay.agent.v1.RefreshConnectionResponse
+	12, // 28: medrelay.agent.v1.ConnectionService.DeleteConnection:output_type -> medrelay.agent.v1.DeleteConnectionResponse
+	14, // 29: medrelay.agent.v1.ConnectionService.CreateBackendConnection:output_type -> medrelay.agent.v1.CreateBackendConnectionResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_medrelay_agent_v1_connections_proto_init() }
@@ -1053,7 +1165,7 @@ func file_medrelay_agent_v1_connections_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medrelay_agent_v1_connections_proto_rawDesc), len(file_medrelay_agent_v1_connections_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

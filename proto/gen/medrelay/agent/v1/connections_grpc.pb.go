@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ConnectionService_GetConnection_FullMethodName     = "/medrelay.agent.v1.ConnectionService/GetConnection"
-	ConnectionService_ListConnections_FullMethodName   = "/medrelay.agent.v1.ConnectionService/ListConnections"
-	ConnectionService_WatchConnections_FullMethodName  = "/medrelay.agent.v1.ConnectionService/WatchConnections"
-	ConnectionService_RefreshConnection_FullMethodName = "/medrelay.agent.v1.ConnectionService/RefreshConnection"
-	ConnectionService_DeleteConnection_FullMethodName  = "/medrelay.agent.v1.ConnectionService/DeleteConnection"
+	ConnectionService_GetConnection_FullMethodName           = "/medrelay.agent.v1.ConnectionService/GetConnection"
+	ConnectionService_ListConnections_FullMethodName         = "/medrelay.agent.v1.ConnectionService/ListConnections"
+	ConnectionService_WatchConnections_FullMethodName        = "/medrelay.agent.v1.ConnectionService/WatchConnections"
+	ConnectionService_RefreshConnection_FullMethodName       = "/medrelay.agent.v1.ConnectionService/RefreshConnection"
+	ConnectionService_DeleteConnection_FullMethodName        = "/medrelay.agent.v1.ConnectionService/DeleteConnection"
+	ConnectionService_CreateBackendConnection_FullMethodName = "/medrelay.agent.v1.ConnectionService/CreateBackendConnection"
 )
 
 // ConnectionServiceClient is the client API for ConnectionService service.
@@ -44,6 +45,11 @@ type ConnectionServiceClient interface {
 	// DeleteConnection revokes the connection: tokens are destroyed, the grant
 	// is revoked at the source where it can be, stored records are deleted.
 	DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error)
+	// CreateBackendConnection authorizes the agent itself at a source (SMART
+	// Backend Services: client_credentials with private_key_jwt, using the
+	// source's or its vendor's credential). The connection is returned active
+	// once a token was obtained, or failed with the source's reason.
+	CreateBackendConnection(ctx context.Context, in *CreateBackendConnectionRequest, opts ...grpc.CallOption) (*CreateBackendConnectionResponse, error)
 }
 
 type connectionServiceClient struct {
@@ -113,6 +119,16 @@ func (c *connectionServiceClient) DeleteConnection(ctx context.Context, in *Dele
 	return out, nil
 }
 
+func (c *connectionServiceClient) CreateBackendConnection(ctx context.Context, in *CreateBackendConnectionRequest, opts ...grpc.CallOption) (*CreateBackendConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateBackendConnectionResponse)
+	err := c.cc.Invoke(ctx, ConnectionService_CreateBackendConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConnectionServiceServer is the server API for ConnectionService service.
 // All implementations must embed UnimplementedConnectionServiceServer
 // for forward compatibility.
@@ -131,6 +147,11 @@ type ConnectionServiceServer interface {
 	// DeleteConnection revokes the connection: tokens are destroyed, the grant
 	// is revoked at the source where it can be, stored records are deleted.
 	DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error)
+	// CreateBackendConnection authorizes the agent itself at a source (SMART
+	// Backend Services: client_credentials with private_key_jwt, using the
+	// source's or its vendor's credential). The connection is returned active
+	// once a token was obtained, or failed with the source's reason.
+	CreateBackendConnection(context.Context, *CreateBackendConnectionRequest) (*CreateBackendConnectionResponse, error)
 	mustEmbedUnimplementedConnectionServiceServer()
 }
 
@@ -155,6 +176,9 @@ func (UnimplementedConnectionServiceServer) RefreshConnection(context.Context, *
 }
 func (UnimplementedConnectionServiceServer) DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteConnection not implemented")
+}
+func (UnimplementedConnectionServiceServer) CreateBackendConnection(context.Context, *CreateBackendConnectionRequest) (*CreateBackendConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateBackendConnection not implemented")
 }
 func (UnimplementedConnectionServiceServer) mustEmbedUnimplementedConnectionServiceServer() {}
 func (UnimplementedConnectionServiceServer) testEmbeddedByValue()                           {}
@@ -260,6 +284,24 @@ func _ConnectionService_DeleteConnection_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConnectionService_CreateBackendConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateBackendConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConnectionServiceServer).CreateBackendConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConnectionService_CreateBackendConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConnectionServiceServer).CreateBackendConnection(ctx, req.(*CreateBackendConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConnectionService_ServiceDesc is the grpc.ServiceDesc for ConnectionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -282,6 +324,10 @@ var ConnectionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteConnection",
 			Handler:    _ConnectionService_DeleteConnection_Handler,
+		},
+		{
+			MethodName: "CreateBackendConnection",
+			Handler:    _ConnectionService_CreateBackendConnection_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
