@@ -21,6 +21,7 @@ import (
 	"github.com/medrelay/medrelay/internal/audit"
 	"github.com/medrelay/medrelay/internal/connections"
 	"github.com/medrelay/medrelay/internal/credentials"
+	"github.com/medrelay/medrelay/internal/directory"
 	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/records"
@@ -59,6 +60,9 @@ type Deps struct {
 
 	// Plugins serves PluginService (nil: not wired).
 	Plugins PluginRegistry
+
+	// Directory serves DirectoryService (nil: not wired).
+	Directory *directory.Catalog
 }
 
 // Server is the gRPC server of the host API.
@@ -145,6 +149,16 @@ func New(d Deps) *Server {
 			"VerifyPlugins": {Who: Admins, Audit: true},
 		})
 		agentv1.RegisterPluginServiceServer(gs, &pluginService{plugins: d.Plugins})
+	}
+
+	if d.Directory != nil {
+		register(policy, agentv1.DirectoryService_ServiceDesc, map[string]Rule{
+			"Search":   {Who: Authenticated},
+			"Get":      {Who: Authenticated},
+			"Discover": {Who: Authenticated, Audit: true},
+			"Import":   {Who: Admins, Audit: true},
+		})
+		agentv1.RegisterDirectoryServiceServer(gs, &directoryService{dir: d.Directory})
 	}
 
 	return &Server{grpc: gs, health: hs, log: log}
