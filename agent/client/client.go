@@ -48,6 +48,7 @@ type Client struct {
 	Credentials agentv1.CredentialServiceClient
 	Records     agentv1.RecordServiceClient
 	Plugins     agentv1.PluginServiceClient
+	Directory   agentv1.DirectoryServiceClient
 }
 
 type options struct {
@@ -126,6 +127,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		Credentials: agentv1.NewCredentialServiceClient(conn),
 		Records:     agentv1.NewRecordServiceClient(conn),
 		Plugins:     agentv1.NewPluginServiceClient(conn),
+		Directory:   agentv1.NewDirectoryServiceClient(conn),
 	}, nil
 }
 

@@ -211,6 +211,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Records:     a.records,
 		RecordStore: a.records,
 		Plugins:     a.plugins,
+		Directory:   a.catalog,
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})
