@@ -40,6 +40,14 @@ const (
 	CredentialTargets Name = "credential_targets" // "source/<id>" or "vendor/<name>" → credential id
 	CredentialKeys    Name = "credential_keys"    // kid → private key (generated in the agent) and public JWK
 
+	// Bulk Data syncs (package sync).
+	SyncJobs      Name = "sync_jobs"      // sync id → job (request, phase, status URL, manifest)
+	SyncFiles     Name = "sync_files"     // sync id / file index → file progress (offset, line, counts, done)
+	SyncMalformed Name = "sync_malformed" // sync id / file index / line → malformed line skipped
+	SyncErrors    Name = "sync_errors"    // sync id / file index / line → OperationOutcome from an error file
+	SyncCursors   Name = "sync_cursors"   // connection id / scope → transactionTime of the last completed sync
+	SyncSchedules Name = "sync_schedules" // schedule id → schedule (--every)
+
 	// Records (package records). Keys start with the connection id.
 	Records       Name = "records"        // connection/type/id → head (change seq, version, lastUpdated, hash)
 	RecordChanges Name = "record_changes" // connection/seq → change header + the source's raw JSON (or a tombstone)
