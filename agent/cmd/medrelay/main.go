@@ -58,6 +58,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(credentialsCmd(g))
 	root.AddCommand(recordsCmd(g))
 	root.AddCommand(pluginsCmd(g))
+	root.AddCommand(sourcesCmd(g))
 	return root
 }
 
