@@ -309,15 +309,9 @@ func (l *Log) Read(ctx context.Context, f Filter, after uint64, limit int) ([]Ev
 	}
 	if after > 0 {
 		// Events after the cursor may have been pruned: tell the app it
-		// missed some rather than skip them silently. An app is compared
-		// with the last of its own events pruned, so a quiet app whose
-		// cursor is old has not "missed" other apps' events.
-		mark := "events_pruned_through"
-		if !f.All {
-			mark += "/" + f.AppID
-		}
-		pruned, err := l.meta.Get(ctx, mark)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		// missed some rather than skip them silently.
+		pruned, err := l.PrunedThrough(ctx, f)
+		if err != nil {
 			return nil, err
 		}
 		if pruned > after {
@@ -327,19 +321,56 @@ func (l *Log) Read(ctx context.Context, f Filter, after uint64, limit int) ([]Ev
 	return out, nil
 }
 
+// PrunedThrough returns the sequence of the newest pruned event f's reader
+// could have seen (0 if none): an app is compared with the last of its own
+// events pruned (of f's types, when given), so a quiet app whose cursor is
+// old has not "missed" other apps' events. Read from cursor 0 means "from
+// the oldest retained" and is never refused; a reader for whom 0 means
+// "nothing seen yet" (a webhook endpoint created on an empty log) checks
+// this itself.
+func (l *Log) PrunedThrough(ctx context.Context, f Filter) (uint64, error) {
+	marks := []string{prunedMark(f.All, f.AppID, "")}
+	if len(f.Types) > 0 {
+		marks = marks[:0]
+		for t := range f.Types {
+			marks = append(marks, prunedMark(f.All, f.AppID, t))
+		}
+	}
+	var pruned uint64
+	for _, m := range marks {
+		v, err := l.meta.Get(ctx, m)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return 0, err
+		}
+		pruned = max(pruned, v)
+	}
+	return pruned, nil
+}
+
+// prunedMark names the meta key holding the newest pruned sequence of every
+// app (all) or of one, of every type ("") or of one.
+func prunedMark(all bool, app, typ string) string {
+	k := "events_pruned_through"
+	if !all {
+		k += "/" + app
+	}
+	if typ != "" {
+		k += "#" + typ
+	}
+	return k
+}
+
 // Prune deletes events older than the retention and records the last pruned
 // sequence, so a cursor pointing before it is refused as expired. The agent
 // runs it hourly.
 func (l *Log) Prune(ctx context.Context, now time.Time) (int, error) {
 	cutoff := now.Add(-l.retention)
-	var keys []string
-	var apps []string
-	var last uint64
+	var keys, apps, types []string
 	err := l.events.Scan(ctx, store.ScanOptions{}, func(k string, e Event) error {
 		if !e.Time.Before(cutoff) {
 			return store.ErrStopScan
 		}
-		keys, apps, last = append(keys, k), append(apps, e.AppID), e.Seq
+		keys, apps, types = append(keys, k), append(apps, e.AppID), append(types, e.Type)
 		return nil
 	})
 	if err != nil || len(keys) == 0 {
@@ -348,16 +379,18 @@ func (l *Log) Prune(ctx context.Context, now time.Time) (int, error) {
 	// The watermarks are durable before anything is deleted: a crash in
 	// between leaves events that are refused as expired, never a silent gap.
 	err = l.db.Update(ctx, func(tx *store.Txn) error {
-		if err := l.meta.PutTx(tx, "events_pruned_through", last); err != nil {
-			return err
-		}
 		lastOf := map[string]uint64{}
 		for i, k := range keys {
 			seq, _ := strconv.ParseUint(k, 10, 64)
-			lastOf[apps[i]] = max(lastOf[apps[i]], seq)
+			for _, m := range []string{
+				prunedMark(true, "", ""), prunedMark(true, "", types[i]),
+				prunedMark(false, apps[i], ""), prunedMark(false, apps[i], types[i]),
+			} {
+				lastOf[m] = max(lastOf[m], seq)
+			}
 		}
-		for app, seq := range lastOf {
-			if err := l.meta.PutTx(tx, "events_pruned_through/"+app, seq); err != nil {
+		for m, seq := range lastOf {
+			if err := l.meta.PutTx(tx, m, seq); err != nil {
 				return err
 			}
 		}

@@ -218,6 +218,10 @@ func TestPruneExpiresOnlyCursorsOfAppsThatLostEvents(t *testing.T) {
 	if _, err := l.Read(ctx, events.Filter{AppID: "b"}, b1.Seq, 10); !errors.Is(err, events.ErrCursorExpired) {
 		t.Fatalf("b after b1 (b2 pruned): %v, want expired", err)
 	}
+	// Nor has a reader of b's "y" events, none of which were pruned.
+	if _, err := l.Read(ctx, events.Filter{AppID: "b", Types: map[string]bool{"y": true}}, b1.Seq, 10); err != nil {
+		t.Fatalf("b's y events after b1: %v", err)
+	}
 	if _, err := l.Read(ctx, events.Filter{All: true}, b2.Seq, 10); !errors.Is(err, events.ErrCursorExpired) {
 		t.Fatalf("all after b2 (a's pruned): %v, want expired", err)
 	}
