@@ -22,17 +22,23 @@ func (d *Dataset) appendWith(b []byte, ref Ref, m Meta, pi *patientInfo) []byte 
 		pi = d.info(ref.Patient, nil)
 	}
 	h, r := d.header(ref, pi)
-	b = append(b, `{"resourceType":"`...)
-	b = append(b, typeNames[ref.Type]...)
-	b = append(b, `","id":"`...)
-	b = ref.AppendID(b)
-	b = append(b, `","meta":{"versionId":"`...)
-	v := m.Version
-	if v <= 0 {
-		v = 1
+	b = append(b, resourceHeads[ref.Type]...) // {"resourceType":"X","id":"prefix-
+	if ref.Type.Shared() {
+		b = appendInt(b, ref.K)
+	} else {
+		b = appendInt(b, ref.Patient)
+		if ref.Type != Patient {
+			b = append(b, '-')
+			b = appendInt(b, ref.K)
+		}
 	}
-	b = strconv.AppendInt(b, int64(v), 10)
-	b = append(b, `","lastUpdated":"`...)
+	if m.Version <= 1 {
+		b = append(b, `","meta":{"versionId":"1","lastUpdated":"`...)
+	} else {
+		b = append(b, `","meta":{"versionId":"`...)
+		b = strconv.AppendInt(b, int64(m.Version), 10)
+		b = append(b, `","lastUpdated":"`...)
+	}
 	lu := h.LastUpdated
 	if m.LastUpdated != 0 {
 		lu = m.LastUpdated
@@ -63,6 +69,13 @@ func (d *Dataset) appendWith(b []byte, ref Ref, m Meta, pi *patientInfo) []byte 
 func (d *Dataset) Bytes(ref Ref, m Meta) []byte { return d.Append(nil, ref, m) }
 
 const usCore = "http://hl7.org/fhir/us/core/StructureDefinition/"
+
+var resourceHeads = func() (out [NumTypes]string) {
+	for t := range out {
+		out[t] = `{"resourceType":"` + typeNames[t] + `","id":"` + idPrefix[t] + "-"
+	}
+	return out
+}()
 
 var defaultProfiles = func() (out [NumTypes]string) {
 	for t := range out {
