@@ -279,7 +279,7 @@ func TestRequiresAccessToken(t *testing.T) {
 // Retry-After; 429 carries Retry-After as seconds or an HTTP-date.
 func TestExportPollingAndRateLimits(t *testing.T) {
 	s := sandboxtest.Start(t, sandboxtest.WithPatients(1), sandboxtest.WithConfig(func(c *sandbox.Config) {
-		c.BulkMinDuration = sandbox.Duration(300 * time.Millisecond)
+		c.BulkMinDuration = sandbox.Duration(time.Hour) // stays in progress until cancelled
 		c.BulkRetryAfter = 3
 	}))
 	tok := systemToken(t, s, "generic")
@@ -299,9 +299,14 @@ func TestExportPollingAndRateLimits(t *testing.T) {
 	if resp.StatusCode != 429 || err != nil || time.Until(when) < 60*time.Second {
 		t.Fatalf("429 HTTP-date: %d %q %v", resp.StatusCode, resp.Header.Get("Retry-After"), err)
 	}
-	poll(t, status, tok)
 	if st := s.Stats(); st.Faults["export-status:429"] != 1 || st.Faults["export:429"] != 1 {
 		t.Fatalf("fault stats %v", st.Faults)
+	}
+	if resp, _ := do(t, "GET", status, tok, nil); resp.StatusCode != 202 {
+		t.Fatalf("after the 429 burst: %d, want 202 (still in progress)", resp.StatusCode)
+	}
+	if resp, _ := do(t, "DELETE", status, tok, nil); resp.StatusCode != 202 {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
 	}
 }
 

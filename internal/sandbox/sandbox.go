@@ -137,6 +137,11 @@ func (s *Sandbox) Close() error {
 	default:
 	}
 	close(s.done)
+	s.mu.Lock()
+	for _, j := range s.exports {
+		j.cancel() // stop planning goroutines
+	}
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
