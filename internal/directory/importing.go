@@ -520,8 +520,10 @@ func (m *merge) apply(e *importers.Entry) {
 	}
 	// Which source is this?
 	id := ""
+	// Only the entry's own names identify it: its aliases may be a parent
+	// organisation's name that several brands on one endpoint share.
 	for _, t := range tenants {
-		for _, n := range append([]string{rawName, name}, e.Aliases...) {
+		for _, n := range []string{rawName, name} {
 			k := t + "|" + index.NormalizeName(n)
 			if x := m.keys[k]; x != "" {
 				id = x
@@ -593,6 +595,7 @@ func (m *merge) apply(e *importers.Entry) {
 		if rawName != name {
 			s.Aliases = appendUniqueFold(s.Aliases, rawName)
 		}
+		canonical(s)
 		m.changed[id] = s
 		return
 	}
@@ -658,7 +661,24 @@ func (m *merge) apply(e *importers.Entry) {
 	}
 	s.Status = StatusActive
 	s.UpdatedAt = m.now
+	canonical(s)
 	m.changed[id] = s
+}
+
+// canonical orders a source's sets, so that the same facts merged in a
+// different order give the same record (re-importing is idempotent).
+func canonical(s *Source) {
+	var aliases []string
+	for _, a := range s.Aliases {
+		if !strings.EqualFold(a, s.Name) {
+			aliases = appendUniqueFold(aliases, a)
+		}
+	}
+	sort.Slice(aliases, func(i, j int) bool { return strings.ToLower(aliases[i]) < strings.ToLower(aliases[j]) })
+	s.Aliases = aliases
+	sort.Strings(s.Categories)
+	sort.Strings(s.Identifiers.NPI)
+	sort.Strings(s.Identifiers.OID)
 }
 
 // appendLocation adds l unless an equal or more complete one is there.
