@@ -85,4 +85,3 @@ func (h *Host) reapOrphans() {
 }
 
 var errNotVerifiable = errors.New("cannot verify the process's executable on this system")
-
