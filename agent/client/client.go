@@ -49,6 +49,8 @@ type Client struct {
 	Records     agentv1.RecordServiceClient
 	Plugins     agentv1.PluginServiceClient
 	Directory   agentv1.DirectoryServiceClient
+	Events      agentv1.EventServiceClient
+	Webhooks    agentv1.WebhookServiceClient
 }
 
 type options struct {
@@ -128,6 +130,8 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		Records:     agentv1.NewRecordServiceClient(conn),
 		Plugins:     agentv1.NewPluginServiceClient(conn),
 		Directory:   agentv1.NewDirectoryServiceClient(conn),
+		Events:      agentv1.NewEventServiceClient(conn),
+		Webhooks:    agentv1.NewWebhookServiceClient(conn),
 	}, nil
 }
 

@@ -26,6 +26,8 @@ import (
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
+	syncs "github.com/medrelay/medrelay/internal/sync"
+	"github.com/medrelay/medrelay/internal/webhooks"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -47,6 +49,8 @@ type Deps struct {
 	Revoker GrantRevoker
 	// Backend creates backend connections (nil: not wired).
 	Backend BackendConnector
+	// Sync runs Bulk Data syncs (nil: not wired).
+	Sync *syncs.Engine
 
 	// RecordStore serves RecordService (nil: not wired). RecordOwner checks
 	// who may read a connection; nil means ConnectionOwner(Connections).
@@ -63,6 +67,10 @@ type Deps struct {
 
 	// Directory serves DirectoryService (nil: not wired).
 	Directory *directory.Catalog
+
+	// Webhooks serves WebhookService (nil: not wired). EventService is
+	// served whenever Events is set.
+	Webhooks *webhooks.Manager
 }
 
 // Server is the gRPC server of the host API.
@@ -70,6 +78,8 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	log    *slog.Logger
+	// stopping is closed at Stop, so that endless streams (events) end.
+	stopping chan struct{}
 }
 
 // New builds the server and registers every service.
@@ -131,6 +141,17 @@ func New(d Deps) *Server {
 		agentv1.RegisterCredentialServiceServer(gs, &credentialService{creds: d.Credentials, publicURL: strings.TrimRight(d.PublicURL, "/")})
 	}
 
+	if d.Sync != nil {
+		register(policy, agentv1.SyncService_ServiceDesc, map[string]Rule{
+			"StartSync":  {Who: Authenticated, Audit: true},
+			"GetSync":    {Who: Authenticated},
+			"ListSyncs":  {Who: Authenticated},
+			"CancelSync": {Who: Authenticated, Audit: true},
+			"WatchSync":  {Who: Authenticated},
+		})
+		agentv1.RegisterSyncServiceServer(gs, &syncService{engine: d.Sync})
+	}
+
 	if d.RecordStore != nil {
 		register(policy, agentv1.RecordService_ServiceDesc, map[string]Rule{
 			"ListRecords": {Who: Authenticated, Audit: true},
@@ -161,7 +182,29 @@ func New(d Deps) *Server {
 		agentv1.RegisterDirectoryServiceServer(gs, &directoryService{dir: d.Directory})
 	}
 
-	return &Server{grpc: gs, health: hs, log: log}
+	stopping := make(chan struct{})
+	if d.Events != nil {
+		register(policy, agentv1.EventService_ServiceDesc, map[string]Rule{
+			"Subscribe": {Who: Authenticated, Audit: true},
+		})
+		agentv1.RegisterEventServiceServer(gs, &eventService{events: d.Events, stopping: stopping})
+	}
+	if d.Webhooks != nil {
+		register(policy, agentv1.WebhookService_ServiceDesc, map[string]Rule{
+			"CreateWebhook":         {Who: Apps, Audit: true},
+			"ListWebhooks":          {Who: Authenticated, Audit: true},
+			"GetWebhook":            {Who: Authenticated, Audit: true},
+			"DeleteWebhook":         {Who: Authenticated, Audit: true},
+			"RotateWebhookSecret":   {Who: Apps, Audit: true},
+			"EnableWebhook":         {Who: Authenticated, Audit: true},
+			"DisableWebhook":        {Who: Authenticated, Audit: true},
+			"ListWebhookAttempts":   {Who: Authenticated, Audit: true},
+			"RedeliverWebhookEvent": {Who: Authenticated, Audit: true},
+		})
+		agentv1.RegisterWebhookServiceServer(gs, &webhookService{hooks: d.Webhooks})
+	}
+
+	return &Server{grpc: gs, health: hs, log: log, stopping: stopping}
 }
 
 // register adds a service's rules, and panics when a method of the service
@@ -193,6 +236,11 @@ func (s *Server) Serve(l net.Listener) error {
 // given by the caller passes, then cuts them.
 func (s *Server) Stop(grace time.Duration) {
 	s.health.Shutdown()
+	select {
+	case <-s.stopping:
+	default:
+		close(s.stopping)
+	}
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()

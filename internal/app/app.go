@@ -34,9 +34,11 @@ import (
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/sessions"
 	"github.com/medrelay/medrelay/internal/store"
+	syncs "github.com/medrelay/medrelay/internal/sync"
 	"github.com/medrelay/medrelay/internal/telemetry"
 	"github.com/medrelay/medrelay/internal/version"
 	"github.com/medrelay/medrelay/internal/web"
+	"github.com/medrelay/medrelay/internal/webhooks"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -79,6 +81,8 @@ type Agent struct {
 	sessions *sessions.Manager
 	records  *records.Store
 	puller   *pull.Puller
+	syncer   *syncs.Engine
+	webhooks *webhooks.Manager
 
 	// jobs are background loops (refresher, pruning, deliveries); stop
 	// cancels them and waits, after the listeners and before the plugins.
@@ -210,8 +214,10 @@ func (a *Agent) start(ctx context.Context) error {
 		Events:      a.events,
 		Records:     a.records,
 		RecordStore: a.records,
+		Sync:        a.syncer,
 		Plugins:     a.plugins,
 		Directory:   a.catalog,
+		Webhooks:    a.webhooks,
 	})
 	// The socket opens last: a client that can connect can be answered.
 	a.sock, err = ipc.Listen(o.Layout.Socket, ipc.ListenOptions{Group: o.Config.SocketGroup})

@@ -13,6 +13,9 @@ import (
 	"github.com/medrelay/medrelay/internal/pull"
 	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
+	syncs "github.com/medrelay/medrelay/internal/sync"
+	"github.com/medrelay/medrelay/internal/version"
+	"github.com/medrelay/medrelay/internal/webhooks"
 )
 
 // startComponents builds the domain components in dependency order, after
@@ -53,6 +56,7 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return fmt.Errorf("records: %w", err)
 	}
 	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{})
+	a.syncer = syncs.New(a.db, a.conns, a.plugins, a.records, a.events, a.log, syncs.Options{})
 
 	a.sessions = sessions.New(a.db, a.conns, a.events, pickerDirectory{cat: a.catalog}, a.authz, a.log,
 		sessions.Options{PublicURL: a.public.PublicURL()})
@@ -63,6 +67,17 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	a.job(func() { a.conns.Run(jobCtx) })
 	a.job(func() { a.pruneEvents(jobCtx) })
 	a.job(func() { a.puller.Run(jobCtx) })
+	a.job(func() { a.syncer.Run(jobCtx) })
+
+	// Webhook deliveries are jobs: their workers stop with the others.
+	a.webhooks = webhooks.New(a.db, a.events, a.log,
+		webhooks.WithAllowPublicHTTP(a.opts.Config.WebhooksAllowPublicHTTP),
+		webhooks.WithSource(a.public.PublicURL()),
+		webhooks.WithUserAgent("medrelay/"+version.String()))
+	if err := a.webhooks.Start(jobCtx); err != nil {
+		return err
+	}
+	a.job(func() { <-jobCtx.Done(); a.webhooks.Stop() })
 	return nil
 }
 
