@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -28,6 +29,10 @@ type serverKeys struct {
 	rsSig  jose.Signer
 	esSig  jose.Signer
 }
+
+// processKeys are shared by every sandbox in a process: key generation
+// (RSA-2048) dominated the start of the many sandboxes a test run makes.
+var processKeys = sync.OnceValues(newServerKeys)
 
 func newServerKeys() (*serverKeys, error) {
 	rk, err := rsa.GenerateKey(rand.Reader, 2048)

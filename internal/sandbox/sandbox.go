@@ -43,7 +43,7 @@ func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	keys, err := newServerKeys()
+	keys, err := processKeys()
 	if err != nil {
 		return nil, err
 	}
