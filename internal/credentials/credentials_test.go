@@ -317,7 +317,7 @@ func TestSigner_Assertion(t *testing.T) {
 		}
 		pubs := publicKeys(t, f)
 		jtis := map[string]bool{}
-		for range 50 {
+		for range 20 {
 			raw, err := auth.Signer.SignAssertion(context.Background(), "https://ehr.example/token")
 			if err != nil {
 				t.Fatal(err)
@@ -556,11 +556,11 @@ func TestConcurrentSigning(t *testing.T) {
 	_, auth, _ := f.creds.ByID(ctx, c.ID)
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
-	for range 8 {
+	for range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range 20 {
+			for range 10 {
 				raw, err := auth.Signer.SignAssertion(ctx, "https://x/token")
 				if err != nil {
 					errs <- err
