@@ -80,7 +80,7 @@ func readCSV(ctx context.Context, data []byte) ([]csvRecord, error) {
 }
 
 func field(rec []string, i int) string {
-	if i < len(rec) {
+	if i >= 0 && i < len(rec) {
 		return strings.TrimSpace(strings.ReplaceAll(rec[i], "\u00a0", " "))
 	}
 	return ""
