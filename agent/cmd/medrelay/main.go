@@ -59,6 +59,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(recordsCmd(g))
 	root.AddCommand(pluginsCmd(g))
 	root.AddCommand(sourcesCmd(g))
+	root.AddCommand(eventsCmd(g), webhooksCmd(g))
 	return root
 }
 
