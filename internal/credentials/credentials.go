@@ -165,7 +165,13 @@ func targetKey(sourceID, vendor string) string {
 	if sourceID != "" {
 		return "source/" + sourceID
 	}
-	return "vendor/" + strings.ToLower(vendor)
+	return "vendor/" + VendorKey(vendor)
+}
+
+// VendorKey is how vendors are compared: by slug, case and spaces aside
+// ("Epic" and "epic", "Oracle Health" and "oraclehealth" are one vendor).
+func VendorKey(vendor string) string {
+	return strings.ToLower(strings.ReplaceAll(vendor, " ", ""))
 }
 
 func newID() string {

@@ -153,6 +153,13 @@ func TestResolve_SourceBeatsVendor(t *testing.T) {
 	if c, _, err := f.creds.Resolve(ctx, "mercy", "epic"); err != nil || c.ID != own.ID {
 		t.Fatalf("mercy: %+v %v", c, err)
 	}
+	if c, _, err := f.creds.Resolve(ctx, "", "Epic"); err != nil || c.ID != vendor.ID {
+		t.Fatalf("vendor by display name: %+v %v", c, err)
+	}
+	oh := f.set(t, credentials.Input{Vendor: "oraclehealth", ClientID: "oh"})
+	if c, _, err := f.creds.Resolve(ctx, "x", "Oracle Health"); err != nil || c.ID != oh.ID {
+		t.Fatalf("Oracle Health: %+v %v", c, err)
+	}
 	if c, auth, err := f.creds.Resolve(ctx, "other-epic-site", "epic"); err != nil || c.ID != vendor.ID || auth.Method != oauth.AuthPrivateKeyJWT {
 		t.Fatalf("other epic site: %+v %v", c, err)
 	}
