@@ -307,7 +307,10 @@ func TestWebhooksThroughTheAPI(t *testing.T) {
 	}
 	for _, call := range []func() error{
 		func() error { _, err := appB.Webhooks.GetWebhook(ctx, &agentv1.GetWebhookRequest{Id: id}); return err },
-		func() error { _, err := appB.Webhooks.DeleteWebhook(ctx, &agentv1.DeleteWebhookRequest{Id: id}); return err },
+		func() error {
+			_, err := appB.Webhooks.DeleteWebhook(ctx, &agentv1.DeleteWebhookRequest{Id: id})
+			return err
+		},
 		func() error {
 			_, err := appB.Webhooks.RotateWebhookSecret(ctx, &agentv1.RotateWebhookSecretRequest{Id: id})
 			return err
@@ -352,7 +355,6 @@ func TestWebhooksThroughTheAPI(t *testing.T) {
 		t.Fatalf("after delete: %v", err)
 	}
 }
-
 
 func must(b []byte, err error) []byte {
 	if err != nil {
