@@ -260,6 +260,12 @@ func (in *Input) validate() error {
 // client secret (it belonged to the old id); keys may stay, as a JWKS URL
 // can serve several registrations.
 func (s *Store) Set(ctx context.Context, in Input) (Credential, error) {
+	return s.set(ctx, in, "")
+}
+
+// set is Set; with onlyID it changes that existing credential or nothing
+// (a rotation must not resurrect a credential deleted meanwhile).
+func (s *Store) set(ctx context.Context, in Input, onlyID string) (Credential, error) {
 	if err := in.validate(); err != nil {
 		return Credential{}, err
 	}
@@ -280,6 +286,9 @@ func (s *Store) Set(ctx context.Context, in Input) (Credential, error) {
 	err := s.db.Update(ctx, func(tx *store.Txn) error {
 		var rec record
 		id, err := s.targets.GetTx(tx, tk)
+		if onlyID != "" && (err != nil || id != onlyID) {
+			return fmt.Errorf("%w: %s", ErrNotFound, onlyID)
+		}
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			rec = record{Credential: Credential{ID: newID(), SourceID: in.SourceID, Vendor: in.Vendor,
@@ -397,7 +406,7 @@ func (s *Store) Rotate(ctx context.Context, id string) (Credential, error) {
 	if rec.ActiveKID == "" {
 		return Credential{}, fmt.Errorf("%w: %s authenticates with %s; set a key with --generate-key first", ErrNoKey, id, rec.Method)
 	}
-	return s.Set(ctx, Input{SourceID: rec.SourceID, Vendor: rec.Vendor, ClientID: rec.ClientID, GenerateKey: rec.KeyAlgorithm})
+	return s.set(ctx, Input{SourceID: rec.SourceID, Vendor: rec.Vendor, ClientID: rec.ClientID, GenerateKey: rec.KeyAlgorithm}, id)
 }
 
 // Get returns a credential by id.
