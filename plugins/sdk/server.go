@@ -176,7 +176,9 @@ func (s *server) AccessToken(ctx context.Context, connectionID string, rejected 
 	if h == nil {
 		return Token{}, fmt.Errorf("%w: not connected to the agent", ErrNoToken)
 	}
+	t0 := time.Now()
 	resp, err := h.AccessToken(ctx, &pluginv1.AccessTokenRequest{ConnectionId: connectionID, Rejected: rejected})
+	s.log.Info("PROBE token", "took", time.Since(t0).String())
 	if err != nil {
 		return Token{}, fmt.Errorf("%w: %w", ErrNoToken, err)
 	}
@@ -203,7 +205,9 @@ func (s *server) Read(ctx context.Context, req *pluginv1.ReadRequest) (*pluginv1
 	if err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	r, err := s.src.Read(ctx, call, ReadRequest{ResourceType: req.GetResourceType(), ID: req.GetId()})
+	s.log.Info("PROBE read", "took", time.Since(t0).String())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -375,7 +379,7 @@ func (s *server) BulkDownload(req *pluginv1.BulkDownloadRequest, stream grpc.Ser
 	buf := make([]byte, chunkSize)
 	msg := &pluginv1.BulkDownloadResponse{}
 	for {
-		n, rerr := io.ReadFull(body, buf)
+		n, rerr := fill(body, buf)
 		if n > 0 {
 			msg.Data, msg.Offset = buf[:n], off
 			if err := stream.Send(msg); err != nil {
@@ -383,7 +387,9 @@ func (s *server) BulkDownload(req *pluginv1.BulkDownloadRequest, stream grpc.Ser
 			}
 			off += int64(n)
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		// Only a clean EOF ends the file: a body cut short reads as
+		// io.ErrUnexpectedEOF and must be resumed, not taken as complete.
+		if rerr == io.EOF {
 			return nil
 		}
 		if rerr != nil {
@@ -393,6 +399,21 @@ func (s *server) BulkDownload(req *pluginv1.BulkDownloadRequest, stream grpc.Ser
 			return withInfo(codes.Unavailable, "SOURCE_DOWNLOAD_BROKEN", fmt.Sprintf("download broke at offset %d: %v (resume from there)", off, rerr), 0)
 		}
 	}
+}
+
+// fill reads into buf until it is full or the reader fails; unlike
+// io.ReadFull it passes the reader's error through as it is (io.EOF for a
+// clean end, io.ErrUnexpectedEOF for a body cut short).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func resourceProto(r Resource) *pluginv1.Resource {
