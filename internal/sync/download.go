@@ -295,10 +295,15 @@ func (e *Engine) ingest(ctx context.Context, j *Job, c connections.Connection, i
 		Checkpoint: func(b *store.Batch, p records.Progress) error {
 			n := base
 			n.Offset, n.Line = p.Position.Offset, p.Position.Line
-			n.Written += int64(p.Counts.Written)
-			n.Unchanged += int64(p.Counts.Unchanged)
-			n.Stale += int64(p.Counts.Stale)
-			n.Deleted += int64(p.Counts.Deleted)
+			if f.Kind == KindDeleted {
+				// Resources counts what output files held; a tombstone
+				// already stored is not news.
+				n.Deleted += int64(p.Counts.Deleted)
+			} else {
+				n.Written += int64(p.Counts.Written)
+				n.Unchanged += int64(p.Counts.Unchanged)
+				n.Stale += int64(p.Counts.Stale)
+			}
 			for _, m := range p.Malformed {
 				if base.Malformed+malformed < maxKeptIssues {
 					if err := store.BatchPut(b, e.malformed, fmt.Sprintf("%s/%012d", key, m.Line), m); err != nil {
