@@ -29,6 +29,7 @@ var testPlugins = map[string]string{
 	"stdoutplugin": "./testdata/stdoutplugin",
 	"panicplugin":  "./testdata/panicplugin",
 	"initpanic":    "./testdata/initpanic",
+	"benchplugin":  "./testdata/benchplugin",
 }
 
 func TestMain(m *testing.M) {

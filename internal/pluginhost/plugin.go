@@ -24,6 +24,9 @@ import (
 	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
 )
 
+// streamWindow is the gRPC flow-control window for plugin connections.
+const streamWindow = 16 << 20
+
 // plugin is one supervised plugin.
 type plugin struct {
 	h        *Host
@@ -234,6 +237,14 @@ func (p *plugin) clientConfig() (*goplugin.ClientConfig, error) {
 		Logger:           newHCLog(p.log, filepath.Base(p.path)),
 		Stderr:           p.stderr,
 		StartTimeout:     p.h.opts.StartTimeout,
+		// Bulk files stream through in 1 MiB messages: windows and buffers
+		// sized for that, on a local socket, instead of gRPC's 64 KiB start.
+		GRPCDialOptions: []grpc.DialOption{
+			grpc.WithInitialWindowSize(streamWindow),
+			grpc.WithInitialConnWindowSize(streamWindow),
+			grpc.WithReadBufferSize(1 << 20),
+			grpc.WithWriteBufferSize(64 << 10),
+		},
 	}, nil
 }
 

@@ -91,6 +91,11 @@ func serve(src Source, args []string, stdout, stderr io.Writer, opts ...ServeOpt
 		Versions:         ProtocolVersions,
 		ServerOptions: []grpc.ServerOption{
 			grpc.MaxRecvMsgSize(16 << 20),
+			// Bulk files stream in 1 MiB messages over a local socket.
+			grpc.InitialWindowSize(16 << 20),
+			grpc.InitialConnWindowSize(16 << 20),
+			grpc.WriteBufferSize(1 << 20),
+			grpc.ReadBufferSize(64 << 10),
 			grpc.ChainUnaryInterceptor(recoverUnary(log)),
 			grpc.ChainStreamInterceptor(recoverStream(log)),
 		},

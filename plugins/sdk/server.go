@@ -176,9 +176,7 @@ func (s *server) AccessToken(ctx context.Context, connectionID string, rejected 
 	if h == nil {
 		return Token{}, fmt.Errorf("%w: not connected to the agent", ErrNoToken)
 	}
-	t0 := time.Now()
 	resp, err := h.AccessToken(ctx, &pluginv1.AccessTokenRequest{ConnectionId: connectionID, Rejected: rejected})
-	s.log.Info("PROBE token", "took", time.Since(t0).String())
 	if err != nil {
 		return Token{}, fmt.Errorf("%w: %w", ErrNoToken, err)
 	}
@@ -205,9 +203,7 @@ func (s *server) Read(ctx context.Context, req *pluginv1.ReadRequest) (*pluginv1
 	if err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
 	r, err := s.src.Read(ctx, call, ReadRequest{ResourceType: req.GetResourceType(), ID: req.GetId()})
-	s.log.Info("PROBE read", "took", time.Since(t0).String())
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -1,0 +1,174 @@
+//go:build bench
+
+package pluginhost
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
+)
+
+var patientJSON = []byte(`{"resourceType":"Patient","id":"p1","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00Z"},"name":[{"family":"Chalmers","given":["Peter","James"]}],"gender":"male","birthDate":"1974-12-25","address":[{"line":["534 Erewhon St"],"city":"PleasantVille","state":"VT","postalCode":"05401"}]}`)
+
+// fhirSource answers every read with the same Patient.
+func fhirSource(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		w.Write(patientJSON)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// bareRead is the baseline: a plain gRPC server on a unix socket whose Read
+// does the same HTTP GET the plugin does, without go-plugin, mTLS, the
+// token callback or another process.
+type bareRead struct {
+	pluginv1.UnimplementedSourceServiceServer
+	hc   *http.Client
+	base string
+	http bool
+}
+
+func (b *bareRead) Read(ctx context.Context, req *pluginv1.ReadRequest) (*pluginv1.ReadResponse, error) {
+	body := patientJSON
+	if b.http {
+		r, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.base+"/"+req.GetResourceType()+"/"+req.GetId(), nil)
+		r.Header.Set("Authorization", "Bearer x")
+		resp, err := b.hc.Do(r)
+		if err != nil {
+			return nil, err
+		}
+		body, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &pluginv1.ReadResponse{Resource: &pluginv1.Resource{Type: "Patient", Id: req.GetId(), Json: body}}, nil
+}
+
+func bareClient(t *testing.T, srvImpl pluginv1.SourceServiceServer) pluginv1.SourceServiceClient {
+	sock := filepath.Join(t.TempDir(), "bare.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	pluginv1.RegisterSourceServiceServer(gs, srvImpl)
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pluginv1.NewSourceServiceClient(conn)
+}
+
+func p50(n int, fn func() error) (time.Duration, error) {
+	for range 200 { // warm up connections and caches
+		if err := fn(); err != nil {
+			return 0, err
+		}
+	}
+	d := make([]time.Duration, n)
+	for i := range d {
+		start := time.Now()
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		d[i] = time.Since(start)
+	}
+	slices.Sort(d)
+	return d[n/2], nil
+}
+
+func TestBenchRead(t *testing.T) {
+	src := fhirSource(t)
+	o, _ := testOptions(t, installDir(t, "benchplugin"), staticTokens("bench-token"))
+	h := startHost(t, o)
+	ctx := context.Background()
+	req := &pluginv1.ReadRequest{Connection: &pluginv1.Connection{Id: "c1", FhirBaseUrl: src.URL + "/fhir"}, ResourceType: "Patient", Id: "p1"}
+	const n = 2000
+	plug, err := p50(n, func() error { _, err := h.Read(ctx, "benchplugin", req); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	withHTTP := bareClient(t, &bareRead{hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}, base: src.URL + "/fhir", http: true})
+	bareHTTP, err := p50(n, func() error { _, err := withHTTP.Read(ctx, req); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pure := bareClient(t, &bareRead{})
+	bare, err := p50(n, func() error { _, err := pure.Read(ctx, req); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ratio := float64(plug) / float64(bareHTTP)
+	verdict := "ok"
+	if ratio > 3 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("BENCH pluginhost.read  p50=%s  baseline(bare gRPC unary over unix socket, same HTTP GET)=%s  ratio=%.2f  goal<=3  %s\n", plug, bareHTTP, ratio, verdict)
+	fmt.Printf("BENCH pluginhost.read-transport  p50=%s  baseline(bare gRPC unary over unix socket, no source I/O)=%s  ratio=%.2f  (information: plugin hop + token callback + HTTP to the source vs transport alone)\n", plug, bare, float64(plug)/float64(bare))
+}
+
+func TestBenchBulkDownload(t *testing.T) {
+	const size = 128 << 20
+	line := []byte(`{"resourceType":"Observation","id":"obs-0-1","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":72,"unit":"/min"}}` + "\n")
+	data := bytes.Repeat(line, size/len(line))
+	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "f.ndjson", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(src.Close)
+	o, _ := testOptions(t, installDir(t, "benchplugin"), staticTokens("bench-token"))
+	h := startHost(t, o)
+	ctx := context.Background()
+	req := &pluginv1.BulkDownloadRequest{Connection: &pluginv1.Connection{Id: "c1", FhirBaseUrl: src.URL + "/fhir"}, Url: src.URL + "/f.ndjson", RequiresAccessToken: true}
+	best := func(fn func() (int64, error)) float64 {
+		var rates []float64
+		for range 3 {
+			start := time.Now()
+			n, err := fn()
+			if err != nil || n != int64(len(data)) {
+				t.Fatalf("n=%d err=%v", n, err)
+			}
+			rates = append(rates, float64(n)/time.Since(start).Seconds()/1e6)
+		}
+		return slices.Max(rates)
+	}
+	plug := best(func() (int64, error) { return h.BulkDownload(ctx, "benchplugin", req, io.Discard) })
+	hc := &http.Client{}
+	direct := best(func() (int64, error) {
+		r, _ := http.NewRequestWithContext(ctx, http.MethodGet, req.Url, nil)
+		r.Header.Set("Authorization", "Bearer x")
+		resp, err := hc.Do(r)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		return io.Copy(io.Discard, resp.Body)
+	})
+	ratio := plug / direct
+	verdict := "ok"
+	if ratio < 0.7 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("BENCH pluginhost.bulkdownload  rate=%.0fMB/s  baseline(direct HTTP, same bytes)=%.0fMB/s  ratio=%.2f  goal>=0.7  %s  (%s file, best of 3)\n",
+		plug, direct, ratio, verdict, strings.TrimSpace(fmt.Sprintf("%dMiB", size>>20)))
+}
