@@ -60,6 +60,8 @@ type Catalog struct {
 	// caches each endpoint's tenant.
 	keys    map[string]string
 	tenants map[string]string
+	// members maps a list id to the ids of the sources it contains.
+	members map[string]map[string]bool
 
 	// dirty is set when sources changed since the index was built; the next
 	// search rebuilds it (imports of many lists in a row rebuild once).
@@ -212,8 +214,10 @@ func (c *Catalog) Load(ctx context.Context) error {
 	c.builtinSetup = emb.setups
 	c.keys = make(map[string]string, len(sources)*2)
 	c.tenants = make(map[string]string, len(endpoints))
+	c.members = map[string]map[string]bool{}
 	for _, s := range sources {
 		c.addKeys(s)
+		c.setMembership(nil, s)
 	}
 	c.mu.Unlock()
 	ib := time.Now()
@@ -256,6 +260,24 @@ func (c *Catalog) addKeys(s *Source) {
 				c.keys[k] = s.ID
 			}
 		}
+	}
+}
+
+// setMembership moves a source from the lists of its old version to those
+// of its new one. Callers hold c.mu.
+func (c *Catalog) setMembership(old, s *Source) {
+	if old != nil {
+		for _, l := range old.Lists {
+			delete(c.members[l], old.ID)
+		}
+	}
+	for _, l := range s.Lists {
+		m := c.members[l]
+		if m == nil {
+			m = map[string]bool{}
+			c.members[l] = m
+		}
+		m[s.ID] = true
 	}
 }
 

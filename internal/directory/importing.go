@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -298,10 +297,14 @@ type merge struct {
 	changed  map[string]*Source
 	old      map[string]*Source
 	seen     map[string]bool
+	// eps are the catalog's endpoints (read only during the merge); epsNew
+	// those this import adds or changes.
 	eps      map[string]*Endpoint
 	epsNew   map[string]*Endpoint
 	setups   map[string]Setup
 	byVendor map[string]int
+	// members are the sources the list contained before this import.
+	members []string
 }
 
 func (c *Catalog) newMerge(list *importers.List, opts ImportOptions) *merge {
@@ -321,8 +324,11 @@ func (c *Catalog) newMerge(list *importers.List, opts ImportOptions) *merge {
 		m.sum.Rejected = append(m.sum.Rejected, Rejection(r))
 	}
 	c.mu.RLock()
+	for id := range c.members[opts.ListID] {
+		m.members = append(m.members, id)
+	}
 	m.old = c.sources
-	m.eps = maps.Clone(c.endpoints)
+	m.eps = c.endpoints
 	m.baseKeys = c.keys
 	c.mu.RUnlock()
 	return m
@@ -350,8 +356,9 @@ func (m *merge) run(ctx context.Context, progress func(ImportProgress)) {
 		m.sum.Setups = append(m.sum.Setups, vs.Vendor)
 	}
 	// Sources this list named before and does not name now.
-	for id, s := range m.old {
-		if m.seen[id] || !contains(s.Lists, m.listID) {
+	for _, id := range m.members {
+		s := m.old[id]
+		if m.seen[id] || s == nil || !contains(s.Lists, m.listID) {
 			continue
 		}
 		n := *s
@@ -478,7 +485,10 @@ func (m *merge) apply(e *importers.Entry) {
 			vendor = f.vendor
 		}
 		id := endpointID(x.URL)
-		ep := m.eps[id]
+		ep := m.epsNew[id]
+		if ep == nil {
+			ep = m.eps[id]
+		}
 		n := &Endpoint{ID: id, URL: x.URL, FHIRVersion: x.FHIRVersion, Audience: f.audience, Vendor: f.vendor, Name: x.Name}
 		if n.FHIRVersion == "" {
 			n.FHIRVersion = f.version
@@ -498,11 +508,9 @@ func (m *merge) apply(e *importers.Entry) {
 				merged.Name = n.Name
 			}
 			if merged != *ep {
-				m.eps[id] = &merged
 				m.epsNew[id] = &merged
 			}
 		} else {
-			m.eps[id] = n
 			m.epsNew[id] = n
 		}
 		epIDs = appendUniqueFold(epIDs, id)
@@ -758,6 +766,7 @@ func (c *Catalog) commit(ctx context.Context, m *merge, etag string, progress fu
 		c.tenants[id] = factsOf(ep.URL).tenant
 	}
 	for id, s := range m.changed {
+		c.setMembership(c.sources[id], s)
 		c.sources[id] = s
 		c.addKeys(s)
 	}
