@@ -695,7 +695,7 @@ func appendLocation(list []Location, l Location) []Location {
 		return list
 	}
 	for i, x := range list {
-		if x == l {
+		if sameLocation(x, l) {
 			return list
 		}
 		// A state-only location is subsumed by a fuller one in that state.
@@ -711,6 +711,13 @@ func appendLocation(list []Location, l Location) []Location {
 		return list
 	}
 	return append(list, l)
+}
+
+// sameLocation: the same address written twice ("64108" and "64108-4619").
+func sameLocation(a, b Location) bool {
+	zip := func(z string) string { return z[:min(5, len(z))] }
+	return strings.EqualFold(a.Line, b.Line) && strings.EqualFold(a.City, b.City) &&
+		strings.EqualFold(a.State, b.State) && zip(a.PostalCode) == zip(b.PostalCode)
 }
 
 // commit writes the merge's changes in one batch, then swaps them into
