@@ -51,6 +51,7 @@ type Client struct {
 	Directory   agentv1.DirectoryServiceClient
 	Events      agentv1.EventServiceClient
 	Webhooks    agentv1.WebhookServiceClient
+	Sync        agentv1.SyncServiceClient
 }
 
 type options struct {
@@ -132,6 +133,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		Directory:   agentv1.NewDirectoryServiceClient(conn),
 		Events:      agentv1.NewEventServiceClient(conn),
 		Webhooks:    agentv1.NewWebhookServiceClient(conn),
+		Sync:        agentv1.NewSyncServiceClient(conn),
 	}, nil
 }
 
