@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -205,10 +206,13 @@ func (s *Sandbox) get(ctx context.Context, u, tok string) ([]byte, error) {
 	return b, nil
 }
 
+// uuid returns a random (version 4) UUID for hookInstance.
 func uuid() string {
-	b := []byte(randomToken(16))
-	h := fmt.Sprintf("%x", b)[:32]
-	return h[:8] + "-" + h[8:12] + "-4" + h[13:16] + "-a" + h[17:20] + "-" + h[20:32]
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // ValidateCDSResponse checks a CDS service response against CDS Hooks 2.0
