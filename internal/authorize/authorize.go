@@ -80,8 +80,6 @@ type pending struct {
 	ConnectionID string        `json:"connection_id"`
 	SourceID     string        `json:"source_id"`
 	CredentialID string        `json:"credential_id"`
-	Issuer       string        `json:"issuer,omitempty"`
-	IssRequired  bool          `json:"iss_required,omitempty"`
 	Verifier     secrets.Value `json:"verifier"`
 	Scopes       []string      `json:"scopes"`
 	ExpiresAt    time.Time     `json:"expires_at"`
@@ -172,7 +170,6 @@ func (a *Authorizer) Begin(ctx context.Context, r sessions.BeginRequest) (sessio
 	}
 	p := pending{
 		ConnectionID: r.Connection.ID, SourceID: src.ID, CredentialID: cred.ID,
-		Issuer: src.Endpoints.Issuer, IssRequired: src.Endpoints.IssParameterSupported,
 		Verifier: secrets.Value(ar.Verifier), Scopes: ar.Scopes, ExpiresAt: a.now().Add(a.ttl),
 	}
 	if err := a.pending.Put(ctx, ar.State, p, store.WithTTL(a.ttl), store.Synced()); err != nil {
@@ -199,11 +196,12 @@ func (a *Authorizer) take(ctx context.Context, state string) (pending, error) {
 // Complete handles the callback's parameters (smart-2.2-client #4: the
 // state is validated on every request to the redirect URL).
 func (a *Authorizer) Complete(ctx context.Context, params url.Values) (sessions.Callback, error) {
-	state := params.Get("state")
-	if state == "" || len(params["state"]) != 1 {
-		return sessions.Callback{}, fmt.Errorf("%w: no state", sessions.ErrBadCallback)
+	cb, perr := oauth.ParseCallback(params)
+	var oerr *oauth.Error
+	if !validState(cb.State) {
+		return sessions.Callback{}, fmt.Errorf("%w: missing or malformed state", sessions.ErrBadCallback)
 	}
-	p, err := a.take(ctx, state)
+	p, err := a.take(ctx, cb.State)
 	if errors.Is(err, store.ErrNotFound) {
 		return sessions.Callback{}, fmt.Errorf("%w: unknown, used or expired state", sessions.ErrBadCallback)
 	}
@@ -213,47 +211,56 @@ func (a *Authorizer) Complete(ctx context.Context, params url.Values) (sessions.
 	if !a.now().Before(p.ExpiresAt) {
 		return sessions.Callback{}, fmt.Errorf("%w: expired state", sessions.ErrBadCallback)
 	}
-	// RFC 9207: the response must come from the server we sent the patient
-	// to. A mismatch means the code may be meant for another source.
-	iss := params.Get("iss")
-	switch {
-	case iss != "" && p.Issuer != "" && iss != p.Issuer:
-		a.log.Warn("callback from another issuer refused", "connection", p.ConnectionID, "want", p.Issuer, "got", iss)
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: "invalid_request",
-			Description: "the authorization response came from another server than the one the patient was sent to"}, nil
-	case iss == "" && p.IssRequired:
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: "invalid_request",
-			Description: "the authorization server announced the iss parameter but the response has none"}, nil
+	fail := func(code, desc string) (sessions.Callback, error) {
+		return sessions.Callback{ConnectionID: p.ConnectionID, Error: clip(code, 64), Description: clip(desc, 512)}, nil
 	}
-	if e := params.Get("error"); e != "" {
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: clip(e, 64), Description: clip(params.Get("error_description"), 512)}, nil
-	}
-	code := params.Get("code")
-	if code == "" {
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: "invalid_request", Description: "the authorization response has no code"}, nil
+	if perr != nil && !errors.As(perr, &oerr) {
+		// The state was ours, the rest of the response was not usable.
+		return fail("invalid_request", perr.Error())
 	}
 	c, _, _, _, err := a.client(ctx, p.SourceID, p.CredentialID)
 	if err != nil {
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: "server_error", Description: "the source is not configured: " + err.Error()}, nil
+		return fail("server_error", "the source is not configured: "+err.Error())
 	}
-	tok, err := c.Exchange(context.WithoutCancel(ctx), code, p.Verifier.Reveal())
+	// RFC 9207: the response must come from the server we sent the patient
+	// to; otherwise the code may be meant for another source (mix-up).
+	if err := c.CheckIssuer(cb.Iss); err != nil {
+		a.log.Warn("callback from another issuer refused", "connection", p.ConnectionID, "err", err)
+		return fail("invalid_request", err.Error())
+	}
+	if cb.Error != "" {
+		return fail(cb.Error, cb.ErrorDescription)
+	}
+	tok, err := c.Exchange(context.WithoutCancel(ctx), cb.Code.Reveal(), p.Verifier.Reveal())
 	if err != nil {
 		code, desc := "token_exchange_failed", err.Error()
-		var oe *oauth.Error
-		if errors.As(err, &oe) {
-			code, desc = oe.Code, oe.Description
+		if errors.As(err, &oerr) {
+			code, desc = oerr.Code, oerr.Description
 		}
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: clip(code, 64), Description: clip(desc, 512)}, nil
+		return fail(code, desc)
 	}
 	if tok.Patient == "" {
-		return sessions.Callback{ConnectionID: p.ConnectionID, Error: "invalid_grant",
-			Description: "the source granted access without naming the patient (launch/patient was not honoured)"}, nil
+		return fail("invalid_grant", "the source granted access without naming the patient (launch/patient was not honoured)")
 	}
 	g := grantOf(tok)
 	if len(g.Scopes) == 0 {
 		g.Scopes = p.Scopes // RFC 6749 §5.1: omitted scope means as requested
 	}
 	return sessions.Callback{ConnectionID: p.ConnectionID, Grant: &g}, nil
+}
+
+// validState: a state we could have issued (base64url, bounded length).
+func validState(s string) bool {
+	if len(s) == 0 || len(s) > 512 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func clip(s string, n int) string {
