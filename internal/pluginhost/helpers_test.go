@@ -19,6 +19,10 @@ import (
 	"github.com/medrelay/medrelay/plugins/sdk/sdktest"
 )
 
+// helpers are other roles the test binary can play in a child process
+// (bench_test.go adds one).
+var helpers = map[string]func(){}
+
 // binDir holds every plugin binary the tests use, built once per test
 // binary (building is the slow part on two cores), each with its manifest.
 var binDir string
@@ -35,6 +39,10 @@ var testPlugins = map[string]string{
 func TestMain(m *testing.M) {
 	if os.Getenv(agentEnv) != "" {
 		runTestAgent()
+		return
+	}
+	if helper := os.Getenv("PLUGINHOST_TEST_HELPER"); helper != "" && helpers[helper] != nil {
+		helpers[helper]()
 		return
 	}
 	dir, err := os.MkdirTemp("", "pluginhost-bins")
