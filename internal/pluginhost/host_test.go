@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medrelay/medrelay/plugins/sdk"
 	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
 )
 
@@ -44,5 +45,17 @@ func TestLoadsDescribesAndReads(t *testing.T) {
 	})
 	if err != nil || n == 0 {
 		t.Fatalf("search: %d %v", n, err)
+	}
+}
+
+// The agent and the SDK agree on the handshake.
+func TestHandshakeMatchesSDK(t *testing.T) {
+	if sdk.MagicCookieKey != MagicCookieKey || sdk.MagicCookieValue != MagicCookieValue {
+		t.Fatal("handshake cookie differs between pluginhost and plugins/sdk")
+	}
+	for i, v := range sdk.ProtocolVersions {
+		if i >= len(ProtocolVersions) || ProtocolVersions[i] != v {
+			t.Fatalf("protocol versions: sdk %v, host %v", sdk.ProtocolVersions, ProtocolVersions)
+		}
 	}
 }

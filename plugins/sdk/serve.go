@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/medrelay/medrelay/plugins/sdk/internal/goplugin"
 	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
@@ -177,7 +178,7 @@ func command(src Source, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "describe: %v\n", err)
 			return 1
 		}
-		b, _ := json.MarshalIndent(srv.desc, "", "  ")
+		b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}.Marshal(describeProto(srv.desc, srv.capabilities()))
 		fmt.Fprintln(stdout, string(b))
 		return 0
 	}
