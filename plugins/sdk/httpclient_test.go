@@ -30,7 +30,8 @@ func TestRetryAfterBothForms(t *testing.T) {
 		header func() string
 	}{
 		{"429 seconds", http.StatusTooManyRequests, func() string { return "1" }},
-		{"503 http-date", http.StatusServiceUnavailable, func() string { return time.Now().Add(time.Second).UTC().Format(http.TimeFormat) }},
+		// HTTP-dates have whole seconds: two ahead is at least one.
+		{"503 http-date", http.StatusServiceUnavailable, func() string { return time.Now().Add(2 * time.Second).UTC().Format(http.TimeFormat) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var n atomic.Int32

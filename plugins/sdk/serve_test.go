@@ -3,7 +3,6 @@ package sdk
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 )
@@ -35,5 +34,4 @@ func TestCommandsForPeople(t *testing.T) {
 	if code := serve(src, []string{"describe"}, &out, &errb); code != 0 || !strings.Contains(out.String(), `"CAPABILITY_SEARCH"`) {
 		t.Fatalf("describe: %d %s", code, out.String())
 	}
-	_ = os.Stdout
 }
