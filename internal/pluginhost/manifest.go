@@ -115,7 +115,9 @@ func discover(dir string) ([]candidate, error) {
 			c.path = filepath.Join(dir, BinaryPrefix+c.name)
 		}
 		if c.err == nil {
-			if _, err := os.Stat(c.path); err != nil {
+			if _, err := os.Stat(c.path); errors.Is(err, fs.ErrNotExist) {
+				c.err = fmt.Errorf("%w: the manifest names binary %s, which is not in the plugin directory", ErrManifest, c.manifest.Binary)
+			} else if err != nil {
 				c.err = fmt.Errorf("%w: binary %s: %v", ErrManifest, c.manifest.Binary, err)
 			} else if err := checkWritable(c.path); err != nil {
 				c.err = err
