@@ -34,11 +34,32 @@ type agent struct {
 
 func startAgent(t *testing.T, mutate ...func(*config.Config)) *agent {
 	t.Helper()
-	dir := t.TempDir()
-	layout, err := home.ForHome(filepath.Join(dir, "home"))
-	if err != nil {
-		t.Fatal(err)
+	return startAgentWith(t, agentOptions{mutate: mutate})
+}
+
+type agentOptions struct {
+	// layout reuses an agent's home (restart); nil makes a new one.
+	layout    *home.Layout
+	pluginDir string
+	mutate    []func(*config.Config)
+}
+
+func startAgentWith(t *testing.T, o agentOptions) *agent {
+	t.Helper()
+	var layout home.Layout
+	if o.layout != nil {
+		layout = *o.layout
+	} else {
+		var err error
+		layout, err = home.ForHome(filepath.Join(t.TempDir(), "home"))
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
+	if o.pluginDir != "" {
+		layout.PluginDir = o.pluginDir
+	}
+	mutate := o.mutate
 	cfg := config.Default()
 	cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	for _, m := range mutate {
