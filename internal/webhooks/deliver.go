@@ -44,7 +44,16 @@ type worker struct {
 	notified atomic.Uint64
 	cancel   context.CancelFunc
 	done     chan struct{}
+	// unsaved are successful attempts not yet written, with the progress
+	// they lead to: written together every flushEvery deliveries, when the
+	// worker goes idle, before a failure is recorded, and when it stops.
+	unsaved []Attempt
 }
+
+// flushEvery bounds how many delivered events a crash can make the agent
+// deliver again (at least once allows it) in exchange for one write per
+// batch instead of one per delivery.
+const flushEvery = 64
 
 // startWorker starts the endpoint's worker unless it runs already or the
 // manager is not started (Start will).
@@ -108,6 +117,17 @@ func (m *Manager) stopWorker(id string) {
 func (m *Manager) run(ctx context.Context, w *worker) {
 	log := m.log.With("endpoint", w.id, "app", w.app)
 	var p Progress
+	dirty := false // p has moved since it was last saved
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	// Whatever way the worker ends, deliveries made are saved (the store
+	// closes only after the workers stop).
+	defer func() {
+		if dirty || len(w.unsaved) > 0 {
+			m.flush(context.WithoutCancel(ctx), w, p)
+		}
+	}()
 	for {
 		var err error
 		p, err = m.progress.Get(ctx, w.id)
@@ -144,9 +164,7 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 			case through > p.Cursor:
 				// Only events of types it does not take were pruned.
 				p.Cursor = through
-				if err := m.progress.Put(ctx, w.id, p); err != nil && ctx.Err() == nil {
-					log.Warn("save delivery progress", "err", err)
-				}
+				m.flush(ctx, w, p)
 				continue
 			}
 		}
@@ -175,11 +193,7 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 				return
 			}
 		}
-		if skipped {
-			if err := m.progress.Put(ctx, w.id, p); err != nil && ctx.Err() == nil {
-				log.Warn("save delivery progress", "err", err)
-			}
-		}
+		dirty = dirty || skipped || len(w.unsaved) > 0
 		if len(batch) == readBatch {
 			continue
 		}
@@ -190,13 +204,34 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 		if w.notified.Load() > p.Cursor {
 			wait = changed
 		}
+		// Idle: what was delivered or skipped is saved if nothing new comes
+		// within idleFlush (one write per burst, not one per event).
+		var flushNow <-chan time.Time
+		if dirty {
+			idle.Reset(idleFlush)
+			flushNow = idle.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-wait:
+			idle.Stop()
+		case <-flushNow:
+			if m.flush(ctx, w, p) {
+				dirty = false
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-wait:
+			}
 		}
 	}
 }
+
+// idleFlush is how long an idle worker waits for more events before saving
+// its progress. Wall time, not the schedule's clock: it only batches writes.
+const idleFlush = 100 * time.Millisecond
 
 // gap tells whether events of the endpoint's app after cursor were pruned,
 // and whether any of them was of a type the endpoint takes (missed). through
@@ -256,7 +291,11 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 			p.Cursor, p.Pending = e.Seq, nil
 			p.Delivered++
 			p.LastSuccessAt = at.Time
-			return m.record(ctx, w, at, *p)
+			w.unsaved = append(w.unsaved, at)
+			if len(w.unsaved) >= flushEvery {
+				return m.flush(ctx, w, *p)
+			}
+			return true
 		}
 		p.LastFailureAt, p.LastError = at.Time, at.describe()
 		if attempts > len(m.schedule) {
@@ -278,23 +317,110 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 	}
 }
 
-// record stores an attempt and the progress it leads to, in one
-// transaction. Not synced: losing it in a power cut means a delivery is
-// made again, which at-least-once allows.
+// record stores a failed attempt, the successful ones before it and the
+// progress they lead to, and waits until they are written: a retry's
+// schedule is on disk before the worker sleeps on it.
 func (m *Manager) record(ctx context.Context, w *worker, at Attempt, p Progress) bool {
-	err := m.db.Update(ctx, func(tx *store.Txn) error {
-		if err := m.putAttemptTx(tx, at); err != nil {
-			return err
-		}
-		return m.progress.PutTx(tx, w.id, p)
-	})
-	if err != nil {
+	w.unsaved = append(w.unsaved, at)
+	done := make(chan error, 1)
+	m.save(saveReq{id: w.id, attempts: w.unsaved, progress: &p, done: done})
+	w.unsaved = nil
+	if err := <-done; err != nil {
 		if ctx.Err() == nil {
-			m.log.Error("save delivery attempt", "endpoint", w.id, "err", err)
+			m.log.Error("save delivery attempts", "endpoint", w.id, "err", err)
 		}
 		return false
 	}
 	return true
+}
+
+// flush hands the unsaved attempts and the progress to the saver, without
+// waiting: deliveries never wait on the store. Not synced: losing them in a
+// power cut means deliveries are made again, which at-least-once allows.
+func (m *Manager) flush(_ context.Context, w *worker, p Progress) bool {
+	m.save(saveReq{id: w.id, attempts: w.unsaved, progress: &p})
+	w.unsaved = nil
+	return true
+}
+
+// saveReq is a write for the saver; one with only done is a barrier.
+type saveReq struct {
+	id       string
+	attempts []Attempt
+	progress *Progress
+	done     chan error
+}
+
+// save queues a write, or makes it at once when the saver is not running.
+func (m *Manager) save(r saveReq) {
+	m.mu.Lock()
+	running := m.saves != nil && !m.saverClosed
+	m.mu.Unlock()
+	if running {
+		m.saves <- r
+		return
+	}
+	err := m.write([]saveReq{r})
+	if r.done != nil {
+		r.done <- err
+	}
+}
+
+// barrier returns once every write queued before it is made.
+func (m *Manager) barrier() {
+	done := make(chan error, 1)
+	m.save(saveReq{done: done})
+	<-done
+}
+
+// saver writes the workers' attempts and progress in order, coalescing what
+// is queued into one transaction, so that a slow store (a memtable flush,
+// a compaction) delays the bookkeeping, not the deliveries.
+func (m *Manager) saver() {
+	defer close(m.saverDone)
+	const maxAttempts = 2000 // well inside a transaction's limits
+	for r := range m.saves {
+		batch, n := []saveReq{r}, len(r.attempts)
+	more:
+		for n < maxAttempts {
+			select {
+			case r, ok := <-m.saves:
+				if !ok {
+					break more
+				}
+				batch, n = append(batch, r), n+len(r.attempts)
+			default:
+				break more
+			}
+		}
+		err := m.write(batch)
+		if err != nil {
+			m.log.Error("save delivery attempts", "err", err)
+		}
+		for _, r := range batch {
+			if r.done != nil {
+				r.done <- err
+			}
+		}
+	}
+}
+
+func (m *Manager) write(batch []saveReq) error {
+	return m.db.Update(context.Background(), func(tx *store.Txn) error {
+		for _, r := range batch {
+			for _, at := range r.attempts {
+				if err := m.putAttemptTx(tx, at); err != nil {
+					return err
+				}
+			}
+			if r.progress != nil {
+				if err := m.progress.PutTx(tx, r.id, *r.progress); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func (m *Manager) putAttemptTx(tx *store.Txn, at Attempt) error {

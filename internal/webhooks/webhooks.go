@@ -232,11 +232,16 @@ type Manager struct {
 	mu      sync.Mutex
 	ctx     context.Context // parent of every worker; nil before Start
 	stop    context.CancelFunc
-	workers map[string]*worker     // enabled endpoints by id
-	byApp   map[string][]*worker   // the same, by app
-	live    map[string]*liveConfig // every endpoint's current config
-	wg      sync.WaitGroup
-	stopped bool
+	workers map[string]*worker // enabled endpoints by id
+	// saves feeds the saver goroutine (nil before Start); saverClosed once
+	// Stop closed it.
+	saves       chan saveReq
+	saverDone   chan struct{}
+	saverClosed bool
+	byApp       map[string][]*worker   // the same, by app
+	live        map[string]*liveConfig // every endpoint's current config
+	wg          sync.WaitGroup
+	stopped     bool
 }
 
 // liveConfig is what a worker needs at each attempt; replaced on rotation.
@@ -285,6 +290,8 @@ func (m *Manager) Start(ctx context.Context) error {
 		return errors.New("webhooks: already started")
 	}
 	m.ctx, m.stop = context.WithCancel(context.WithoutCancel(ctx))
+	m.saves, m.saverDone = make(chan saveReq, 256), make(chan struct{})
+	go m.saver()
 	m.mu.Unlock()
 	var eps []Endpoint
 	if err := m.endpoints.Scan(ctx, store.ScanOptions{}, func(_ string, ep Endpoint) error {
@@ -317,6 +324,16 @@ func (m *Manager) Stop() {
 	}
 	m.mu.Unlock()
 	m.wg.Wait()
+	// The workers' last writes are queued; the saver makes them and ends.
+	m.mu.Lock()
+	saves := m.saves
+	closed := m.saverClosed
+	m.saverClosed = true
+	m.mu.Unlock()
+	if saves != nil && !closed {
+		close(saves)
+		<-m.saverDone
+	}
 }
 
 func (m *Manager) workerIDs() []string {
@@ -526,6 +543,7 @@ func (m *Manager) Delete(ctx context.Context, a Access, id string) (Endpoint, er
 		return ep, err
 	}
 	m.stopWorker(id)
+	m.barrier()
 	m.mu.Lock()
 	delete(m.live, id)
 	m.mu.Unlock()
@@ -632,6 +650,7 @@ func (m *Manager) Enable(ctx context.Context, a Access, id string, from EnableFr
 		return ep, nil
 	}
 	m.stopWorker(id) // a worker that just disabled it may still be finishing
+	m.barrier()
 	p, err := m.progress.Get(ctx, id)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return ep, err

@@ -78,6 +78,8 @@ func TestDeliversSignedCloudEventsInOrderToTheOwningAppOnly(t *testing.T) {
 			t.Fatalf("app-b's endpoint received %s", d.Body)
 		}
 	}
+	// Progress is saved in the background, soon after the worker is idle.
+	eventually(t, "the progress to be saved", func() bool { return e.status(epA.ID).Progress.Delivered == 20 })
 	st := e.status(epA.ID)
 	if st.Progress.Delivered != 20 || st.Progress.Cursor != want[len(want)-1].Seq || st.Progress.Pending != nil {
 		t.Fatalf("progress %+v", st.Progress)
@@ -345,7 +347,10 @@ func TestRedeliverSendsAgainAndIsRecorded(t *testing.T) {
 	e.create("other-app", other.srv.URL)
 	ev := e.append("app", events.RecordsPullCompleted, map[string]int{"resources": 12})
 	otherEv := e.append("other-app", events.RecordsPullCompleted, nil)
-	eventually(t, "the first delivery", func() bool { return r.count() >= 1 })
+	eventually(t, "the first delivery to be recorded", func() bool {
+		ats, _, _ := e.m.Attempts(ctx, webhooks.Access{AppID: "app"}, ep.ID, 0, 10, "")
+		return len(ats) == 1
+	})
 
 	ats, err := e.m.Redeliver(ctx, webhooks.Access{AppID: "app"}, ev.Seq, "")
 	if err != nil || len(ats) != 1 || !ats[0].OK || !ats[0].Manual || ats[0].EndpointID != ep.ID {
