@@ -166,11 +166,65 @@ func (c *Catalog) Discover(ctx context.Context, id string, force bool) (Entry, e
 			okCount++
 		}
 	}
-	e := c.entry(ctx, s)
+	if okCount > 0 {
+		c.followBrandBundles(ctx, eps)
+	}
+	e := c.entry(ctx, c.source(id, s))
 	if okCount == 0 && firstErr != nil {
 		return e, firstErr
 	}
 	return e, nil
+}
+
+// source returns the current version of a source (an import may just have
+// replaced it), or fallback.
+func (c *Catalog) source(id string, fallback *Source) *Source {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if s, ok := c.sources[id]; ok {
+		return s
+	}
+	return fallback
+}
+
+// followBrandBundles imports the User-access Brands bundles the endpoints
+// link from their SMART configuration, so that the brands the endpoint
+// itself publishes are selected over a vendor-consolidated bundle's
+// (smart-2.2-client #415, #416). A bundle imported within the discovery
+// lifetime is not fetched again; a refetch is conditional (ETag). Failures
+// are recorded as problems of the endpoint's discovery, not returned: the
+// endpoint itself was discovered.
+func (c *Catalog) followBrandBundles(ctx context.Context, eps []*Endpoint) {
+	done := map[string]bool{}
+	for _, ep := range eps {
+		c.mu.RLock()
+		d := c.discovery[ep.ID]
+		c.mu.RUnlock()
+		if d == nil || d.Smart == nil || d.Smart.UserAccessBrandBundle == "" || len(done) >= 2 {
+			continue
+		}
+		u := d.Smart.UserAccessBrandBundle
+		if done[u] {
+			continue
+		}
+		done[u] = true
+		c.mu.RLock()
+		l := c.lists[u]
+		c.mu.RUnlock()
+		if l != nil && c.now().Before(l.ImportedAt.Add(c.ttl)) {
+			continue
+		}
+		if _, err := c.ImportURL(ctx, u, ImportOptions{ListID: u, linked: true}, nil); err != nil {
+			c.log.Warn("brands bundle linked from smart-configuration", "endpoint", ep.URL, "bundle", u, "err", err)
+			nd := *d
+			nd.Problems = append(append([]string(nil), d.Problems...), "user_access_brand_bundle: "+err.Error())
+			if perr := c.discoveryT.Put(ctx, ep.ID, nd); perr == nil {
+				c.mu.Lock()
+				c.discovery[ep.ID] = &nd
+				c.mu.Unlock()
+			}
+		}
+	}
 }
 
 // EnsureDiscovered is Discover for a source about to be used: it fetches

@@ -34,7 +34,7 @@ const capability = `{"resourceType":"CapabilityStatement","fhirVersion":"4.0.1",
 type fhirServer struct {
 	*httptest.Server
 	smartHits, metaHits, notModified atomic.Int32
-	smart, meta                      atomic.Value
+	smart, meta, brands              atomic.Value
 }
 
 func newFHIRServer(t *testing.T) *fhirServer {
@@ -65,6 +65,14 @@ func newFHIRServer(t *testing.T) *fhirServer {
 			w.Header().Set("Content-Type", "application/fhir+json")
 			w.Header().Set("ETag", `W/"m1"`)
 			w.Write([]byte(s.meta.Load().(string)))
+		case "/brands.json":
+			b, _ := s.brands.Load().(string)
+			if b == "" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/fhir+json")
+			w.Write([]byte(strings.ReplaceAll(b, "BASE", s.URL+"/fhir")))
 		default:
 			http.NotFound(w, r)
 		}
@@ -132,6 +140,30 @@ func TestDiscover(t *testing.T) {
 	c2 := newCatalog(t, c.db)
 	if g, _ := c2.Get(context.Background(), id); g.Endpoints[0].Discovery == nil || g.Endpoints[0].Discovery.Status != DiscoveryOK {
 		t.Fatalf("after restart: %+v", g.Endpoints[0].Discovery)
+	}
+}
+
+// smart-2.2-client #415, #416: the brands bundle an endpoint links from its
+// SMART configuration is followed, and its facts win over a consolidated
+// list's.
+func TestDiscoverFollowsLinkedBrandsBundle(t *testing.T) {
+	srv := newFHIRServer(t)
+	srv.smart.Store(strings.Replace(smartConfig, `"issuer"`, `"user_access_brand_bundle": "ISSUER/brands.json", "issuer"`, 1))
+	srv.brands.Store(`{"resourceType":"Bundle","type":"collection","entry":[
+	 {"fullUrl":"https://b/Organization/o","resource":{"resourceType":"Organization","id":"o","name":"Linked General",
+	  "extension":[{"url":"http://hl7.org/fhir/StructureDefinition/organization-brand","extension":[{"url":"brandLogo","valueUrl":"https://b/logo.svg"}]},
+	   {"url":"http://hl7.org/fhir/StructureDefinition/organization-portal","extension":[{"url":"portalName","valueString":"Linked MyChart"},
+	    {"url":"portalUrl","valueUrl":"https://b/mychart"},{"url":"portalEndpoint","valueReference":{"reference":"Endpoint/e"}}]}]}},
+	 {"fullUrl":"https://b/Endpoint/e","resource":{"resourceType":"Endpoint","id":"e","address":"BASE"}}]}`)
+	c := newCatalog(t, openStore(t), WithHTTPClient(srv.Client()))
+	id := sourceAt(t, c, srv.URL+"/fhir", "Linked General")
+	e, err := c.Discover(context.Background(), id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := e.Source
+	if s.ID != id || len(s.Portals) != 1 || s.Portals[0].Name != "Linked MyChart" || s.Logo != "https://b/logo.svg" || !contains(s.Lists, srv.URL+"/brands.json") {
+		t.Fatalf("source after discovery: %+v", s)
 	}
 }
 

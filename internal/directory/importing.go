@@ -34,6 +34,11 @@ type ImportOptions struct {
 	Origin string
 	// DryRun parses and reports without changing anything.
 	DryRun bool
+
+	// linked marks a brands bundle an endpoint names in its SMART
+	// configuration: it describes that endpoint's brands more precisely than
+	// a vendor-consolidated bundle, so its facts win (smart-2.2-client #415).
+	linked bool
 }
 
 // Phases of an import, in order.
@@ -110,7 +115,12 @@ func priorityOf(format string) int {
 	return 40
 }
 
-const builtinPriority = 100
+const (
+	builtinPriority = 100
+	// linkedPriority is a brands bundle linked from an endpoint's
+	// .well-known/smart-configuration.
+	linkedPriority = 90
+)
 
 // acquire takes the import lock, or fails when ctx ends first.
 func (c *Catalog) acquire(ctx context.Context) error {
@@ -308,8 +318,12 @@ type merge struct {
 }
 
 func (c *Catalog) newMerge(list *importers.List, opts ImportOptions) *merge {
+	prio := priorityOf(list.Format)
+	if opts.linked && list.Format == importers.FormatBrands {
+		prio = linkedPriority
+	}
 	m := &merge{
-		c: c, list: list, listID: opts.ListID, origin: opts.Origin, prio: priorityOf(list.Format), now: c.now().UTC(),
+		c: c, list: list, listID: opts.ListID, origin: opts.Origin, prio: prio, now: c.now().UTC(),
 		keys: map[string]string{}, changed: map[string]*Source{}, old: map[string]*Source{}, seen: map[string]bool{},
 		eps: map[string]*Endpoint{}, epsNew: map[string]*Endpoint{}, setups: map[string]Setup{},
 	}
