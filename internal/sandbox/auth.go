@@ -340,7 +340,7 @@ func (s *Sandbox) issueCode(w http.ResponseWriter, r *http.Request, t *tenant, r
 		}
 		fam.fhirUser = "Patient/" + patient
 	}
-	code := randomToken(24)
+	code := s.secret(24)
 	t.mu.Lock()
 	t.families[fam.id] = fam
 	t.codes[code] = &authCode{fam: fam, redirect: req.redirect, challenge: req.challenge, exp: now.Add(5 * time.Minute),
@@ -637,7 +637,7 @@ func (s *Sandbox) tokenFromClientCredentials(w http.ResponseWriter, t *tenant, c
 	scope := strings.Join(granted, " ")
 	life := s.lifetime(t, ca.client.cfg.ClientID)
 	at := &accessToken{client: ca.client.cfg.ClientID, scope: scope, scopes: parseScopes(scope), exp: s.now().Add(life), system: true}
-	tok := randomToken(32)
+	tok := s.secret(32)
 	t.mu.Lock()
 	t.access[tok] = at
 	t.mu.Unlock()
@@ -658,7 +658,7 @@ func (s *Sandbox) lifetime(t *tenant, clientID string) time.Duration {
 func (s *Sandbox) writeTokenResponse(w http.ResponseWriter, t *tenant, fam *family, ca *clientAuth, prev *refreshToken) {
 	rt := ""
 	if fam.offline {
-		rt = randomToken(32)
+		rt = s.secret(32)
 		nt := &refreshToken{fam: fam}
 		t.mu.Lock()
 		t.refresh[rt] = nt
@@ -674,7 +674,7 @@ func (s *Sandbox) writeTokenResponse(w http.ResponseWriter, t *tenant, fam *fami
 func (s *Sandbox) writeTokenResponseWithRefresh(w http.ResponseWriter, t *tenant, fam *family, ca *clientAuth, rt string) {
 	now := s.now()
 	life := s.lifetime(t, ca.client.cfg.ClientID)
-	tok := randomToken(32)
+	tok := s.secret(32)
 	at := &accessToken{fam: fam, client: fam.client, scope: fam.scope, scopes: fam.scopes, patient: fam.patient, exp: now.Add(life)}
 	t.mu.Lock()
 	t.access[tok] = at

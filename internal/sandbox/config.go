@@ -52,6 +52,10 @@ type Config struct {
 	// OpenRegistration accepts any unknown client id as a public client with
 	// any redirect URI (demos).
 	OpenRegistration bool `json:"open_registration" toml:"open_registration"`
+	// TokenPrefix starts every authorization code, access token and refresh
+	// token the sandbox issues, so that tests can scan logs and files for
+	// leaked tokens (e.g. "SENTINEL-").
+	TokenPrefix string `json:"token_prefix,omitempty" toml:"token_prefix"`
 	// TLS serves HTTPS with a self-signed certificate generated at start.
 	TLS bool `json:"tls" toml:"tls"`
 	// Tenants served; default one per built-in profile, named like it.

@@ -94,6 +94,10 @@ func sign(s jose.Signer, claims any) (string, error) {
 	return obj.CompactSerialize()
 }
 
+// secret makes an authorization code, access or refresh token: random,
+// with the configured prefix so tests can look for leaked tokens.
+func (s *Sandbox) secret(n int) string { return s.cfg.TokenPrefix + randomToken(n) }
+
 func randomToken(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
