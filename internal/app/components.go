@@ -13,6 +13,7 @@ import (
 	"github.com/medrelay/medrelay/internal/pull"
 	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
+	syncs "github.com/medrelay/medrelay/internal/sync"
 	"github.com/medrelay/medrelay/internal/version"
 	"github.com/medrelay/medrelay/internal/webhooks"
 )
@@ -43,7 +44,7 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	}
 
 	a.authz = authorize.New(a.db, dirSources{cat: a.catalog}, credentialAdapter{s: a.creds}, vendors, a.log,
-		authorize.Options{RedirectURI: a.public.PublicURL() + "/oauth/callback"})
+		authorize.Options{RedirectURI: a.public.PublicURL() + "/oauth/callback", StateTTL: a.opts.Config.PatientAccess.AuthorizationTTL.Duration})
 	a.conns, err = connections.New(ctx, a.db, a.events, a.authz, a.log)
 	if err != nil {
 		return err
@@ -55,9 +56,10 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return fmt.Errorf("records: %w", err)
 	}
 	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{})
+	a.syncer = syncs.New(a.db, a.conns, a.plugins, a.records, a.events, a.log, syncs.Options{})
 
 	a.sessions = sessions.New(a.db, a.conns, a.events, pickerDirectory{cat: a.catalog}, a.authz, a.log,
-		sessions.Options{PublicURL: a.public.PublicURL()})
+		sessions.Options{PublicURL: a.public.PublicURL(), TTL: a.opts.Config.PatientAccess.SessionTTL.Duration})
 	a.sessions.Register(a.public.Handle)
 
 	jobCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -65,6 +67,8 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	a.job(func() { a.conns.Run(jobCtx) })
 	a.job(func() { a.pruneEvents(jobCtx) })
 	a.job(func() { a.puller.Run(jobCtx) })
+	a.job(func() { a.syncer.Run(jobCtx) })
+
 	// Webhook deliveries are jobs: their workers stop with the others.
 	a.webhooks = webhooks.New(a.db, a.events, a.log,
 		webhooks.WithAllowPublicHTTP(a.opts.Config.WebhooksAllowPublicHTTP),

@@ -38,7 +38,17 @@ type Config struct {
 	// that resolve to public addresses. Off by default: payloads carry
 	// patient references, so outside loopback and private networks they
 	// must travel over https.
-	WebhooksAllowPublicHTTP bool `toml:"webhooks_allow_public_http"`
+	WebhooksAllowPublicHTTP bool          `toml:"webhooks_allow_public_http"`
+	PatientAccess           PatientAccess `toml:"patient_access"`
+}
+
+// PatientAccess tunes patient sessions.
+type PatientAccess struct {
+	// SessionTTL is how long a session URL works (default 30m).
+	SessionTTL Duration `toml:"session_ttl"`
+	// AuthorizationTTL is how long a patient may take at the portal between
+	// leaving for it and coming back to the callback (default 15m).
+	AuthorizationTTL Duration `toml:"authorization_ttl"`
 }
 
 // Log configures the agent's own log.
