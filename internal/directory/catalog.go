@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -156,17 +158,13 @@ func (c *Catalog) Load(ctx context.Context) error {
 	lists := map[string]*ListInfo{}
 	disc := map[string]*Discovery{}
 	setups := map[string]Setup{}
-	if err := c.sourcesT.Scan(ctx, store.ScanOptions{}, func(k string, s Source) error {
-		sources[k] = &s
-		return nil
-	}); err != nil {
+	// Sources and endpoints are most of the start-up cost (tens of
+	// thousands of JSON records): read the bytes, decode on every core.
+	if err := loadParallel(ctx, c.db, store.DirSources, sources); err != nil {
 		return fmt.Errorf("directory: read sources: %w", err)
 	}
 	stored := len(sources)
-	if err := c.endpointsT.Scan(ctx, store.ScanOptions{}, func(k string, e Endpoint) error {
-		endpoints[k] = &e
-		return nil
-	}); err != nil {
+	if err := loadParallel(ctx, c.db, store.DirEndpoints, endpoints); err != nil {
 		return fmt.Errorf("directory: read endpoints: %w", err)
 	}
 	if err := c.listsT.Scan(ctx, store.ScanOptions{}, func(k string, l ListInfo) error {
@@ -232,6 +230,48 @@ func (c *Catalog) Load(ctx context.Context) error {
 	c.log.Info("directory loaded", "sources", st.Sources, "builtin", st.Builtin, "stored", st.Stored,
 		"endpoints", st.Endpoints, "read_store", st.ReadStore.Round(time.Millisecond),
 		"build_index", st.BuildIndex.Round(time.Millisecond), "total", st.Total.Round(time.Millisecond))
+	return nil
+}
+
+// loadParallel reads every record of table name into out, decoding JSON on
+// all cores.
+func loadParallel[T any](ctx context.Context, db *store.DB, name store.Name, out map[string]*T) error {
+	type rec struct {
+		key string
+		raw []byte
+	}
+	var recs []rec
+	if err := store.NewTable[[]byte](db, name).Scan(ctx, store.ScanOptions{}, func(k string, b []byte) error {
+		recs = append(recs, rec{k, b})
+		return nil
+	}); err != nil {
+		return err
+	}
+	vals := make([]T, len(recs))
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(recs); i += workers {
+				if err := json.Unmarshal(recs[i].raw, &vals[i]); err != nil {
+					errs[w] = fmt.Errorf("%s %q: %w", name, recs[i].key, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	for i, r := range recs {
+		out[r.key] = &vals[i]
+	}
 	return nil
 }
 
