@@ -353,13 +353,15 @@ type saveReq struct {
 
 // save queues a write, or makes it at once when the saver is not running.
 func (m *Manager) save(r saveReq) {
-	m.mu.Lock()
-	running := m.saves != nil && !m.saverClosed
-	m.mu.Unlock()
-	if running {
+	// saveMu, not mu: a send may wait for the saver, and mu is taken by
+	// the event log's tap, which must never wait.
+	m.saveMu.RLock()
+	if m.saves != nil && !m.saverClosed {
 		m.saves <- r
+		m.saveMu.RUnlock()
 		return
 	}
+	m.saveMu.RUnlock()
 	err := m.write([]saveReq{r})
 	if r.done != nil {
 		r.done <- err

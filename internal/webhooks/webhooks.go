@@ -234,7 +234,8 @@ type Manager struct {
 	stop    context.CancelFunc
 	workers map[string]*worker // enabled endpoints by id
 	// saves feeds the saver goroutine (nil before Start); saverClosed once
-	// Stop closed it.
+	// Stop closed it. Both under saveMu.
+	saveMu      sync.RWMutex
 	saves       chan saveReq
 	saverDone   chan struct{}
 	saverClosed bool
@@ -290,9 +291,11 @@ func (m *Manager) Start(ctx context.Context) error {
 		return errors.New("webhooks: already started")
 	}
 	m.ctx, m.stop = context.WithCancel(context.WithoutCancel(ctx))
-	m.saves, m.saverDone = make(chan saveReq, 256), make(chan struct{})
-	go m.saver()
 	m.mu.Unlock()
+	m.saveMu.Lock()
+	m.saves, m.saverDone = make(chan saveReq, 256), make(chan struct{})
+	m.saveMu.Unlock()
+	go m.saver()
 	var eps []Endpoint
 	if err := m.endpoints.Scan(ctx, store.ScanOptions{}, func(_ string, ep Endpoint) error {
 		eps = append(eps, ep)
@@ -325,13 +328,14 @@ func (m *Manager) Stop() {
 	m.mu.Unlock()
 	m.wg.Wait()
 	// The workers' last writes are queued; the saver makes them and ends.
-	m.mu.Lock()
-	saves := m.saves
-	closed := m.saverClosed
+	m.saveMu.Lock()
+	saves, closed := m.saves, m.saverClosed
 	m.saverClosed = true
-	m.mu.Unlock()
 	if saves != nil && !closed {
 		close(saves)
+	}
+	m.saveMu.Unlock()
+	if saves != nil && !closed {
 		<-m.saverDone
 	}
 }
