@@ -92,6 +92,14 @@ func TestImportCatalogData(t *testing.T) {
 			t.Errorf("%s: %s, %d entries (want %d), %d rejected %v", file, s.Format, s.Entries, want, s.RejectedCount, s.Rejected)
 		}
 	}
+	// One brand, several portals; several brands, one endpoint.
+	if s := get("smart-app-launch-brands/Bundle-example4.json"); s.Endpoints != 1 {
+		t.Errorf("example4: %d endpoints for its two brands, want 1", s.Endpoints)
+	}
+	res, err := c.Search(context.Background(), SearchParams{Query: "ExampleHospital", Limit: 1})
+	if err != nil || len(res.Hits) != 1 || len(res.Hits[0].Source.Portals) != 2 || len(res.Hits[0].Endpoints) != 2 {
+		t.Errorf("example3: one brand with two portals and two endpoints: %+v %v", res.Hits, err)
+	}
 	// Draft-era bundles: Epic's hides a brand; MEDITECH's has 9 brands.
 	if s := get("argonaut-brands-connectathon/connectathon-epic.json"); s.Entries != 2 || s.Skipped != 1 || s.ByVendor["epic"] != 2 {
 		t.Errorf("connectathon-epic: %d entries, %d skipped, %v", s.Entries, s.Skipped, s.ByVendor)
@@ -138,7 +146,7 @@ func TestImportCatalogData(t *testing.T) {
 	}
 
 	// The example: the hospital first.
-	res, err := c.Search(context.Background(), SearchParams{Query: "childrens mercy kansas", Limit: 3})
+	res, err = c.Search(context.Background(), SearchParams{Query: "childrens mercy kansas", Limit: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
