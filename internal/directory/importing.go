@@ -281,6 +281,10 @@ func (c *Catalog) importData(ctx context.Context, data []byte, opts ImportOption
 	}
 	m := c.newMerge(list, opts)
 	m.run(ctx, progress)
+	if err := ctx.Err(); err != nil {
+		// A merge cut short is not written: the list stays as it was.
+		return nil, err
+	}
 	if opts.DryRun {
 		m.sum.DryRun = true
 		return &m.sum, nil
