@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
 )
@@ -218,7 +221,8 @@ func (h *Host) BulkCancel(ctx context.Context, name string, req *pluginv1.BulkCa
 // BulkDownload writes one export file, from req.Offset, to w. It returns the
 // offset reached: after an error, call again with that offset to resume.
 func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.BulkDownloadRequest, w io.Writer) (int64, error) {
-	next := req.GetOffset()
+	start := req.GetOffset()
+	next := start
 	p, rpc, done, err := h.begin(ctx, name, req.GetConnection())
 	if err != nil {
 		return next, err
@@ -226,17 +230,65 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 	defer done()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	var sk *sink
+	if sinkSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_SINK) {
+		if sk, err = h.openSink(w); err != nil {
+			p.log.Warn("no download sink; streaming over gRPC", "err", err)
+			sk = nil
+		} else {
+			req = proto.CloneOf(req)
+			req.SinkNetwork, req.SinkAddress, req.SinkToken = "unix", sk.address(), sk.token
+		}
+	}
+	finish := func(abort bool) error {
+		if sk == nil {
+			return nil
+		}
+		n, raw, err := sk.finish(abort)
+		if raw {
+			next = start + n
+		}
+		sk = nil
+		return err
+	}
+	defer finish(true)
+
 	st, err := rpc.BulkDownload(ctx, req)
 	if err != nil {
 		return next, p.fromCall(err)
 	}
+	viaSink := false
 	for {
 		m, err := st.Recv()
 		if errors.Is(err, io.EOF) {
+			if viaSink {
+				return next, nil
+			}
+			if err := finish(false); err != nil {
+				return next, err
+			}
 			return next, nil
 		}
 		if err != nil {
+			ferr := finish(true)
+			if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
+				p.log.Debug("download sink", "err", ferr)
+			}
 			return next, p.fromCall(err)
+		}
+		if m.GetViaSink() {
+			if err := finish(false); err != nil {
+				return next, err
+			}
+			if next != m.GetOffset() {
+				return next, fmt.Errorf("%w: plugin %s says the file ends at %d, the sink received up to %d", ErrUnavailable, p.name, m.GetOffset(), next)
+			}
+			viaSink = true
+			continue
+		}
+		if sk != nil && !sk.chunks() {
+			return next, fmt.Errorf("%w: plugin %s sent chunks and used the sink", ErrUnavailable, p.name)
 		}
 		if m.GetOffset() != next {
 			return next, fmt.Errorf("%w: plugin %s sent bytes at offset %d, expected %d", ErrUnavailable, p.name, m.GetOffset(), next)
@@ -247,4 +299,11 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 			return next, err
 		}
 	}
+}
+
+// has reports whether the running plugin described a capability.
+func (p *plugin) has(c pluginv1.Capability) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.desc != nil && slices.Contains(p.desc.GetCapabilities(), c)
 }

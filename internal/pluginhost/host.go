@@ -152,6 +152,8 @@ type Host struct {
 	wg     sync.WaitGroup
 	// stopBy is the deadline by which every plugin must be dead.
 	stopBy time.Time
+	// sinks is the private directory of download sockets.
+	sinks string
 }
 
 // New builds a Host; Start launches the plugins.
@@ -223,6 +225,12 @@ func (h *Host) Stop(ctx context.Context) error {
 	h.mu.Unlock()
 	cancel()
 	h.wg.Wait()
+	h.mu.Lock()
+	if h.sinks != "" {
+		_ = os.RemoveAll(h.sinks)
+		h.sinks = ""
+	}
+	h.mu.Unlock()
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -123,6 +124,7 @@ func (s *server) capabilities() []Capability {
 		if _, ok := s.src.(BulkCanceler); ok {
 			caps = append(caps, CapBulkCancel)
 		}
+		caps = append(caps, CapDownloadSink)
 	}
 	return caps
 }
@@ -372,6 +374,13 @@ func (s *server) BulkDownload(req *pluginv1.BulkDownloadRequest, stream grpc.Ser
 		return toStatus(err)
 	}
 	defer body.Close()
+	if req.GetSinkAddress() != "" {
+		if sink, err := dialSink(stream.Context(), req); err == nil {
+			return sendToSink(stream, sink, body, off)
+		} else {
+			s.log.Warn("download sink unreachable; streaming over gRPC", "err", err.Error())
+		}
+	}
 	buf := make([]byte, chunkSize)
 	msg := &pluginv1.BulkDownloadResponse{}
 	for {
@@ -490,4 +499,74 @@ func withInfo(code codes.Code, reason, msg string, retry time.Duration) error {
 		st = s2
 	}
 	return st.Err()
+}
+
+// dialSink connects to the agent's download socket and authenticates.
+func dialSink(ctx context.Context, req *pluginv1.BulkDownloadRequest) (net.Conn, error) {
+	network := req.GetSinkNetwork()
+	if network != "unix" && network != "tcp" {
+		return nil, fmt.Errorf("sink network %q", network)
+	}
+	if network == "tcp" {
+		host, _, err := net.SplitHostPort(req.GetSinkAddress())
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("sink %q is not on loopback", req.GetSinkAddress())
+		}
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.DialContext(ctx, network, req.GetSinkAddress())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(req.GetSinkToken()); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// sendToSink copies the file to the sink, then reports the end offset on
+// the stream. If the copy breaks, the agent knows how far it got from what
+// it received; the error says so.
+func sendToSink(stream grpc.ServerStreamingServer[pluginv1.BulkDownloadResponse], sink net.Conn, body io.Reader, off int64) error {
+	stop := context.AfterFunc(stream.Context(), func() { sink.Close() })
+	defer stop()
+	if uc, ok := sink.(*net.UnixConn); ok {
+		_ = uc.SetWriteBuffer(4 << 20)
+	}
+	n, err := copyLarge(sink, body)
+	if cw, ok := sink.(interface{ CloseWrite() error }); ok && err == nil {
+		err = cw.CloseWrite()
+	}
+	sink.Close()
+	if err != nil {
+		if stream.Context().Err() != nil {
+			return toStatus(stream.Context().Err())
+		}
+		return withInfo(codes.Unavailable, "SOURCE_DOWNLOAD_BROKEN", fmt.Sprintf("download broke after %d bytes: %v (resume from what arrived)", n, err), 0)
+	}
+	return stream.Send(&pluginv1.BulkDownloadResponse{Offset: off + n, ViaSink: true})
+}
+
+// copyLarge copies in 1 MiB reads and writes. io.Copy would hand the copy
+// to the socket's ReadFrom, which moves 32 KiB at a time.
+func copyLarge(dst io.Writer, src io.Reader) (int64, error) {
+	buf := make([]byte, chunkSize)
+	var n int64
+	for {
+		r, rerr := src.Read(buf)
+		if r > 0 {
+			w, werr := dst.Write(buf[:r])
+			n += int64(w)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
 }

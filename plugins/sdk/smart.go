@@ -61,7 +61,7 @@ func (s *SMART) Describe(context.Context) (Description, error) {
 		caps = append(caps, CapEverythingOperation)
 	}
 	if s.Profile.Bulk {
-		caps = append(caps, CapBulkExport, CapBulkCancel)
+		caps = append(caps, CapBulkExport, CapBulkCancel, CapDownloadSink)
 	}
 	return Description{Name: s.Name, Vendor: s.Vendor, Version: s.Version, Profile: s.Profile, Capabilities: caps}, nil
 }

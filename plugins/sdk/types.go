@@ -169,6 +169,9 @@ const (
 	CapBulkExport
 	CapBulkCancel
 	CapReferenceFollowing
+	// CapDownloadSink: BulkDownload writes to the agent's local socket
+	// (the SDK does this for every BulkSource).
+	CapDownloadSink
 )
 
 // Discovery is how endpoints are found.

@@ -36,6 +36,9 @@ const (
 	Capability_CAPABILITY_BULK_CANCEL          Capability = 6
 	// Search and Everything can add referenced resources (include_references).
 	Capability_CAPABILITY_REFERENCE_FOLLOWING Capability = 7
+	// BulkDownload can write the bytes to a local socket the agent offers
+	// (BulkDownloadRequest.sink_*), bypassing gRPC framing.
+	Capability_CAPABILITY_DOWNLOAD_SINK Capability = 8
 )
 
 // Enum value maps for Capability.
@@ -49,6 +52,7 @@ var (
 		5: "CAPABILITY_BULK_EXPORT",
 		6: "CAPABILITY_BULK_CANCEL",
 		7: "CAPABILITY_REFERENCE_FOLLOWING",
+		8: "CAPABILITY_DOWNLOAD_SINK",
 	}
 	Capability_value = map[string]int32{
 		"CAPABILITY_UNSPECIFIED":          0,
@@ -59,6 +63,7 @@ var (
 		"CAPABILITY_BULK_EXPORT":          5,
 		"CAPABILITY_BULK_CANCEL":          6,
 		"CAPABILITY_REFERENCE_FOLLOWING":  7,
+		"CAPABILITY_DOWNLOAD_SINK":        8,
 	}
 )
 
@@ -1927,8 +1932,17 @@ type BulkDownloadRequest struct {
 	Offset int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
 	// From the manifest: send the access token with the download.
 	RequiresAccessToken bool `protobuf:"varint,4,opt,name=requires_access_token,json=requiresAccessToken,proto3" json:"requires_access_token,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// A faster path for the bytes (CAPABILITY_DOWNLOAD_SINK): the agent
+	// listens on this local socket (a directory only its user can enter);
+	// the plugin connects, writes sink_token, then the file's bytes from
+	// offset, and closes the connection; the stream then carries a single
+	// message with via_sink set and offset at the end of the file. A plugin
+	// that cannot connect streams data chunks as usual.
+	SinkNetwork   string `protobuf:"bytes,5,opt,name=sink_network,json=sinkNetwork,proto3" json:"sink_network,omitempty"`
+	SinkAddress   string `protobuf:"bytes,6,opt,name=sink_address,json=sinkAddress,proto3" json:"sink_address,omitempty"`
+	SinkToken     []byte `protobuf:"bytes,7,opt,name=sink_token,json=sinkToken,proto3" json:"sink_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BulkDownloadRequest) Reset() {
@@ -1989,12 +2003,35 @@ func (x *BulkDownloadRequest) GetRequiresAccessToken() bool {
 	return false
 }
 
+func (x *BulkDownloadRequest) GetSinkNetwork() string {
+	if x != nil {
+		return x.SinkNetwork
+	}
+	return ""
+}
+
+func (x *BulkDownloadRequest) GetSinkAddress() string {
+	if x != nil {
+		return x.SinkAddress
+	}
+	return ""
+}
+
+func (x *BulkDownloadRequest) GetSinkToken() []byte {
+	if x != nil {
+		return x.SinkToken
+	}
+	return nil
+}
+
 type BulkDownloadResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most 1 MiB.
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	// Offset of data[0] in the file.
-	Offset        int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Offset of data[0] in the file; with via_sink, the end of the file.
+	Offset int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes went through the sink.
+	ViaSink       bool `protobuf:"varint,3,opt,name=via_sink,json=viaSink,proto3" json:"via_sink,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2041,6 +2078,13 @@ func (x *BulkDownloadResponse) GetOffset() int64 {
 		return x.Offset
 	}
 	return 0
+}
+
+func (x *BulkDownloadResponse) GetViaSink() bool {
+	if x != nil {
+		return x.ViaSink
+	}
+	return false
 }
 
 var File_medrelay_plugin_v1_source_proto protoreflect.FileDescriptor
@@ -2191,17 +2235,22 @@ const file_medrelay_plugin_v1_source_proto_rawDesc = "" +
 	"connection\x12\x1d\n" +
 	"\n" +
 	"status_url\x18\x02 \x01(\tR\tstatusUrl\"\x14\n" +
-	"\x12BulkCancelResponse\"\xb3\x01\n" +
+	"\x12BulkCancelResponse\"\x98\x02\n" +
 	"\x13BulkDownloadRequest\x12>\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x1e.medrelay.plugin.v1.ConnectionR\n" +
 	"connection\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x122\n" +
-	"\x15requires_access_token\x18\x04 \x01(\bR\x13requiresAccessToken\"B\n" +
+	"\x15requires_access_token\x18\x04 \x01(\bR\x13requiresAccessToken\x12!\n" +
+	"\fsink_network\x18\x05 \x01(\tR\vsinkNetwork\x12!\n" +
+	"\fsink_address\x18\x06 \x01(\tR\vsinkAddress\x12\x1d\n" +
+	"\n" +
+	"sink_token\x18\a \x01(\fR\tsinkToken\"]\n" +
 	"\x14BulkDownloadResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset*\xf0\x01\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x19\n" +
+	"\bvia_sink\x18\x03 \x01(\bR\aviaSink*\x8e\x02\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2211,7 +2260,8 @@ const file_medrelay_plugin_v1_source_proto_rawDesc = "" +
 	"\x1fCAPABILITY_EVERYTHING_OPERATION\x10\x04\x12\x1a\n" +
 	"\x16CAPABILITY_BULK_EXPORT\x10\x05\x12\x1a\n" +
 	"\x16CAPABILITY_BULK_CANCEL\x10\x06\x12\"\n" +
-	"\x1eCAPABILITY_REFERENCE_FOLLOWING\x10\a*\x83\x01\n" +
+	"\x1eCAPABILITY_REFERENCE_FOLLOWING\x10\a\x12\x1c\n" +
+	"\x18CAPABILITY_DOWNLOAD_SINK\x10\b*\x83\x01\n" +
 	"\tDiscovery\x12\x19\n" +
 	"\x15DISCOVERY_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dDISCOVERY_SMART_CONFIGURATION\x10\x01\x12\"\n" +
