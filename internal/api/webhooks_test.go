@@ -285,7 +285,15 @@ func TestWebhooksThroughTheAPI(t *testing.T) {
 		t.Fatalf("list: %v %v", list, err)
 	}
 	show, _ := appA.Webhooks.GetWebhook(ctx, &agentv1.GetWebhookRequest{Id: id})
-	ats, err := appA.Webhooks.ListWebhookAttempts(ctx, &agentv1.ListWebhookAttemptsRequest{Id: id})
+	// Attempts are saved in the background soon after the delivery.
+	var ats *agentv1.ListWebhookAttemptsResponse
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		ats, err = appA.Webhooks.ListWebhookAttempts(ctx, &agentv1.ListWebhookAttemptsRequest{Id: id})
+		if err != nil || len(ats.GetAttempts()) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	show, _ = appA.Webhooks.GetWebhook(ctx, &agentv1.GetWebhookRequest{Id: id})
 	if err != nil || len(ats.GetAttempts()) != 1 || !ats.GetAttempts()[0].GetOk() || ats.GetAttempts()[0].GetStatus() != 204 {
 		t.Fatalf("attempts: %v %v", ats, err)
 	}
