@@ -42,6 +42,8 @@ type agentOptions struct {
 	layout    *home.Layout
 	pluginDir string
 	mutate    []func(*config.Config)
+	// logs receives the agent's log (default: discarded).
+	logs io.Writer
 }
 
 func startAgentWith(t *testing.T, o agentOptions) *agent {
@@ -60,6 +62,10 @@ func startAgentWith(t *testing.T, o agentOptions) *agent {
 		layout.PluginDir = o.pluginDir
 	}
 	mutate := o.mutate
+	logOut := o.logs
+	if logOut == nil {
+		logOut = io.Discard
+	}
 	cfg := config.Default()
 	cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	for _, m := range mutate {
@@ -71,7 +77,7 @@ func startAgentWith(t *testing.T, o agentOptions) *agent {
 	go func() {
 		done <- app.Run(ctx, app.Options{
 			Layout: layout, Config: cfg,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Logger: slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Ready:  func(i app.Info) { ready <- i },
 		})
 	}()
