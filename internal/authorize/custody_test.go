@@ -1,0 +1,136 @@
+package authorize_test
+
+// Token custody against a real authorization server: the connections'
+// manager with this package as its token endpoint, talking OAuth to
+// medrelay-sandbox.
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+
+	"github.com/medrelay/medrelay/internal/authorize"
+	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/events"
+	"github.com/medrelay/medrelay/internal/oauth"
+	"github.com/medrelay/medrelay/internal/sandbox"
+	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
+	"github.com/medrelay/medrelay/internal/sessions"
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// static adapters: one sandbox tenant, one public client, the generic profile.
+type staticSources struct{ base string }
+
+func (s staticSources) Resolve(ctx context.Context, id string) (authorize.Source, error) {
+	e, err := oauth.Discover(ctx, nil, s.base)
+	return authorize.Source{ID: id, Vendor: "generic", FHIRBase: s.base, Endpoints: e}, err
+}
+
+type staticCreds struct{}
+
+func (staticCreds) Resolve(context.Context, string, string) (authorize.Credential, error) {
+	return authorize.Credential{ID: "cred-1", ClientID: "custody-test", Auth: oauth.ClientAuth{Method: oauth.AuthNone}}, nil
+}
+func (c staticCreds) ByID(ctx context.Context, _ string) (authorize.Credential, error) {
+	return c.Resolve(ctx, "", "")
+}
+
+type staticVendors struct{}
+
+func (staticVendors) Vendor(context.Context, string) (authorize.Vendor, error) {
+	return authorize.Vendor{Plugin: "smart", Profile: oauth.Profile{EchoesOfflineAccess: true}}, nil
+}
+
+// authorized runs a real standalone authorization and returns the manager
+// holding the active connection.
+func authorized(t *testing.T, sb *sandbox.Sandbox) (*connections.Manager, string) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Key: bytes.Repeat([]byte{9}, 32), GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	const redirect = "http://127.0.0.1:1/oauth/callback"
+	if err := sb.RegisterClient("oraclehealth", sandbox.ClientConfig{ClientID: "custody-test", RedirectURIs: []string{redirect}}); err != nil {
+		t.Fatal(err)
+	}
+	az := authorize.New(db, staticSources{base: sb.FHIRBase("oraclehealth")}, staticCreds{}, staticVendors{}, quiet, authorize.Options{RedirectURI: redirect})
+	ev := events.New(db, quiet)
+	m, err := connections.New(ctx, db, ev, az, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.CreatePending(ctx, connections.Connection{AppID: "a", Pattern: connections.PatientAccess, SourceID: "oh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	begun, err := az.Begin(ctx, sessions.BeginRequest{Connection: c, Source: sessions.Source{ID: "oh"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The auto-approving sandbox redirects to the callback at once.
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	r, err := hc.Get(begun.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	loc, _ := url.Parse(r.Header.Get("Location"))
+	cb, err := az.Complete(ctx, loc.Query())
+	if err != nil || cb.Grant == nil {
+		t.Fatalf("complete: %v %+v", err, cb)
+	}
+	if _, err := m.Activate(ctx, c.ID, *cb.Grant); err != nil {
+		t.Fatal(err)
+	}
+	return m, c.ID
+}
+
+// 1,000 concurrent callers of an expired connection: exactly one refresh
+// request reaches the authorization server.
+func TestConcurrentCallersOneRefreshAtTheSource(t *testing.T) {
+	// Access tokens that are already expired when issued (1 s lifetime is
+	// inside the custody skew), so every caller needs a fresh one.
+	sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+	m, id := authorized(t, sb)
+	sb.SetFaults() // the refreshed token lives normally
+	before := sb.Stats().Endpoints["token:refresh_token"]
+
+	var wg sync.WaitGroup
+	toks := make(chan string, 1000)
+	for range 1000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tok, _, err := m.AccessToken(context.Background(), id, false)
+			if err != nil {
+				toks <- "error: " + err.Error()
+				return
+			}
+			toks <- tok.Reveal()
+		}()
+	}
+	wg.Wait()
+	close(toks)
+	first := ""
+	for tok := range toks {
+		if first == "" {
+			first = tok
+		}
+		if tok != first {
+			t.Fatalf("callers got different tokens (or errors): %.40q vs %.40q", first, tok)
+		}
+	}
+	if got := sb.Stats().Endpoints["token:refresh_token"] - before; got != 1 {
+		t.Fatalf("%d refresh requests at the sandbox, want exactly 1", got)
+	}
+}
