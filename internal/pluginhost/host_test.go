@@ -3,6 +3,9 @@ package pluginhost
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 )
 
 func TestLoadsDescribesAndReads(t *testing.T) {
+	t.Setenv("MEDRELAY_TEST_AGENT_SECRET", "do-not-leak")
 	sb := newSandbox(t)
 	tokens, patient := patientLogin(t, sb, "generic")
 	o, _ := testOptions(t, installDir(t, "smart"), tokens)
@@ -23,6 +27,15 @@ func TestLoadsDescribesAndReads(t *testing.T) {
 	i := infos[0]
 	if i.Describe.GetName() != "smart" || i.PID <= 0 || len(i.Describe.GetCapabilities()) == 0 {
 		t.Fatalf("info: %+v", i)
+	}
+	// The plugin does not inherit the agent's environment.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", i.PID)); err == nil {
+		if strings.Contains(string(env), "MEDRELAY_TEST_AGENT_SECRET") || strings.Contains(string(env), "PATH=") {
+			t.Errorf("plugin environment carries the agent's: %q", strings.ReplaceAll(string(env), "\x00", " "))
+		}
+		if !strings.Contains(string(env), MagicCookieKey) {
+			t.Errorf("plugin environment lacks the handshake cookie")
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
