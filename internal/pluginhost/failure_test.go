@@ -275,3 +275,33 @@ func TestBulkDownloadPaths(t *testing.T) {
 	}
 	sinkSupported = true
 }
+
+// A plugin that stops answering (here: stopped with SIGSTOP) fails its
+// health checks and is replaced.
+func TestHungPluginIsReplaced(t *testing.T) {
+	o, _ := testOptions(t, installDir(t, "smart"), nil)
+	h := startHost(t, o)
+	before, _ := h.Info("smart")
+	if err := syscall.Kill(before.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(before.PID, syscall.SIGKILL) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		i, _ := h.Info("smart")
+		if i.State == StateRunning && i.PID != before.PID {
+			if i.Restarts != 1 {
+				t.Fatalf("after replacement: %+v", i)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("hung plugin not replaced: %+v", i)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(before.PID) {
+		t.Fatal("the hung process is still alive")
+	}
+}
