@@ -48,10 +48,13 @@ type daemon struct {
 	done chan error
 }
 
-func startDaemon(t *testing.T, home string) *daemon {
+func startDaemon(t *testing.T, home string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{home: home, log: &bytes.Buffer{}, done: make(chan error, 1)}
-	d.cmd = exec.Command(filepath.Join(binDir, "medrelayd"), "run", "--home", home, "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+	if len(args) == 0 {
+		args = []string{"--http-addr", "127.0.0.1:0"}
+	}
+	d.cmd = exec.Command(filepath.Join(binDir, "medrelayd"), append([]string{"run", "--home", home, "--admin-addr", "127.0.0.1:0"}, args...)...)
 	d.cmd.Stderr = d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
