@@ -309,8 +309,11 @@ func appendUnique(list []string, vals ...string) []string {
 	return list
 }
 
-// cleanText collapses whitespace (names spread over lines, doubled spaces).
+// cleanText collapses whitespace (names spread over lines, doubled
+// spaces) and drops stray quotes and separators at either end (`"Northwell`,
+// `Alaska Functional Medicine Clinic,`).
 func cleanText(s string) string {
 	s = strings.ReplaceAll(s, "\u00a0", " ")
-	return strings.Join(strings.Fields(s), " ")
+	s = strings.Join(strings.Fields(s), " ")
+	return strings.Trim(s, "\",;: ")
 }

@@ -95,7 +95,10 @@ type Index struct {
 	postField []uint8
 	idf       []float32
 	tlen      []uint8
-	trie      []node
+	// first is the term id of each document's first name word: a query
+	// whose first word matches it reads the name from its start.
+	first []int32
+	trie  []node
 	// top holds, for the trie nodes of one- and two-letter prefixes, their
 	// most frequent completions: a user typing "c" gets "center", "clinic",
 	// "care" without the search sorting thousands of terms.
@@ -157,6 +160,11 @@ func Build(docs []Doc) *Index {
 	ix.kinds = []string{""}
 	termPost := map[string][]posting{}
 	names := make([]string, len(docs))
+	type firstOf struct {
+		doc uint32
+		tok string
+	}
+	var firstTok []firstOf
 	var toks []string
 	for ord, di := range sorted {
 		d := &docs[di]
@@ -191,11 +199,18 @@ func Build(docs []Doc) *Index {
 			return len(toks)
 		}
 		nl := add(d.Name, fieldName)
-		m.nameLen = uint8(min(nl, 255))
 		names[ord] = strings.Join(toks, " ")
-		for _, a := range d.Aliases {
-			add(a, fieldAlias)
+		if len(toks) > 0 {
+			firstTok = append(firstTok, firstOf{doc, toks[0]})
 		}
+		// The coverage of a query is measured against the shortest name the
+		// brand goes by ("Medicare", not "Medicare (CMS Blue Button 2.0)").
+		for _, a := range d.Aliases {
+			if n := add(a, fieldAlias); n > 0 && n < nl {
+				nl = n
+			}
+		}
+		m.nameLen = uint8(min(nl, 255))
 		for _, p := range d.Portals {
 			add(p, fieldPortal)
 		}
@@ -232,6 +247,13 @@ func Build(docs []Doc) *Index {
 		ix.idf[id] = float32(math.Log(1 + n/float64(len(ps))))
 	}
 	ix.postStart[len(terms)] = uint32(len(ix.postDoc))
+	ix.first = make([]int32, len(docs))
+	for i := range ix.first {
+		ix.first[i] = -1
+	}
+	for _, f := range firstTok {
+		ix.first[f.doc] = int32(ix.terms[f.tok])
+	}
 	ix.buildTrie(terms)
 	ix.buildTop()
 

@@ -66,8 +66,11 @@ type scratch struct {
 	touched  []uint32
 	tokTouch []uint32
 	cands    []candidate
-	terms    []int32
-	rows     [][]int8
+	// lead marks the candidate terms of the query's first word.
+	lead    []bool
+	leadSet []int32
+	terms   []int32
+	rows    [][]int8
 }
 
 func (ix *Index) getScratch() *scratch {
@@ -77,7 +80,7 @@ func (ix *Index) getScratch() *scratch {
 	n := len(ix.keys)
 	s := &scratch{
 		acc: make([]float32, n), best: make([]float32, n), bestF: make([]uint8, n),
-		mask: make([]uint16, n), nameHits: make([]uint8, n),
+		mask: make([]uint16, n), nameHits: make([]uint8, n), lead: make([]bool, len(ix.idf)),
 	}
 	s.rows = make([][]int8, maxTokenLen+2)
 	for i := range s.rows {
@@ -126,13 +129,26 @@ func (ix *Index) Search(q Query) ([]Hit, *Cursor) {
 				idf = min(idf, ix.idf[c.term])
 			}
 		}
+		if i == 0 {
+			for _, c := range s.cands {
+				s.lead[c.term] = true
+				s.leadSet = append(s.leadSet, c.term)
+			}
+		}
 		bit := uint16(1) << uint(i)
+		// A word of one or two letters after others ("… health c") is the
+		// start of something: it ranks the documents the other words found,
+		// it does not bring thousands of new ones.
+		boostOnly := i > 0 && len(qt.raw) <= 2 && qt.tok == qt.raw
 		for _, c := range s.cands {
 			w := c.q * idf
 			lo, hi := ix.postStart[c.term], ix.postStart[c.term+1]
 			docs := ix.postDoc[lo:hi]
 			fields := ix.postField[lo:hi]
 			for k, d := range docs {
+				if boostOnly && s.mask[d] == 0 {
+					continue
+				}
 				fw := w * fieldWeight[fields[k]]
 				if s.best[d] == 0 {
 					s.tokTouch = append(s.tokTouch, d)
@@ -169,6 +185,9 @@ func (ix *Index) Search(q Query) ([]Hit, *Cursor) {
 			cov = min(1, float32(s.nameHits[d])/float32(m.nameLen))
 		}
 		score := s.acc[d] * (0.8 + 0.2*cov)
+		if f := ix.first[d]; f >= 0 && s.lead[f] {
+			score *= 1.04
+		}
 		if m.suspended {
 			score *= 0.9
 		}
@@ -187,6 +206,10 @@ func (ix *Index) release(s *scratch) {
 		s.nameHits[d] = 0
 	}
 	s.touched = s.touched[:0]
+	for _, t := range s.leadSet {
+		s.lead[t] = false
+	}
+	s.leadSet = s.leadSet[:0]
 	ix.pool.Put(s)
 }
 
@@ -234,9 +257,14 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 		} else {
 			s.terms = ix.descendants(ni, s.terms[:0], 1<<14)
 		}
-		if len(s.terms) > maxCompletions {
+		// One or two letters say little: fewer completions.
+		limit := maxCompletions
+		if len(p) <= 2 {
+			limit = 8 + 16*(len(p)-1)
+		}
+		if len(s.terms) > limit {
 			sort.Slice(s.terms, func(a, b int) bool { return ix.df(s.terms[a]) > ix.df(s.terms[b]) })
-			s.terms = s.terms[:maxCompletions]
+			s.terms = s.terms[:limit]
 		}
 		for _, t := range s.terms {
 			tl := ix.termLen(t)
