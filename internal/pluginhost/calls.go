@@ -271,13 +271,19 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 			return next, nil
 		}
 		if err != nil {
-			ferr := finish(true)
+			// The plugin ends its side of the sink before reporting an
+			// error: let the bytes that arrived reach w (the caller
+			// resumes after them) unless we are the ones giving up.
+			ferr := finish(ctx.Err() != nil)
 			if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
 				p.log.Debug("download sink", "err", ferr)
 			}
 			return next, p.fromCall(err)
 		}
 		if m.GetViaSink() {
+			if sk != nil {
+				sk.awaitAccept(10 * time.Second)
+			}
 			if err := finish(false); err != nil {
 				return next, err
 			}

@@ -140,7 +140,7 @@ func (s *sink) chunks() bool {
 // it wrote.
 func (s *sink) finish(abort bool) (int64, bool, error) {
 	s.mu.Lock()
-	raw, conn := s.mode == sinkRaw, s.conn
+	conn := s.conn
 	s.mu.Unlock()
 	if abort && conn != nil {
 		conn.Close()
@@ -152,7 +152,22 @@ func (s *sink) finish(abort bool) (int64, bool, error) {
 	if errors.Is(s.err, net.ErrClosed) {
 		s.err = nil
 	}
-	return s.n, raw, s.err
+	// The mode is read after the copy ended: the connection may have been
+	// accepted after finish began.
+	return s.n, s.mode == sinkRaw, s.err
+}
+
+// awaitAccept waits until the plugin's connection was accepted (the plugin
+// said it wrote through the sink: its connection may still wait in the
+// listener's backlog, and closing the listener would drop it).
+func (s *sink) awaitAccept(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.accepted:
+	case <-s.done:
+	case <-t.C:
+	}
 }
 
 // copyLarge copies in 1 MiB reads (io.Copy into a ReaderFrom such as
