@@ -43,6 +43,12 @@ var (
 const (
 	defaultRecordPage = 500
 	maxRecordPage     = 5000
+	// messageBytes cuts a message at about this much JSON (a single
+	// larger resource goes alone).
+	messageBytes = 1 << 20
+	// One read of the store: records and bytes.
+	storeReadRecords = 4096
+	storeReadBytes   = 4 << 20
 )
 
 type recordService struct {
@@ -102,15 +108,39 @@ func (s *recordService) ListRecords(req *agentv1.ListRecordsRequest, stream agen
 		page = defaultRecordPage
 	}
 	page = min(page, maxRecordPage)
-	q := records.Query{Types: req.GetTypes(), After: after, Limit: int(req.GetLimit()), PageRecords: page}
+	// The store is read in large pages (fewer read transactions and
+	// iterators), sent in messages of the caller's page size.
+	q := records.Query{Types: req.GetTypes(), After: after, Limit: int(req.GetLimit()),
+		PageRecords: max(page, storeReadRecords), PageBytes: storeReadBytes}
 	sent := false
-	cursor, err := s.records.List(ctx, req.GetConnectionId(), q, func(rs []records.Record, cursor uint64) error {
+	send := func(rs []records.Record, cursor uint64) error {
 		msg := &agentv1.ListRecordsResponse{Cursor: records.FormatCursor(cursor), Records: make([]*agentv1.Record, len(rs))}
 		for i := range rs {
 			msg.Records[i] = recordProto(&rs[i])
 		}
 		sent = true
 		return stream.Send(msg)
+	}
+	cursor, err := s.records.List(ctx, req.GetConnectionId(), q, func(rs []records.Record, cursor uint64) error {
+		if len(rs) == 0 {
+			return send(nil, cursor) // only superseded entries were passed over
+		}
+		for len(rs) > 0 {
+			n, size := 0, 0
+			for n < len(rs) && n < page && (n == 0 || size+len(rs[n].JSON) <= messageBytes) {
+				size += len(rs[n].JSON)
+				n++
+			}
+			c := cursor
+			if n < len(rs) {
+				c = rs[n-1].Seq
+			}
+			if err := send(rs[:n], c); err != nil {
+				return err
+			}
+			rs = rs[n:]
+		}
+		return nil
 	})
 	if err != nil {
 		return err

@@ -205,6 +205,27 @@ func TestRecordServiceAppsReadOnlyTheirConnectionsAndAreAudited(t *testing.T) {
 		string(p.GetJson()) != `{"resourceType":"Patient","id":"p1","meta":{"versionId":"1","lastUpdated":"2025-01-01T00:00:00Z"}}` {
 		t.Fatalf("record %v", p)
 	}
+	// Messages hold page_size records; each carries the cursor after it.
+	st, err := ca.Records.ListRecords(context.Background(), &agentv1.ListRecordsRequest{ConnectionId: "conn-a", PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	var cursors []string
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, len(m.GetRecords()))
+		cursors = append(cursors, m.GetCursor())
+	}
+	if fmt.Sprint(sizes) != "[2 1]" || cursors[0] != got[1].GetCursor() || cursors[1] != cursor {
+		t.Fatalf("messages of %v records, cursors %v", sizes, cursors)
+	}
 	// Another app's connection does not exist for this app.
 	if _, _, err := listAll(t, ca, &agentv1.ListRecordsRequest{ConnectionId: "conn-b"}); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("app A lists B's connection: %v", err)

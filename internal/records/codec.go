@@ -118,8 +118,26 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+// names interns resource type names while decoding many changes (a handful
+// of types across a million records need not be a million strings).
+type names map[string]string
+
+func (n names) get(b []byte) string {
+	if n == nil {
+		return string(b)
+	}
+	if s, ok := n[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(n) < 1024 {
+		n[s] = s
+	}
+	return s
+}
+
 // decodeChange reads a stored change. json aliases v (no copy).
-func decodeChange(v []byte) (change, error) {
+func decodeChange(v []byte, types names) (change, error) {
 	var c change
 	if len(v) < 2 || v[0] != formatV1 {
 		return c, errCorrupt
@@ -140,10 +158,12 @@ func decodeChange(v []byte) (change, error) {
 	}
 	c.hash = binary.LittleEndian.Uint64(v)
 	v = v[8:]
-	var ok bool
-	if c.typ, v, ok = readString(v); !ok {
+	l, n := binary.Uvarint(v)
+	if n <= 0 || uint64(len(v)-n) < l {
 		return c, errCorrupt
 	}
+	c.typ, v = types.get(v[n:n+int(l)]), v[n+int(l):]
+	var ok bool
 	if c.id, v, ok = readString(v); !ok {
 		return c, errCorrupt
 	}
@@ -173,8 +193,10 @@ func flags(deleted bool) byte {
 	return 0
 }
 
+// unixNanos is t in Unix nanoseconds; 0 (unknown) for the zero time and for
+// times UnixNano cannot represent.
 func unixNanos(t time.Time) int64 {
-	if t.IsZero() {
+	if t.IsZero() || t.Year() < 1700 || t.Year() > 2200 {
 		return 0
 	}
 	return t.UnixNano()

@@ -89,7 +89,7 @@ func TestIngestNDJSONReportsAndSkipsMalformedLines(t *testing.T) {
 		t.Fatalf("malformed lines %v, want [3 4 6 7]: %v", lines, got.Malformed)
 	}
 	all, _ := list(t, s, "c", Query{})
-	if got := names(all); !slices.Equal(got, []string{"Patient/a@1", "Observation/c@1", "Observation/d@1"}) {
+	if got := listed(all); !slices.Equal(got, []string{"Patient/a@1", "Observation/c@1", "Observation/d@1"}) {
 		t.Fatalf("stored %v", got)
 	}
 	// Stored bytes are the line without its end-of-line and blanks.

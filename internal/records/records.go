@@ -191,7 +191,7 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 			if err != nil {
 				return err
 			}
-			c, err := decodeChange(v)
+			c, err := decodeChange(v, nil)
 			if err != nil {
 				return fmt.Errorf("change %s: %w", k, err)
 			}
@@ -303,14 +303,14 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 		if err != nil {
 			return fmt.Errorf("records: change %d of %s/%s: %w", h.seq, typ, id, err)
 		}
-		r, err = recordOf(h.seq, cv)
+		r, err = recordOf(h.seq, cv, nil)
 		return err
 	})
 	return r, err
 }
 
-func recordOf(seq uint64, v []byte) (Record, error) {
-	c, err := decodeChange(v)
+func recordOf(seq uint64, v []byte, types names) (Record, error) {
+	c, err := decodeChange(v, types)
 	if err != nil {
 		return Record{}, err
 	}
@@ -361,6 +361,7 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 		q.PageBytes = 1 << 20
 	}
 	cursor, total := q.After, 0
+	typeNames := names{}
 	for {
 		want := q.PageRecords
 		if q.Limit > 0 {
@@ -369,9 +370,9 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 		var p page
 		var err error
 		if len(types) == 0 {
-			p, err = s.pageAll(ctx, conn, cursor, want, q.PageBytes)
+			p, err = s.pageAll(ctx, conn, cursor, want, q.PageBytes, typeNames)
 		} else {
-			p, err = s.pageTypes(ctx, conn, types, cursor, want, q.PageBytes)
+			p, err = s.pageTypes(ctx, conn, types, cursor, want, q.PageBytes, typeNames)
 		}
 		if err != nil {
 			return cursor, err
@@ -398,8 +399,8 @@ type page struct {
 }
 
 // pageAll reads one page of every type, in change order.
-func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, maxBytes int) (page, error) {
-	p := page{next: after}
+func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, maxBytes int, in names) (page, error) {
+	p := page{next: after, records: make([]Record, 0, min(limit, 4096))}
 	size := 0
 	prefix := conn + "/"
 	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: changeKey(conn, after), Limit: limit}, func(k string, v []byte) error {
@@ -407,7 +408,7 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 		if err != nil {
 			return err
 		}
-		r, err := recordOf(seq, v)
+		r, err := recordOf(seq, v, in)
 		if err != nil {
 			return fmt.Errorf("records: change %s: %w", k, err)
 		}
@@ -427,7 +428,7 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 // in one transaction and merged by sequence. Only sequences up to the
 // smallest last sequence among types that had more than a page are safe to
 // return (a type cut short may have entries below it still unread).
-func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int) (page, error) {
+func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
 	p := page{next: after}
 	err := s.db.View(ctx, func(tx *store.Txn) error {
 		var seqs []uint64
@@ -473,7 +474,7 @@ func (s *Store) pageTypes(ctx context.Context, conn string, types []string, afte
 			if err != nil {
 				return err
 			}
-			r, err := recordOf(seq, v)
+			r, err := recordOf(seq, v, in)
 			if err != nil {
 				return err
 			}

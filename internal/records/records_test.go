@@ -106,8 +106,8 @@ func list(t testing.TB, s *Store, conn string, q Query) ([]Record, uint64) {
 	return out, cur
 }
 
-// names renders records as "Type/id@version" ("-" suffix for tombstones).
-func names(rs []Record) []string {
+// listed renders records as "Type/id@version" ("-" suffix for tombstones).
+func listed(rs []Record) []string {
 	var out []string
 	for _, r := range rs {
 		n := r.Type + "/" + r.ID + "@" + r.VersionID
@@ -140,7 +140,7 @@ func TestStoreGetListAndReingest(t *testing.T) {
 		t.Fatalf("other connection sees the record: %v", err)
 	}
 	all, cur := list(t, s, "conn1", Query{})
-	if got := names(all); !slices.Equal(got, []string{"Patient/a@1", "Observation/b@1", "Condition/c@"}) {
+	if got := listed(all); !slices.Equal(got, []string{"Patient/a@1", "Observation/b@1", "Condition/c@"}) {
 		t.Fatalf("list = %v", got)
 	}
 	if cur != all[2].Seq {
@@ -152,11 +152,11 @@ func TestStoreGetListAndReingest(t *testing.T) {
 		t.Fatalf("re-ingest: %+v", n)
 	}
 	again, cur2 := list(t, s, "conn1", Query{})
-	if !slices.Equal(names(again), names(all)) || cur2 != cur {
-		t.Fatalf("after re-ingest: %v (cursor %d), want %v (cursor %d)", names(again), cur2, names(all), cur)
+	if !slices.Equal(listed(again), listed(all)) || cur2 != cur {
+		t.Fatalf("after re-ingest: %v (cursor %d), want %v (cursor %d)", listed(again), cur2, listed(all), cur)
 	}
 	if more, c3 := list(t, s, "conn1", Query{After: cur}); len(more) != 0 || c3 != cur {
-		t.Fatalf("after the cursor: %v, cursor %d", names(more), c3)
+		t.Fatalf("after the cursor: %v, cursor %d", listed(more), c3)
 	}
 	if n, _ := s.Count(ctx, "conn1"); n != 3 {
 		t.Fatalf("count = %d", n)
@@ -176,11 +176,11 @@ func TestStoreNewVersionMovesToTheEnd(t *testing.T) {
 		t.Fatalf("new version: %+v", n)
 	}
 	all, _ := list(t, s, "c", Query{})
-	if got := names(all); !slices.Equal(got, []string{"Patient/b@1", "Patient/a@2"}) {
+	if got := listed(all); !slices.Equal(got, []string{"Patient/b@1", "Patient/a@2"}) {
 		t.Fatalf("list = %v", got)
 	}
-	if since, _ := list(t, s, "c", Query{After: cur}); !slices.Equal(names(since), []string{"Patient/a@2"}) {
-		t.Fatalf("since cursor = %v", names(since))
+	if since, _ := list(t, s, "c", Query{After: cur}); !slices.Equal(listed(since), []string{"Patient/a@2"}) {
+		t.Fatalf("since cursor = %v", listed(since))
 	}
 	// An older copy arriving late is stale.
 	if n := put(t, s, "c", res("Patient", "a", "1", "2025-01-01T00:00:00Z")); n != (Counts{Stale: 1}) {
@@ -204,8 +204,8 @@ func TestStoreTombstones(t *testing.T) {
 	if err != nil || !r.Deleted || r.JSON != nil {
 		t.Fatalf("Get deleted = %+v, %v", r, err)
 	}
-	if since, _ := list(t, s, "c", Query{After: before}); !slices.Equal(names(since), []string{"Patient/a@-"}) {
-		t.Fatalf("since = %v", names(since))
+	if since, _ := list(t, s, "c", Query{After: before}); !slices.Equal(listed(since), []string{"Patient/a@-"}) {
+		t.Fatalf("since = %v", listed(since))
 	}
 	if n := del(t, s, "c", "Patient", "a", t1); n != (Counts{Unchanged: 1}) {
 		t.Fatalf("second delete: %+v", n)
@@ -230,7 +230,7 @@ func TestStoreTombstones(t *testing.T) {
 		t.Fatalf("delete unknown: %+v", n)
 	}
 	all, _ := list(t, s, "c", Query{})
-	if got := names(all); !slices.Equal(got, []string{"Patient/b@1", "Patient/a@2", "Patient/never@-"}) {
+	if got := listed(all); !slices.Equal(got, []string{"Patient/b@1", "Patient/a@2", "Patient/never@-"}) {
 		t.Fatalf("list = %v", got)
 	}
 }
@@ -268,7 +268,7 @@ func TestStoreListTypesPagesAndLimits(t *testing.T) {
 				}
 				cur = next
 			}
-			if !slices.Equal(names(got), names(filtered)) {
+			if !slices.Equal(listed(got), listed(filtered)) {
 				t.Fatalf("types %v page %d: %d records, want %d", want, pageSize, len(got), len(filtered))
 			}
 			if len(want) == len(types) && cur != end {
@@ -389,7 +389,7 @@ func TestStoreDeleteConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	if all, _ := list(t, s, "c1", Query{}); len(all) != 0 {
-		t.Fatalf("after delete: %v", names(all))
+		t.Fatalf("after delete: %v", listed(all))
 	}
 	if _, err := s.Get(ctx, "c1", "Patient", "a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after delete: %v", err)
@@ -400,12 +400,12 @@ func TestStoreDeleteConnection(t *testing.T) {
 		}
 	}
 	if all, _ := list(t, s, "c10", Query{}); len(all) != 1 {
-		t.Fatalf("other connection: %v", names(all))
+		t.Fatalf("other connection: %v", listed(all))
 	}
 	// The connection can be written again afterwards.
 	put(t, s, "c1", res("Patient", "a", "1", ""))
 	if all, _ := list(t, s, "c1", Query{}); len(all) != 1 {
-		t.Fatalf("after re-create: %v", names(all))
+		t.Fatalf("after re-create: %v", listed(all))
 	}
 }
 
@@ -546,8 +546,8 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		}
 		all, _ := list(t, s, "c", Query{})
 		since, _ := list(t, s, "c", Query{After: cur})
-		if !slices.Equal(names(all), want) || !slices.Equal(names(since), wantSince) {
-			t.Fatalf("prefix %d of %d: list %v since %v, want %v since %v", k, len(rec.ops), names(all), names(since), want, wantSince)
+		if !slices.Equal(listed(all), want) || !slices.Equal(listed(since), wantSince) {
+			t.Fatalf("prefix %d of %d: list %v since %v, want %v since %v", k, len(rec.ops), listed(all), listed(since), want, wantSince)
 		}
 		for _, typ := range []string{"Patient", "Observation", "Condition"} {
 			byType, _ := list(t, s, "c", Query{Types: []string{typ}})
@@ -557,8 +557,8 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 					wantType = append(wantType, r.Type+"/"+r.ID+"@"+r.VersionID+map[bool]string{true: "-"}[r.Deleted])
 				}
 			}
-			if !slices.Equal(names(byType), wantType) {
-				t.Fatalf("prefix %d: type %s lists %v, want %v", k, typ, names(byType), wantType)
+			if !slices.Equal(listed(byType), wantType) {
+				t.Fatalf("prefix %d: type %s lists %v, want %v", k, typ, listed(byType), wantType)
 			}
 		}
 		nh, _ = s.heads.Count(ctx, "c/")
