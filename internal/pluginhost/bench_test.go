@@ -145,21 +145,32 @@ func TestBenchRead(t *testing.T) {
 	h := startHost(t, o)
 	ctx := context.Background()
 	req := &pluginv1.ReadRequest{Connection: &pluginv1.Connection{Id: "c1", FhirBaseUrl: src.URL + "/fhir"}, ResourceType: "Patient", Id: "p1"}
-	const n = 2000
-	plug, err := p50(n, func() error { _, err := h.Read(ctx, "benchplugin", req); return err })
-	if err != nil {
-		t.Fatal(err)
-	}
 	other := bareProcess(t, src.URL+"/fhir")
-	bareProc, err := p50(n, func() error { _, err := other.Read(ctx, req); return err })
-	if err != nil {
-		t.Fatal(err)
-	}
 	same := bareClient(t, &bareRead{hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}, base: src.URL + "/fhir", http: true})
-	bareSame, err := p50(n, func() error { _, err := same.Read(ctx, req); return err })
-	if err != nil {
-		t.Fatal(err)
+	calls := []func() error{
+		func() error { _, err := h.Read(ctx, "benchplugin", req); return err },
+		func() error { _, err := other.Read(ctx, req); return err },
+		func() error { _, err := same.Read(ctx, req); return err },
 	}
+	// Interleaved, so that load from elsewhere on the machine hits all
+	// three alike; p50 of each.
+	const n = 2000
+	times := make([][]time.Duration, len(calls))
+	for round := -200; round < n; round++ {
+		for k, call := range calls {
+			start := time.Now()
+			if err := call(); err != nil {
+				t.Fatal(err)
+			}
+			if round >= 0 {
+				times[k] = append(times[k], time.Since(start))
+			}
+		}
+	}
+	for _, ts := range times {
+		slices.Sort(ts)
+	}
+	plug, bareProc, bareSame := times[0][n/2], times[1][n/2], times[2][n/2]
 	ratio := float64(plug) / float64(bareProc)
 	verdict := "ok"
 	if ratio > 3 {
@@ -181,21 +192,17 @@ func TestBenchBulkDownload(t *testing.T) {
 	h := startHost(t, o)
 	ctx := context.Background()
 	req := &pluginv1.BulkDownloadRequest{Connection: &pluginv1.Connection{Id: "c1", FhirBaseUrl: src.URL + "/fhir"}, Url: src.URL + "/f.ndjson", RequiresAccessToken: true}
-	best := func(fn func() (int64, error)) float64 {
-		var rates []float64
-		for range 3 {
-			start := time.Now()
-			n, err := fn()
-			if err != nil || n != int64(len(data)) {
-				t.Fatalf("n=%d err=%v", n, err)
-			}
-			rates = append(rates, float64(n)/time.Since(start).Seconds()/1e6)
+	rate := func(fn func() (int64, error)) float64 {
+		start := time.Now()
+		n, err := fn()
+		if err != nil || n != int64(len(data)) {
+			t.Fatalf("n=%d err=%v", n, err)
 		}
-		return slices.Max(rates)
+		return float64(n) / time.Since(start).Seconds() / 1e6
 	}
-	plug := best(func() (int64, error) { return h.BulkDownload(ctx, "benchplugin", req, io.Discard) })
+	viaPlugin := func() (int64, error) { return h.BulkDownload(ctx, "benchplugin", req, io.Discard) }
 	hc := &http.Client{}
-	direct := best(func() (int64, error) {
+	directHTTP := func() (int64, error) {
 		r, _ := http.NewRequestWithContext(ctx, http.MethodGet, req.Url, nil)
 		r.Header.Set("Authorization", "Bearer x")
 		resp, err := hc.Do(r)
@@ -205,12 +212,22 @@ func TestBenchBulkDownload(t *testing.T) {
 		defer resp.Body.Close()
 		// Read as the agent reads the sink: 1 MiB at a time.
 		return copyLarge(io.Discard, resp.Body)
-	})
+	}
+	// Interleaved runs, medians: the machine is shared, and a burst of
+	// someone else's work should hit both sides alike.
+	var plugRates, directRates []float64
+	for range 7 {
+		plugRates = append(plugRates, rate(viaPlugin))
+		directRates = append(directRates, rate(directHTTP))
+	}
+	slices.Sort(plugRates)
+	slices.Sort(directRates)
+	plug, direct := plugRates[3], directRates[3]
 	ratio := plug / direct
 	verdict := "ok"
 	if ratio < 0.7 {
 		verdict = "MISSED"
 	}
-	fmt.Printf("BENCH pluginhost.bulkdownload  rate=%.0fMB/s  baseline(direct HTTP, same bytes)=%.0fMB/s  ratio=%.2f  goal>=0.7  %s  (%s file, best of 3)\n",
+	fmt.Printf("BENCH pluginhost.bulkdownload  rate=%.0fMB/s  baseline(direct HTTP, same bytes)=%.0fMB/s  ratio=%.2f  goal>=0.7  %s  (%s file, medians of 7 interleaved runs)\n",
 		plug, direct, ratio, verdict, strings.TrimSpace(fmt.Sprintf("%dMiB", size>>20)))
 }
