@@ -26,6 +26,7 @@ import (
 	"github.com/medrelay/medrelay/internal/ipc"
 	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
+	syncs "github.com/medrelay/medrelay/internal/sync"
 	"github.com/medrelay/medrelay/internal/webhooks"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
@@ -48,6 +49,8 @@ type Deps struct {
 	Revoker GrantRevoker
 	// Backend creates backend connections (nil: not wired).
 	Backend BackendConnector
+	// Sync runs Bulk Data syncs (nil: not wired).
+	Sync *syncs.Engine
 
 	// RecordStore serves RecordService (nil: not wired). RecordOwner checks
 	// who may read a connection; nil means ConnectionOwner(Connections).
@@ -136,6 +139,17 @@ func New(d Deps) *Server {
 			"GetJWKS":             {Who: Authenticated},
 		})
 		agentv1.RegisterCredentialServiceServer(gs, &credentialService{creds: d.Credentials, publicURL: strings.TrimRight(d.PublicURL, "/")})
+	}
+
+	if d.Sync != nil {
+		register(policy, agentv1.SyncService_ServiceDesc, map[string]Rule{
+			"StartSync":  {Who: Authenticated, Audit: true},
+			"GetSync":    {Who: Authenticated},
+			"ListSyncs":  {Who: Authenticated},
+			"CancelSync": {Who: Authenticated, Audit: true},
+			"WatchSync":  {Who: Authenticated},
+		})
+		agentv1.RegisterSyncServiceServer(gs, &syncService{engine: d.Sync})
 	}
 
 	if d.RecordStore != nil {

@@ -34,6 +34,7 @@ import (
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/sessions"
 	"github.com/medrelay/medrelay/internal/store"
+	syncs "github.com/medrelay/medrelay/internal/sync"
 	"github.com/medrelay/medrelay/internal/telemetry"
 	"github.com/medrelay/medrelay/internal/version"
 	"github.com/medrelay/medrelay/internal/web"
@@ -80,6 +81,7 @@ type Agent struct {
 	sessions *sessions.Manager
 	records  *records.Store
 	puller   *pull.Puller
+	syncer   *syncs.Engine
 	webhooks *webhooks.Manager
 
 	// jobs are background loops (refresher, pruning, deliveries); stop
@@ -212,6 +214,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Events:      a.events,
 		Records:     a.records,
 		RecordStore: a.records,
+		Sync:        a.syncer,
 		Plugins:     a.plugins,
 		Directory:   a.catalog,
 		Webhooks:    a.webhooks,
