@@ -430,10 +430,15 @@ func (e *Engine) view(ctx context.Context, j Job, withFiles bool) (View, error) 
 	r := e.running[j.ID]
 	e.mu.Unlock()
 	var progress []FileProgress
+	if r != nil && j.Manifest != nil {
+		if progress, v.Totals = r.live.snapshot(); len(progress) > 0 {
+			v.Waiting = cmp.Or(r.live.waitingMsg(), v.Waiting)
+		} else {
+			r = nil // not downloading yet in this process: read the store
+		}
+	}
 	switch {
 	case r != nil && j.Manifest != nil:
-		progress, v.Totals = r.live.snapshot()
-		v.Waiting = cmp.Or(r.live.waitingMsg(), v.Waiting)
 	case j.Totals != nil && !withFiles:
 		v.Totals = *j.Totals
 	case j.Manifest != nil:

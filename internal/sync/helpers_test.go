@@ -72,16 +72,26 @@ func buildBinaries(dir string) error {
 }
 
 var (
-	buildOnce stdsync.Once
-	buildErr  error
+	buildMu    stdsync.Mutex
+	buildOnces = map[string]*stdsync.Once{}
+	buildErr   error
 )
+
+func buildOnce(name string) *stdsync.Once {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if buildOnces[name] == nil {
+		buildOnces[name] = &stdsync.Once{}
+	}
+	return buildOnces[name]
+}
 
 // buildCommand builds a command of agent/cmd once per test binary (only
 // the tests that run a whole agent need them).
 func buildCommand(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "../../agent/cmd/medrelayd", "../../agent/cmd/medrelay")
+	buildOnce(name).Do(func() {
+		cmd := exec.Command("go", "build", "-o", binDir+string(os.PathSeparator), "../../agent/cmd/"+name)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("%v: %s", err, out)
 		}

@@ -1,0 +1,367 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/medrelay/medrelay/agent/client"
+	"github.com/medrelay/medrelay/internal/sandbox"
+	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
+	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+)
+
+// agentProc is a medrelayd process started by a test.
+type agentProc struct {
+	t    *testing.T
+	bin  string
+	home string
+	log  *os.File
+	cmd  *exec.Cmd
+	c    *client.Client
+}
+
+func startAgentProc(t *testing.T, bin, home string, log *os.File) *agentProc {
+	t.Helper()
+	a := &agentProc{t: t, bin: bin, home: home, log: log}
+	a.start()
+	t.Cleanup(func() { a.kill() })
+	return a
+}
+
+func (a *agentProc) start() {
+	a.t.Helper()
+	a.cmd = exec.Command(a.bin, "run", "--home", a.home)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	a.cmd.Env = append(os.Environ(), "MEDRELAY_APP_TOKEN=")
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		c, err := client.Dial(ctx, client.WithSocket(filepath.Join(a.home, "medrelay.sock")), client.WithAppToken(""), client.WithStartupWait(30*time.Second))
+		if err == nil {
+			if _, err = c.Admin.GetStatus(ctx, &agentv1.GetStatusRequest{}); err == nil {
+				a.c = c
+				return
+			}
+			c.Close()
+		}
+		if ctx.Err() != nil {
+			a.t.Fatalf("agent did not come up: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill SIGKILLs the agent (its plugins die with it or are reaped at the
+// next start).
+func (a *agentProc) kill() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	if a.c != nil {
+		a.c.Close()
+		a.c = nil
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGKILL)
+	_ = a.cmd.Wait()
+	a.cmd = nil
+}
+
+// killPlugin SIGKILLs the agent's smart plugin process; the agent
+// restarts it.
+func (a *agentProc) killPlugin() bool {
+	a.t.Helper()
+	resp, err := a.c.Plugins.ListPlugins(context.Background(), &agentv1.ListPluginsRequest{})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	for range 100 {
+		for _, p := range resp.GetPlugins() {
+			if p.GetName() == "smart" && p.GetPid() > 0 {
+				return syscall.Kill(int(p.GetPid()), syscall.SIGKILL) == nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		if resp, err = a.c.Plugins.ListPlugins(context.Background(), &agentv1.ListPluginsRequest{}); err != nil {
+			a.t.Fatal(err)
+		}
+	}
+	return false
+}
+
+// The agent SIGKILLed at 20 random points of one sync and the plugin at 5:
+// the store ends up holding exactly the export (counts and a digest of
+// ids and versions), and no file finished before a kill is fetched again
+// more than the interruptions explain.
+func TestAgentKilledDuringSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a whole agent")
+	}
+	tb := time.Now()
+	bin := buildCommand(t, "medrelayd")
+	t.Logf("build %s", time.Since(tb).Round(time.Millisecond))
+	tb = time.Now()
+	defer func() { t.Logf("test body %s", time.Since(tb).Round(time.Millisecond)) }()
+	reqs := &requestLog{}
+	sb := sandboxtest.Start(t, sandboxtest.WithPatients(60), sandboxtest.WithConfig(func(c *sandbox.Config) {
+		c.BulkFileResources, c.Logger = 400, reqs
+	}))
+	want, err := sb.ExpectedExport(sandbox.ExportParams{Tenant: testTenant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(t.TempDir(), "home")
+	if err := os.MkdirAll(home, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("http_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\nplugin_dir = %q\n\n[log]\nlevel = \"info\"\n", filepath.Join(binDir, "plugins"))
+	if err := os.WriteFile(filepath.Join(home, "medrelay.toml"), []byte(cfg), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("SYNC_TEST_LOG") != "" {
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 200_000 {
+				b = b[len(b)-200_000:]
+			}
+			t.Logf("agent log (tail):\n%s", b)
+		}
+	})
+	a := startAgentProc(t, bin, home, logf)
+	ctx := context.Background()
+
+	// The sandbox joins the directory, the agent gets a key for it, the
+	// sandbox learns the key, and a backend connection is made.
+	t0 := time.Now()
+	sourceID := importSandbox(t, a.c, sb)
+	cred, err := a.c.Credentials.SetCredential(ctx, &agentv1.SetCredentialRequest{SourceId: sourceID, ClientId: testClient,
+		GenerateKey: agentv1.KeyAlgorithm_KEY_ALGORITHM_ES384})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cred
+	jwks, err := a.c.Credentials.GetJWKS(ctx, &agentv1.GetJWKSRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.RegisterClient(testTenant, sandbox.ClientConfig{ClientID: testClient, JWKS: []byte(jwks.GetJwks())}); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := a.c.Connections.CreateBackendConnection(ctx, &agentv1.CreateBackendConnectionRequest{SourceId: sourceID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := cr.GetConnection()
+	if conn.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE || conn.GetPattern() != "backend" {
+		t.Fatalf("backend connection %v", conn)
+	}
+	st, err := a.c.Sync.StartSync(ctx, &agentv1.StartSyncRequest{ConnectionId: conn.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncID := st.GetSync().GetId()
+	t.Logf("set up in %s", time.Since(t0).Round(time.Millisecond))
+
+	// 25 interruptions at random points of the sync, measured in the
+	// share of the export's resources stored: the agent 20 times, the
+	// plugin 5 times (never twice in one agent's life: the plugin host
+	// would take that for a crash loop).
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	const n = 25
+	points := make([]float64, n)
+	for i := range points {
+		points[i] = rng.Float64() * 0.97
+	}
+	slices.Sort(points)
+	plan := make([]bool, n) // true: kill the plugin
+	for _, i := range rng.Perm(5) {
+		plan[i*5+1+rng.IntN(4)] = true
+	}
+	var phases, restarts []string
+	kills, pluginKills := 0, 0
+	for i, plugin := range plan {
+		var s *agentv1.Sync
+		for {
+			g, err := a.c.Sync.GetSync(ctx, &agentv1.GetSyncRequest{SyncId: syncID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s = g.GetSync()
+			if float64(s.GetResources()) >= points[i]*float64(want.Total) || s.GetState() != agentv1.SyncState_SYNC_STATE_RUNNING && s.GetState() != agentv1.SyncState_SYNC_STATE_QUEUED {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		what := "agent"
+		if plugin {
+			what = "plugin"
+		}
+		phases = append(phases, fmt.Sprintf("%s at %s/%s %d/%d", what, short(s.GetState().String()), short(s.GetPhase().String()), s.GetResources(), want.Total))
+		if plugin {
+			if a.killPlugin() {
+				pluginKills++
+			}
+			continue
+		}
+		a.kill()
+		kills++
+		t0 := time.Now()
+		a.start()
+		restarts = append(restarts, time.Since(t0).Round(time.Millisecond).String())
+	}
+	t.Logf("interruptions at: %s", strings.Join(phases, ", "))
+	t.Logf("restarts took: %s", strings.Join(restarts, ", "))
+
+	t1 := time.Now()
+	v := waitSync(t, a.c, syncID)
+	t.Logf("after the interruptions the sync took %s more", time.Since(t1).Round(time.Millisecond))
+	if v.GetState() != agentv1.SyncState_SYNC_STATE_COMPLETED {
+		t.Fatalf("sync %s: %s", v.GetState(), v.GetError())
+	}
+	if kills != 20 || pluginKills != 5 {
+		t.Errorf("%d agent kills, %d plugin kills", kills, pluginKills)
+	}
+	t2 := time.Now()
+	got := listStored(t, a.c, conn.GetId())
+	if got.Total != want.Total || got.Digest != want.Digest {
+		t.Errorf("store holds %d resources (digest %s); the export %d (digest %s)", got.Total, got.Digest, want.Total, want.Digest)
+	}
+	for typ, n := range want.Counts {
+		if got.Counts[typ] != n {
+			t.Errorf("%s: %d stored, %d exported", typ, got.Counts[typ], n)
+		}
+	}
+	t.Logf("checking took %s", time.Since(t2).Round(time.Millisecond))
+	if v.GetResources() != int64(want.Total) || v.GetMalformed() != 0 {
+		t.Errorf("sync counted %d resources (%d malformed), the export has %d", v.GetResources(), v.GetMalformed(), want.Total)
+	}
+	// Each interruption re-requests at most the files in flight.
+	perFile := map[string]int{}
+	for _, p := range reqs.filesRequested(0) {
+		perFile[p]++
+	}
+	extra := 0
+	for _, n := range perFile {
+		extra += n - 1
+	}
+	if limit := 25 * 8; extra > limit {
+		t.Errorf("%d repeated file requests for %d interruptions", extra, 25)
+	}
+	t.Logf("%d resources in %d files; %d repeated file requests", want.Total, len(perFile), extra)
+}
+
+func short(s string) string { return strings.ToLower(s[strings.LastIndexByte(s, '_')+1:]) }
+
+// importSandbox imports the sandbox's brands list and returns the source
+// of its generic tenant.
+func importSandbox(t *testing.T, c *client.Client, sb *sandbox.Sandbox) string {
+	t.Helper()
+	ctx := context.Background()
+	st, err := c.Directory.Import(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{Start: &agentv1.ImportStart{Url: sb.URL() + "/brands.json"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		if m.GetSummary() != nil && m.GetSummary().GetCreated() == 0 {
+			t.Fatalf("import created nothing: %v", m.GetSummary())
+		}
+	}
+	res, err := c.Directory.Search(ctx, &agentv1.DirectoryServiceSearchRequest{Query: "generic sandbox", PageSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res.GetResults() {
+		for _, ep := range r.GetSource().GetEndpoints() {
+			if ep.GetUrl() == sb.FHIRBase(testTenant) {
+				return r.GetSource().GetId()
+			}
+		}
+	}
+	t.Fatalf("no source for %s among %v", sb.FHIRBase(testTenant), res.GetResults())
+	return ""
+}
+
+func waitSync(t *testing.T, c *client.Client, id string) *agentv1.Sync {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	w, err := c.Sync.WatchSync(ctx, &agentv1.WatchSyncRequest{SyncId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *agentv1.Sync
+	for {
+		m, err := w.Recv()
+		if errors.Is(err, io.EOF) {
+			return last
+		}
+		if err != nil {
+			t.Fatalf("watch: %v (last %v)", err, last)
+		}
+		last = m.GetSync()
+	}
+}
+
+// listStored reads a connection's records through RecordService.
+func listStored(t *testing.T, c *client.Client, conn string) stored {
+	t.Helper()
+	out := stored{Counts: map[string]int{}}
+	var dg sandbox.ExportDigest
+	st, err := c.Records.ListRecords(context.Background(), &agentv1.ListRecordsRequest{ConnectionId: conn, PageSize: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.GetRecords() {
+			if r.GetDeleted() {
+				out.Deleted = append(out.Deleted, r.GetResourceType()+"/"+r.GetId())
+				continue
+			}
+			out.Counts[r.GetResourceType()]++
+			out.Total++
+			dg.Add(r.GetResourceType(), r.GetId(), r.GetVersionId())
+		}
+	}
+	out.Digest = dg.String()
+	return out
+}
+
+var _ = http.MethodGet
