@@ -90,15 +90,14 @@ type ListInfo struct {
 
 // LoadStats describe the last Load: what startup cost.
 type LoadStats struct {
-	Builtin     int
-	Stored      int
-	Sources     int
-	Endpoints   int
-	ReadStore   time.Duration
-	BuildIndex  time.Duration
-	Total       time.Duration
-	IndexTerms  int
-	IndexMemory int64
+	Builtin    int
+	Stored     int
+	Sources    int
+	Endpoints  int
+	ReadStore  time.Duration
+	BuildIndex time.Duration
+	Total      time.Duration
+	IndexTerms int
 }
 
 // Option configures a Catalog.

@@ -434,7 +434,7 @@ func describeNetErr(err error) error {
 		return fmt.Errorf("host %s not found", dnsErr.Name)
 	case errors.As(err, &certErr):
 		return fmt.Errorf("TLS certificate not trusted: %v", certErr.Err)
-	case errors.Is(err, context.DeadlineExceeded), os_IsTimeout(err):
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return errors.New("timed out")
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return fmt.Errorf("connection refused or unreachable (%v)", opErr.Err)
@@ -446,7 +446,7 @@ func describeNetErr(err error) error {
 	return err
 }
 
-func os_IsTimeout(err error) bool {
+func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -313,10 +313,9 @@ type merge struct {
 	seen     map[string]bool
 	// eps are the catalog's endpoints (read only during the merge); epsNew
 	// those this import adds or changes.
-	eps      map[string]*Endpoint
-	epsNew   map[string]*Endpoint
-	setups   map[string]Setup
-	byVendor map[string]int
+	eps    map[string]*Endpoint
+	epsNew map[string]*Endpoint
+	setups map[string]Setup
 	// members are the sources the list contained before this import.
 	members []string
 }
@@ -566,12 +565,10 @@ func (m *merge) apply(e *importers.Entry) {
 	}
 	identity := strings.Join(tenants[:min(1, len(tenants))], "") + "|" + index.NormalizeName(rawName)
 	if id == "" {
+		// A new source, or one whose identity the key map does not hold any
+		// more (it lost its endpoints): the id derived from the identity is
+		// the same either way.
 		id = sourceID(name, identity)
-		if old := m.old[id]; old != nil {
-			// Same id from an identity the key map did not hold (the source
-			// lost its endpoints): it is the same source.
-			_ = old
-		}
 	}
 	for _, t := range tenants {
 		m.keys[t+"|"+index.NormalizeName(rawName)] = id
