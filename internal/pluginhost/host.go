@@ -177,6 +177,7 @@ func (h *Host) Start(ctx context.Context) error {
 	h.mu.Unlock()
 
 	h.reapOrphans()
+	h.sweepSinks()
 	cands, err := discover(h.opts.Dir)
 	if err != nil {
 		return err
@@ -232,6 +233,13 @@ func (h *Host) Stop(ctx context.Context) error {
 	}
 	h.mu.Unlock()
 	return nil
+}
+
+// sweepSinks removes sockets a killed agent left behind.
+func (h *Host) sweepSinks() {
+	if d := h.stateSinkDir(); d != "" {
+		_ = os.RemoveAll(d)
+	}
 }
 
 // Count is the number of plugins found (in any state).

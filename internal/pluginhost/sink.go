@@ -42,12 +42,20 @@ const (
 
 var sinkSupported = runtime.GOOS != "windows"
 
-// sinkDir is the host's private directory for sink sockets.
+// sinkDir is the host's private directory for sink sockets: under the
+// state directory (so that a killed agent's leftovers are swept at the next
+// start), or a temporary one when that path is too long for a socket.
 func (h *Host) sinkDir() (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.sinks != "" {
 		return h.sinks, nil
+	}
+	if d := h.stateSinkDir(); d != "" {
+		if err := os.MkdirAll(d, 0o700); err == nil && os.Chmod(d, 0o700) == nil {
+			h.sinks = d
+			return d, nil
+		}
 	}
 	d, err := os.MkdirTemp("", "medrelay-sink-")
 	if err != nil {
@@ -58,6 +66,19 @@ func (h *Host) sinkDir() (string, error) {
 	}
 	h.sinks = d
 	return d, nil
+}
+
+// stateSinkDir is <StateDir>/plugins/sink when a socket path there fits
+// (sun_path is 104-108 bytes).
+func (h *Host) stateSinkDir() string {
+	if h.opts.StateDir == "" {
+		return ""
+	}
+	d := filepath.Join(h.opts.StateDir, "plugins", "sink")
+	if len(d)+len("/d0000000000.sock") >= 100 {
+		return ""
+	}
+	return d
 }
 
 var sinkSeq struct {
