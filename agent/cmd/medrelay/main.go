@@ -56,6 +56,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(statusCmd(g), appsCmd(g), auditCmd(g))
 	root.AddCommand(connectCmd(g), connectionsCmd(g))
 	root.AddCommand(credentialsCmd(g))
+	root.AddCommand(syncCmd(g))
 	root.AddCommand(recordsCmd(g))
 	root.AddCommand(pluginsCmd(g))
 	root.AddCommand(sourcesCmd(g))
