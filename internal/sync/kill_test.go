@@ -20,6 +20,7 @@ import (
 	"github.com/medrelay/medrelay/internal/sandbox"
 	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // agentProc is a medrelayd process started by a test.
@@ -152,12 +153,11 @@ func TestAgentKilledDuringSync(t *testing.T) {
 	// sandbox learns the key, and a backend connection is made.
 	t0 := time.Now()
 	sourceID := importSandbox(t, a.c, sb)
-	cred, err := a.c.Credentials.SetCredential(ctx, &agentv1.SetCredentialRequest{SourceId: sourceID, ClientId: testClient,
+	_, err = a.c.Credentials.SetCredential(ctx, &agentv1.SetCredentialRequest{SourceId: sourceID, ClientId: testClient,
 		GenerateKey: agentv1.KeyAlgorithm_KEY_ALGORITHM_ES384})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = cred
 	jwks, err := a.c.Credentials.GetJWKS(ctx, &agentv1.GetJWKSRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -165,16 +165,32 @@ func TestAgentKilledDuringSync(t *testing.T) {
 	if err := sb.RegisterClient(testTenant, sandbox.ClientConfig{ClientID: testClient, JWKS: []byte(jwks.GetJwks())}); err != nil {
 		t.Fatal(err)
 	}
-	cr, err := a.c.Connections.CreateBackendConnection(ctx, &agentv1.CreateBackendConnectionRequest{SourceId: sourceID})
-	if err != nil {
+	// The CLI connects and starts the sync, as an administrator would.
+	cli := buildCommand(t, "medrelay")
+	run := func(args ...string) []byte {
+		t.Helper()
+		cmd := exec.Command(cli, append([]string{"--socket", filepath.Join(home, "medrelay.sock")}, args...)...)
+		cmd.Env = append(os.Environ(), "MEDRELAY_APP_TOKEN=")
+		out, err := cmd.Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				out = append(out, ee.Stderr...)
+			}
+			t.Fatalf("medrelay %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	var cr agentv1.CreateBackendConnectionResponse
+	if err := protojson.Unmarshal(run("--json", "connect", sourceID, "--backend"), &cr); err != nil {
 		t.Fatal(err)
 	}
 	conn := cr.GetConnection()
 	if conn.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE || conn.GetPattern() != "backend" {
 		t.Fatalf("backend connection %v", conn)
 	}
-	st, err := a.c.Sync.StartSync(ctx, &agentv1.StartSyncRequest{ConnectionId: conn.GetId()})
-	if err != nil {
+	var st agentv1.StartSyncResponse
+	if err := protojson.Unmarshal(run("--json", "sync", "start", conn.GetId()), &st); err != nil {
 		t.Fatal(err)
 	}
 	syncID := st.GetSync().GetId()
@@ -253,6 +269,22 @@ func TestAgentKilledDuringSync(t *testing.T) {
 	if v.GetResources() != int64(want.Total) || v.GetMalformed() != 0 {
 		t.Errorf("sync counted %d resources (%d malformed), the export has %d", v.GetResources(), v.GetMalformed(), want.Total)
 	}
+	// The CLI reports the sync and writes the records as NDJSON files.
+	if out := string(run("sync", "status", syncID)); !strings.Contains(out, "completed") || !strings.Contains(out, fmt.Sprintf("%d of %d stored", v.GetFilesTotal(), v.GetFilesTotal())) {
+		t.Errorf("sync status:\n%s", out)
+	}
+	dir := t.TempDir()
+	run("sync", "export", conn.GetId(), "--out", dir)
+	for typ, n := range want.Counts {
+		b, err := os.ReadFile(filepath.Join(dir, typ+".ndjson"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Count(string(b), "\n"); got != n {
+			t.Errorf("export %s.ndjson: %d lines, want %d", typ, got, n)
+		}
+	}
+
 	// Each interruption re-requests at most the files in flight.
 	perFile := map[string]int{}
 	for _, p := range reqs.filesRequested(0) {
