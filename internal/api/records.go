@@ -55,6 +55,7 @@ type recordService struct {
 	agentv1.UnimplementedRecordServiceServer
 	records *records.Store
 	owner   RecordOwner
+	live    LiveSearch
 }
 
 var _ agentv1.RecordServiceServer = (*recordService)(nil)

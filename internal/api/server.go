@@ -55,6 +55,8 @@ type Deps struct {
 	// RecordStore serves RecordService (nil: not wired). RecordOwner checks
 	// who may read a connection; nil means ConnectionOwner(Connections).
 	RecordStore *records.Store
+	// LiveSearch runs RecordService.SearchRecords at the source (nil: not wired).
+	LiveSearch  LiveSearch
 	RecordOwner RecordOwner
 
 	// Credentials (nil: not wired) and the public URL that redirect URIs
@@ -154,14 +156,15 @@ func New(d Deps) *Server {
 
 	if d.RecordStore != nil {
 		register(policy, agentv1.RecordService_ServiceDesc, map[string]Rule{
-			"ListRecords": {Who: Authenticated, Audit: true},
-			"GetRecord":   {Who: Authenticated, Audit: true},
+			"ListRecords":   {Who: Authenticated, Audit: true},
+			"GetRecord":     {Who: Authenticated, Audit: true},
+			"SearchRecords": {Who: Authenticated, Audit: true},
 		})
 		owner := d.RecordOwner
 		if owner == nil && d.Connections != nil {
 			owner = ConnectionOwner(d.Connections)
 		}
-		agentv1.RegisterRecordServiceServer(gs, &recordService{records: d.RecordStore, owner: owner})
+		agentv1.RegisterRecordServiceServer(gs, &recordService{records: d.RecordStore, owner: owner, live: d.LiveSearch})
 	}
 
 	if d.Plugins != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/medrelay/medrelay/internal/authorize"
@@ -17,7 +18,9 @@ import (
 	"github.com/medrelay/medrelay/internal/errdefs"
 	"github.com/medrelay/medrelay/internal/oauth"
 	"github.com/medrelay/medrelay/internal/pluginhost"
+	"github.com/medrelay/medrelay/internal/records"
 	"github.com/medrelay/medrelay/internal/sessions"
+	pluginv1 "github.com/medrelay/medrelay/proto/gen/medrelay/plugin/v1"
 )
 
 // ErrSourceNotReady: discovery found no usable SMART endpoint for a source.
@@ -258,3 +261,56 @@ func (c custody) AccessToken(ctx context.Context, id string, rejected bool) (plu
 	}
 	return pluginhost.Token{AccessToken: tok.Reveal(), TokenType: "Bearer", Expiry: exp}, nil
 }
+
+// liveSearch runs RecordService.SearchRecords: a FHIR search at the
+// connection's source through its plugin, with the connection's patient.
+type liveSearch struct {
+	conns   *connections.Manager
+	plugins *pluginhost.Host
+}
+
+func (l liveSearch) Search(ctx context.Context, id, typ string, params map[string]string, pageSize, maxPages int32,
+	fn func(resources [][]byte, page int32, total int64) error) error {
+	c, err := l.conns.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if c.State != connections.Active {
+		return fmt.Errorf("%w: %s is %s", connections.ErrNotUsable, id, c.State)
+	}
+	if !records.ValidType(typ) {
+		return fmt.Errorf("%w: %q", ErrBadResourceType, typ)
+	}
+	req := &pluginv1.SearchRequest{
+		Connection:   &pluginv1.Connection{Id: c.ID, FhirBaseUrl: c.FHIRBase, PatientId: c.PatientID, Settings: c.Settings},
+		ResourceType: typ, PageSize: pageSize, MaxPages: maxPages,
+	}
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		req.Params = append(req.Params, &pluginv1.SearchParam{Name: k, Value: params[k]})
+	}
+	if c.Pattern == connections.PatientAccess && c.PatientID != "" {
+		// A patient connection reads its own patient's data only.
+		if typ == "Patient" {
+			req.Params = append(req.Params, &pluginv1.SearchParam{Name: "_id", Value: c.PatientID})
+		} else if _, ok := params["patient"]; !ok {
+			req.Params = append(req.Params, &pluginv1.SearchParam{Name: "patient", Value: c.PatientID})
+		}
+	}
+	return l.plugins.Search(ctx, c.Plugin, req, func(r *pluginv1.SearchResponse) error {
+		raw := make([][]byte, 0, len(r.GetResources()))
+		for _, rs := range r.GetResources() {
+			if rs.GetSearchMode() != "outcome" {
+				raw = append(raw, rs.GetJson())
+			}
+		}
+		return fn(raw, r.GetPage(), r.GetTotal())
+	})
+}
+
+// ErrBadResourceType: not a FHIR resource type name.
+var ErrBadResourceType = errdefs.Define(errdefs.InvalidArgument, "RESOURCE_TYPE_INVALID", "not a FHIR resource type")

@@ -214,6 +214,7 @@ func (a *Agent) start(ctx context.Context) error {
 		Events:      a.events,
 		Records:     a.records,
 		RecordStore: a.records,
+		LiveSearch:  liveSearch{conns: a.conns, plugins: a.plugins},
 		Sync:        a.syncer,
 		Plugins:     a.plugins,
 		Directory:   a.catalog,

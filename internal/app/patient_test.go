@@ -353,3 +353,52 @@ func TestPatientAccessEndToEnd(t *testing.T) {
 		})
 	}
 }
+
+// RecordService.SearchRecords runs live at the source through the plugin,
+// scoped to the connection's patient, and audits the read with the patient.
+func TestLiveSearchThroughThePlugin(t *testing.T) {
+	f := newPatientFixture(t)
+	src := f.register(t, "generic")
+	q := f.connect(t, src, "p-live")
+	id := q.Get("connection_id")
+	c := f.connection(t, f.app, id)
+	st, err := f.app.Records.SearchRecords(context.Background(), &agentv1.SearchRecordsRequest{
+		ConnectionId: id, ResourceType: "Observation", Params: map[string]string{"category": "vital-signs"}, PageSize: 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, pages := 0, 0
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("search: %v", err)
+		}
+		pages++
+		for _, r := range m.GetRecords() {
+			if r.GetResourceType() != "Observation" {
+				continue // included resources
+			}
+			n++
+			if !strings.Contains(string(r.GetJson()), `"Patient/`+c.GetPatientId()+`"`) || !strings.Contains(string(r.GetJson()), "vital-signs") {
+				t.Fatalf("result is not this patient's vital sign: %.200s", r.GetJson())
+			}
+		}
+	}
+	if n == 0 || pages < 2 {
+		t.Fatalf("%d observations on %d pages; want several pages of vital signs", n, pages)
+	}
+	// The read is in the audit log, with the patient.
+	found := false
+	for _, e := range auditEntries(t, f.admin) {
+		if strings.HasSuffix(e.GetMethod(), "/SearchRecords") && e.GetConnectionId() == id && e.GetPatientRef() == "p-live" {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("live search not audited with its patient")
+	}
+}

@@ -23,9 +23,7 @@ func recordsCmd(g *globals) *cobra.Command {
 		Long: "Read the FHIR resources the agent stored for a connection (pulled from the source in the\n" +
 			"background, or synced with Bulk Data). Resources are printed as the source sent them.",
 	}
-	// `records search` (a live search at the source through its plugin)
-	// joins these once the plugins serve searches to the API.
-	cmd.AddCommand(recordsListCmd(g), recordsGetCmd(g))
+	cmd.AddCommand(recordsListCmd(g), recordsGetCmd(g), recordsSearchCmd(g))
 	return cmd
 }
 

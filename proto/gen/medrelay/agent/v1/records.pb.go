@@ -22,6 +22,150 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SearchRecordsRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ConnectionId string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// The FHIR resource type to search, e.g. "Observation".
+	ResourceType string `protobuf:"bytes,2,opt,name=resource_type,json=resourceType,proto3" json:"resource_type,omitempty"`
+	// FHIR search parameters, e.g. {"category": "laboratory", "date": "ge2024-01-01"}.
+	// For patient connections the patient parameter is added by the agent.
+	Params map[string]string `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// _count per page at the source; 0 uses the source's default.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Stop after this many pages; 0 is no limit.
+	MaxPages      int32 `protobuf:"varint,5,opt,name=max_pages,json=maxPages,proto3" json:"max_pages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchRecordsRequest) Reset() {
+	*x = SearchRecordsRequest{}
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchRecordsRequest) ProtoMessage() {}
+
+func (x *SearchRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchRecordsRequest.ProtoReflect.Descriptor instead.
+func (*SearchRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SearchRecordsRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *SearchRecordsRequest) GetResourceType() string {
+	if x != nil {
+		return x.ResourceType
+	}
+	return ""
+}
+
+func (x *SearchRecordsRequest) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *SearchRecordsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *SearchRecordsRequest) GetMaxPages() int32 {
+	if x != nil {
+		return x.MaxPages
+	}
+	return 0
+}
+
+type SearchRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resources of one page (search matches and included resources).
+	Records []*Record `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// 1-based page at the source.
+	Page int32 `protobuf:"varint,2,opt,name=page,proto3" json:"page,omitempty"`
+	// Bundle.total of the first page, when the source reports it.
+	Total         int64 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchRecordsResponse) Reset() {
+	*x = SearchRecordsResponse{}
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchRecordsResponse) ProtoMessage() {}
+
+func (x *SearchRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchRecordsResponse.ProtoReflect.Descriptor instead.
+func (*SearchRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SearchRecordsResponse) GetRecords() []*Record {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *SearchRecordsResponse) GetPage() int32 {
+	if x != nil {
+		return x.Page
+	}
+	return 0
+}
+
+func (x *SearchRecordsResponse) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 // Record is one stored resource.
 type Record struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -44,7 +188,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[0]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -56,7 +200,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[0]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -69,7 +213,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{0}
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Record) GetResourceType() string {
@@ -139,7 +283,7 @@ type ListRecordsRequest struct {
 
 func (x *ListRecordsRequest) Reset() {
 	*x = ListRecordsRequest{}
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[1]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -151,7 +295,7 @@ func (x *ListRecordsRequest) String() string {
 func (*ListRecordsRequest) ProtoMessage() {}
 
 func (x *ListRecordsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[1]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -164,7 +308,7 @@ func (x *ListRecordsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRecordsRequest.ProtoReflect.Descriptor instead.
 func (*ListRecordsRequest) Descriptor() ([]byte, []int) {
-	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{1}
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListRecordsRequest) GetConnectionId() string {
@@ -214,7 +358,7 @@ type ListRecordsResponse struct {
 
 func (x *ListRecordsResponse) Reset() {
 	*x = ListRecordsResponse{}
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[2]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +370,7 @@ func (x *ListRecordsResponse) String() string {
 func (*ListRecordsResponse) ProtoMessage() {}
 
 func (x *ListRecordsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[2]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +383,7 @@ func (x *ListRecordsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRecordsResponse.ProtoReflect.Descriptor instead.
 func (*ListRecordsResponse) Descriptor() ([]byte, []int) {
-	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{2}
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListRecordsResponse) GetRecords() []*Record {
@@ -267,7 +411,7 @@ type GetRecordRequest struct {
 
 func (x *GetRecordRequest) Reset() {
 	*x = GetRecordRequest{}
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[3]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +423,7 @@ func (x *GetRecordRequest) String() string {
 func (*GetRecordRequest) ProtoMessage() {}
 
 func (x *GetRecordRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[3]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +436,7 @@ func (x *GetRecordRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRecordRequest.ProtoReflect.Descriptor instead.
 func (*GetRecordRequest) Descriptor() ([]byte, []int) {
-	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{3}
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetRecordRequest) GetConnectionId() string {
@@ -325,7 +469,7 @@ type GetRecordResponse struct {
 
 func (x *GetRecordResponse) Reset() {
 	*x = GetRecordResponse{}
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[4]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +481,7 @@ func (x *GetRecordResponse) String() string {
 func (*GetRecordResponse) ProtoMessage() {}
 
 func (x *GetRecordResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_medrelay_agent_v1_records_proto_msgTypes[4]
+	mi := &file_medrelay_agent_v1_records_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +494,7 @@ func (x *GetRecordResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRecordResponse.ProtoReflect.Descriptor instead.
 func (*GetRecordResponse) Descriptor() ([]byte, []int) {
-	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{4}
+	return file_medrelay_agent_v1_records_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetRecordResponse) GetRecord() *Record {
@@ -364,7 +508,20 @@ var File_medrelay_agent_v1_records_proto protoreflect.FileDescriptor
 
 const file_medrelay_agent_v1_records_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmedrelay/agent/v1/records.proto\x12\x11medrelay.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n" +
+	"\x1fmedrelay/agent/v1/records.proto\x12\x11medrelay.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n" +
+	"\x14SearchRecordsRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12#\n" +
+	"\rresource_type\x18\x02 \x01(\tR\fresourceType\x12K\n" +
+	"\x06params\x18\x03 \x03(\v23.medrelay.agent.v1.SearchRecordsRequest.ParamsEntryR\x06params\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1b\n" +
+	"\tmax_pages\x18\x05 \x01(\x05R\bmaxPages\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\x15SearchRecordsResponse\x123\n" +
+	"\arecords\x18\x01 \x03(\v2\x19.medrelay.agent.v1.RecordR\arecords\x12\x12\n" +
+	"\x04page\x18\x02 \x01(\x05R\x04page\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\x03R\x05total\"\xe1\x01\n" +
 	"\x06Record\x12#\n" +
 	"\rresource_type\x18\x01 \x01(\tR\fresourceType\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
@@ -388,10 +545,11 @@ const file_medrelay_agent_v1_records_proto_rawDesc = "" +
 	"\rresource_type\x18\x02 \x01(\tR\fresourceType\x12\x0e\n" +
 	"\x02id\x18\x03 \x01(\tR\x02id\"F\n" +
 	"\x11GetRecordResponse\x121\n" +
-	"\x06record\x18\x01 \x01(\v2\x19.medrelay.agent.v1.RecordR\x06record2\xc7\x01\n" +
+	"\x06record\x18\x01 \x01(\v2\x19.medrelay.agent.v1.RecordR\x06record2\xad\x02\n" +
 	"\rRecordService\x12^\n" +
 	"\vListRecords\x12%.medrelay.agent.v1.ListRecordsRequest\x1a&.medrelay.agent.v1.ListRecordsResponse0\x01\x12V\n" +
-	"\tGetRecord\x12#.medrelay.agent.v1.GetRecordRequest\x1a$.medrelay.agent.v1.GetRecordResponseBBZ@github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1;agentv1b\x06proto3"
+	"\tGetRecord\x12#.medrelay.agent.v1.GetRecordRequest\x1a$.medrelay.agent.v1.GetRecordResponse\x12d\n" +
+	"\rSearchRecords\x12'.medrelay.agent.v1.SearchRecordsRequest\x1a(.medrelay.agent.v1.SearchRecordsResponse0\x01BBZ@github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_medrelay_agent_v1_records_proto_rawDescOnce sync.Once
@@ -405,28 +563,35 @@ func file_medrelay_agent_v1_records_proto_rawDescGZIP() []byte {
 	return file_medrelay_agent_v1_records_proto_rawDescData
 }
 
-var file_medrelay_agent_v1_records_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_medrelay_agent_v1_records_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_medrelay_agent_v1_records_proto_goTypes = []any{
-	(*Record)(nil),                // 0: medrelay.agent.v1.Record
-	(*ListRecordsRequest)(nil),    // 1: medrelay.agent.v1.ListRecordsRequest
-	(*ListRecordsResponse)(nil),   // 2: medrelay.agent.v1.ListRecordsResponse
-	(*GetRecordRequest)(nil),      // 3: medrelay.agent.v1.GetRecordRequest
-	(*GetRecordResponse)(nil),     // 4: medrelay.agent.v1.GetRecordResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*SearchRecordsRequest)(nil),  // 0: medrelay.agent.v1.SearchRecordsRequest
+	(*SearchRecordsResponse)(nil), // 1: medrelay.agent.v1.SearchRecordsResponse
+	(*Record)(nil),                // 2: medrelay.agent.v1.Record
+	(*ListRecordsRequest)(nil),    // 3: medrelay.agent.v1.ListRecordsRequest
+	(*ListRecordsResponse)(nil),   // 4: medrelay.agent.v1.ListRecordsResponse
+	(*GetRecordRequest)(nil),      // 5: medrelay.agent.v1.GetRecordRequest
+	(*GetRecordResponse)(nil),     // 6: medrelay.agent.v1.GetRecordResponse
+	nil,                           // 7: medrelay.agent.v1.SearchRecordsRequest.ParamsEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_medrelay_agent_v1_records_proto_depIdxs = []int32{
-	5, // 0: medrelay.agent.v1.Record.last_updated:type_name -> google.protobuf.Timestamp
-	0, // 1: medrelay.agent.v1.ListRecordsResponse.records:type_name -> medrelay.agent.v1.Record
-	0, // 2: medrelay.agent.v1.GetRecordResponse.record:type_name -> medrelay.agent.v1.Record
-	1, // 3: medrelay.agent.v1.RecordService.ListRecords:input_type -> medrelay.agent.v1.ListRecordsRequest
-	3, // 4: medrelay.agent.v1.RecordService.GetRecord:input_type -> medrelay.agent.v1.GetRecordRequest
-	2, // 5: medrelay.agent.v1.RecordService.ListRecords:output_type -> medrelay.agent.v1.ListRecordsResponse
-	4, // 6: medrelay.agent.v1.RecordService.GetRecord:output_type -> medrelay.agent.v1.GetRecordResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 0: medrelay.agent.v1.SearchRecordsRequest.params:type_name -> medrelay.agent.v1.SearchRecordsRequest.ParamsEntry
+	2, // 1: medrelay.agent.v1.SearchRecordsResponse.records:type_name -> medrelay.agent.v1.Record
+	8, // 2: medrelay.agent.v1.Record.last_updated:type_name -> google.protobuf.Timestamp
+	2, // 3: medrelay.agent.v1.ListRecordsResponse.records:type_name -> medrelay.agent.v1.Record
+	2, // 4: medrelay.agent.v1.GetRecordResponse.record:type_name -> medrelay.agent.v1.Record
+	3, // 5: medrelay.agent.v1.RecordService.ListRecords:input_type -> medrelay.agent.v1.ListRecordsRequest
+	5, // 6: medrelay.agent.v1.RecordService.GetRecord:input_type -> medrelay.agent.v1.GetRecordRequest
+	0, // 7: medrelay.agent.v1.RecordService.SearchRecords:input_type -> medrelay.agent.v1.SearchRecordsRequest
+	4, // 8: medrelay.agent.v1.RecordService.ListRecords:output_type -> medrelay.agent.v1.ListRecordsResponse
+	6, // 9: medrelay.agent.v1.RecordService.GetRecord:output_type -> medrelay.agent.v1.GetRecordResponse
+	1, // 10: medrelay.agent.v1.RecordService.SearchRecords:output_type -> medrelay.agent.v1.SearchRecordsResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_medrelay_agent_v1_records_proto_init() }
@@ -440,7 +605,7 @@ func file_medrelay_agent_v1_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_medrelay_agent_v1_records_proto_rawDesc), len(file_medrelay_agent_v1_records_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RecordService_ListRecords_FullMethodName = "/medrelay.agent.v1.RecordService/ListRecords"
-	RecordService_GetRecord_FullMethodName   = "/medrelay.agent.v1.RecordService/GetRecord"
+	RecordService_ListRecords_FullMethodName   = "/medrelay.agent.v1.RecordService/ListRecords"
+	RecordService_GetRecord_FullMethodName     = "/medrelay.agent.v1.RecordService/GetRecord"
+	RecordService_SearchRecords_FullMethodName = "/medrelay.agent.v1.RecordService/SearchRecords"
 )
 
 // RecordServiceClient is the client API for RecordService service.
@@ -45,6 +46,10 @@ type RecordServiceClient interface {
 	ListRecords(ctx context.Context, in *ListRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListRecordsResponse], error)
 	// GetRecord returns one stored resource (or its tombstone).
 	GetRecord(ctx context.Context, in *GetRecordRequest, opts ...grpc.CallOption) (*GetRecordResponse, error)
+	// SearchRecords runs a FHIR search live at the source, through the
+	// vendor's plugin, and streams the results a page at a time. Nothing is
+	// stored. The connection must be active.
+	SearchRecords(ctx context.Context, in *SearchRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SearchRecordsResponse], error)
 }
 
 type recordServiceClient struct {
@@ -84,6 +89,25 @@ func (c *recordServiceClient) GetRecord(ctx context.Context, in *GetRecordReques
 	return out, nil
 }
 
+func (c *recordServiceClient) SearchRecords(ctx context.Context, in *SearchRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SearchRecordsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RecordService_ServiceDesc.Streams[1], RecordService_SearchRecords_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SearchRecordsRequest, SearchRecordsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RecordService_SearchRecordsClient = grpc.ServerStreamingClient[SearchRecordsResponse]
+
 // RecordServiceServer is the server API for RecordService service.
 // All implementations must embed UnimplementedRecordServiceServer
 // for forward compatibility.
@@ -106,6 +130,10 @@ type RecordServiceServer interface {
 	ListRecords(*ListRecordsRequest, grpc.ServerStreamingServer[ListRecordsResponse]) error
 	// GetRecord returns one stored resource (or its tombstone).
 	GetRecord(context.Context, *GetRecordRequest) (*GetRecordResponse, error)
+	// SearchRecords runs a FHIR search live at the source, through the
+	// vendor's plugin, and streams the results a page at a time. Nothing is
+	// stored. The connection must be active.
+	SearchRecords(*SearchRecordsRequest, grpc.ServerStreamingServer[SearchRecordsResponse]) error
 	mustEmbedUnimplementedRecordServiceServer()
 }
 
@@ -121,6 +149,9 @@ func (UnimplementedRecordServiceServer) ListRecords(*ListRecordsRequest, grpc.Se
 }
 func (UnimplementedRecordServiceServer) GetRecord(context.Context, *GetRecordRequest) (*GetRecordResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRecord not implemented")
+}
+func (UnimplementedRecordServiceServer) SearchRecords(*SearchRecordsRequest, grpc.ServerStreamingServer[SearchRecordsResponse]) error {
+	return status.Error(codes.Unimplemented, "method SearchRecords not implemented")
 }
 func (UnimplementedRecordServiceServer) mustEmbedUnimplementedRecordServiceServer() {}
 func (UnimplementedRecordServiceServer) testEmbeddedByValue()                       {}
@@ -172,6 +203,17 @@ func _RecordService_GetRecord_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RecordService_SearchRecords_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SearchRecordsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RecordServiceServer).SearchRecords(m, &grpc.GenericServerStream[SearchRecordsRequest, SearchRecordsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RecordService_SearchRecordsServer = grpc.ServerStreamingServer[SearchRecordsResponse]
+
 // RecordService_ServiceDesc is the grpc.ServiceDesc for RecordService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -188,6 +230,11 @@ var RecordService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListRecords",
 			Handler:       _RecordService_ListRecords_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "SearchRecords",
+			Handler:       _RecordService_SearchRecords_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
+)
+
+func recordsSearchCmd(g *globals) *cobra.Command {
+	var params map[string]string
+	var pageSize, maxPages int32
+	var ndjson bool
+	cmd := &cobra.Command{
+		Use:   "search CONNECTION TYPE [--param name=value ...]",
+		Short: "Search live at the source (nothing is stored)",
+		Long: "Run a FHIR search at the connection's source, through its vendor plugin, and print the\n" +
+			"results as they arrive, page by page. For patient connections the agent adds the patient.",
+		Example: "  medrelay records search conn_123 Observation --param category=laboratory --param date=ge2024-01-01\n" +
+			"  medrelay records search conn_123 Condition --ndjson > conditions.ndjson",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ndjson && g.json {
+				return errors.New("--json and --ndjson are different outputs: choose one")
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.Records.SearchRecords(cmd.Context(), &agentv1.SearchRecordsRequest{
+				ConnectionId: args[0], ResourceType: args[1], Params: params, PageSize: pageSize, MaxPages: maxPages,
+			})
+			if err != nil {
+				return err
+			}
+			out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
+			var tbl *table
+			if !ndjson && !g.json {
+				tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
+			}
+			n, pages, total := 0, int32(0), int64(-1)
+			for {
+				m, err := st.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					out.Flush()
+					return err
+				}
+				pages = max(pages, m.GetPage())
+				if m.GetTotal() > 0 {
+					total = m.GetTotal()
+				}
+				for _, r := range m.GetRecords() {
+					n++
+					if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+						return err
+					}
+				}
+			}
+			if tbl != nil {
+				if err := tbl.flush(); err != nil {
+					return err
+				}
+			}
+			if err := out.Flush(); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("%d resources from %d pages", n, pages)
+			if total >= 0 {
+				msg += fmt.Sprintf(" (the source reports %d matches)", total)
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), msg)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringToStringVar(&params, "param", nil, "a FHIR search parameter, name=value (repeat for more)")
+	f.Int32Var(&pageSize, "page-size", 0, "_count per page at the source")
+	f.Int32Var(&maxPages, "max-pages", 0, "stop after this many pages (0: all)")
+	f.BoolVar(&ndjson, "ndjson", false, "print the resources as NDJSON, as the source sent them")
+	return cmd
+}
