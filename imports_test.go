@@ -60,8 +60,9 @@ var owners = map[string][]string{
 	"github.com/kardianos/service":        {mod + "/internal/service"},
 	"golang.org/x/oauth2":                 {mod + "/internal/oauth"},
 	"github.com/prometheus/client_golang": {mod + "/internal/telemetry"},
-	// go-plugin: the host side in pluginhost, the plugin side in the SDK.
-	"github.com/hashicorp/go-plugin": {mod + "/internal/pluginhost", mod + "/plugins/sdk"},
+	// go-plugin: only the host. The SDK speaks the plugin side of the
+	// protocol itself, so plugins link no go-plugin code at all.
+	"github.com/hashicorp/go-plugin": {mod + "/internal/pluginhost"},
 }
 
 func TestImportRules(t *testing.T) {
@@ -124,10 +125,11 @@ func TestImportRules(t *testing.T) {
 				t.Errorf("%s links %s", rel, dep)
 			}
 		}
-		// The CLI and client library do not link go-plugin at all.
-		if under(ip, mod+"/agent") {
-			for _, dep := range p.Deps {
-				if under(dep, "github.com/hashicorp/go-plugin") {
+		// The CLI, the client library, the SDK and the plugins link no
+		// go-plugin code (nor its logger or multiplexer).
+		for _, dep := range p.Deps {
+			for _, lib := range []string{"github.com/hashicorp/go-plugin", "github.com/hashicorp/go-hclog", "github.com/hashicorp/yamux"} {
+				if under(dep, lib) {
 					t.Errorf("%s links %s", rel, dep)
 				}
 			}
