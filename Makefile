@@ -22,10 +22,11 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./agent/cmd/...
 	@$(MAKE) --no-print-directory plugins
 
-## plugins: every plugins/<name>/ with a main package, into bin/plugins/, each with its manifest (sha256)
+## plugins: every plugins/<name>/ with a main package (but the skeleton, a template for vendors), into bin/plugins/, each with its manifest (sha256)
 plugins:
 	@mkdir -p $(BIN)/plugins
 	@for d in plugins/*/; do \
+	  [ "$$(basename $$d)" = skeleton ] && continue; \
 	  if grep -qs '^package main' $$d/main.go; then \
 	    $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/plugins/medrelay-plugin-$$(basename $$d) ./$$d || exit 1; \
 	    $(BIN)/plugins/medrelay-plugin-$$(basename $$d) manifest --write 2>/dev/null || exit 1; \
