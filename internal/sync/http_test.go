@@ -38,8 +38,8 @@ type bulkServer struct {
 }
 
 type seen struct {
-	Method, Path string
-	Header       http.Header
+	Method, Path, Query string
+	Header              http.Header
 }
 
 func newBulkServer(t *testing.T) *bulkServer {
@@ -72,7 +72,7 @@ func (b *bulkServer) requests(method, pathPrefix string) []seen {
 
 func (b *bulkServer) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
-	b.reqs = append(b.reqs, seen{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone()})
+	b.reqs = append(b.reqs, seen{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone()})
 	b.mu.Unlock()
 	switch {
 	case r.URL.Path == "/fhir/$export":
@@ -158,7 +158,8 @@ func lines(typ string, n int) []string {
 
 // The requests carry the headers Bulk Data asks of a client, and the token
 // goes with downloads exactly when the manifest says so.
-// bulkdata-2.0-client #43, #45, #130, #201, #205; smart-2.2-client #264.
+// bulkdata-2.0-client #43, #45, #48, #130, #201, #205, #232;
+// smart-2.2-client #264.
 func TestRequiresAccessTokenHeaders(t *testing.T) {
 	for _, requires := range []bool{true, false} {
 		t.Run(fmt.Sprintf("requiresAccessToken=%v", requires), func(t *testing.T) {
@@ -174,6 +175,9 @@ func TestRequiresAccessTokenHeaders(t *testing.T) {
 			if len(k) != 1 || k[0].Header.Get("Accept") != "application/fhir+json" || k[0].Header.Get("Prefer") != "respond-async" ||
 				k[0].Header.Get("Authorization") != "Bearer static-test-token" {
 				t.Errorf("kick-off headers %v", k)
+			}
+			if q := k[0].Query; q != "_outputFormat=application%2Ffhir%2Bndjson" {
+				t.Errorf("kick-off query %q", q)
 			}
 			st := b.requests(http.MethodGet, "/fhir/status")
 			if len(st) == 0 || st[0].Header.Get("Accept") != "application/json" || st[0].Header.Get("Authorization") == "" {

@@ -104,33 +104,32 @@ func (a *agentProc) killPlugin() bool {
 	return false
 }
 
-// The agent SIGKILLed at 20 random points of one sync and the plugin at 5:
-// the store ends up holding exactly the export (counts and a digest of
-// ids and versions), and no file finished before a kill is fetched again
-// more than the interruptions explain.
-func TestAgentKilledDuringSync(t *testing.T) {
+// agentEnv is a medrelayd process with the sandbox in its directory.
+type agentEnv struct {
+	t        *testing.T
+	a        *agentProc
+	sb       *sandbox.Sandbox
+	reqs     *requestLog
+	home     string
+	cli      string
+	sourceID string
+}
+
+func newAgentEnv(t *testing.T, sbOpts ...sandboxtest.Option) *agentEnv {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs a whole agent")
 	}
-	tb := time.Now()
+	e := &agentEnv{t: t, reqs: &requestLog{}}
 	bin := buildCommand(t, "medrelayd")
-	t.Logf("build %s", time.Since(tb).Round(time.Millisecond))
-	tb = time.Now()
-	defer func() { t.Logf("test body %s", time.Since(tb).Round(time.Millisecond)) }()
-	reqs := &requestLog{}
-	sb := sandboxtest.Start(t, sandboxtest.WithPatients(60), sandboxtest.WithConfig(func(c *sandbox.Config) {
-		c.BulkFileResources, c.Logger = 400, reqs
-	}))
-	want, err := sb.ExpectedExport(sandbox.ExportParams{Tenant: testTenant})
-	if err != nil {
-		t.Fatal(err)
-	}
-	home := filepath.Join(t.TempDir(), "home")
-	if err := os.MkdirAll(home, 0o750); err != nil {
+	e.cli = buildCommand(t, "medrelay")
+	e.sb = sandboxtest.Start(t, append([]sandboxtest.Option{sandboxtest.WithConfig(func(c *sandbox.Config) { c.Logger = e.reqs })}, sbOpts...)...)
+	e.home = filepath.Join(t.TempDir(), "home")
+	if err := os.MkdirAll(e.home, 0o750); err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("http_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\nplugin_dir = %q\n\n[log]\nlevel = \"info\"\n", filepath.Join(binDir, "plugins"))
-	if err := os.WriteFile(filepath.Join(home, "medrelay.toml"), []byte(cfg), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(e.home, "medrelay.toml"), []byte(cfg), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
@@ -146,55 +145,148 @@ func TestAgentKilledDuringSync(t *testing.T) {
 			t.Logf("agent log (tail):\n%s", b)
 		}
 	})
-	a := startAgentProc(t, bin, home, logf)
-	ctx := context.Background()
+	e.a = startAgentProc(t, bin, e.home, logf)
+	e.sourceID = importSandbox(t, e.a.c, e.sb)
+	return e
+}
 
-	// The sandbox joins the directory, the agent gets a key for it, the
-	// sandbox learns the key, and a backend connection is made.
-	t0 := time.Now()
-	sourceID := importSandbox(t, a.c, sb)
-	_, err = a.c.Credentials.SetCredential(ctx, &agentv1.SetCredentialRequest{SourceId: sourceID, ClientId: testClient,
+// credential gives the agent a key for the sandbox source; register also
+// tells the sandbox the key.
+func (e *agentEnv) credential(register bool) {
+	e.t.Helper()
+	ctx := context.Background()
+	_, err := e.a.c.Credentials.SetCredential(ctx, &agentv1.SetCredentialRequest{SourceId: e.sourceID, ClientId: testClient,
 		GenerateKey: agentv1.KeyAlgorithm_KEY_ALGORITHM_ES384})
 	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !register {
+		return
+	}
+	jwks, err := e.a.c.Credentials.GetJWKS(ctx, &agentv1.GetJWKSRequest{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.sb.RegisterClient(testTenant, sandbox.ClientConfig{ClientID: testClient, JWKS: []byte(jwks.GetJwks())}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// cmd runs the CLI as an administrator and returns its output and error.
+func (e *agentEnv) cmd(args ...string) ([]byte, error) {
+	cmd := exec.Command(e.cli, append([]string{"--socket", filepath.Join(e.home, "medrelay.sock")}, args...)...)
+	cmd.Env = append(os.Environ(), "MEDRELAY_APP_TOKEN=")
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		out = append(out, ee.Stderr...)
+	}
+	return out, err
+}
+
+// run runs the CLI and fails the test when it fails.
+func (e *agentEnv) run(args ...string) []byte {
+	e.t.Helper()
+	out, err := e.cmd(args...)
+	if err != nil {
+		e.t.Fatalf("medrelay %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// connect makes a backend connection with the CLI.
+func (e *agentEnv) connect(extra ...string) *agentv1.Connection {
+	e.t.Helper()
+	var cr agentv1.CreateBackendConnectionResponse
+	if err := protojson.Unmarshal(e.run(append([]string{"--json", "connect", e.sourceID, "--backend"}, extra...)...), &cr); err != nil {
+		e.t.Fatal(err)
+	}
+	c := cr.GetConnection()
+	if c.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE || c.GetPattern() != "backend" {
+		e.t.Fatalf("backend connection %v", c)
+	}
+	return c
+}
+
+// Backend connections from the CLI: refused without a credential, failed
+// with the source's reason when the source does not know the key, active
+// with the asked scopes when it does, and their token is obtained again
+// before it expires. smart-2.2-client #225, #226, #229, #233, #235, #239,
+// #263.
+func TestBackendConnectionCLI(t *testing.T) {
+	e := newAgentEnv(t, sandboxtest.WithPatients(2), sandboxtest.WithFaults(sandbox.Faults{AccessTokenLifetime: 3}))
+	out, err := e.cmd("connect", e.sourceID, "--backend")
+	if err == nil || !strings.Contains(string(out), "CREDENTIAL_NOT_FOUND") {
+		t.Fatalf("without a credential: %v\n%q", err, out)
+	}
+	e.credential(false)
+	out, err = e.cmd("connect", e.sourceID, "--backend")
+	if err == nil || !strings.Contains(string(out), "failed") || !strings.Contains(string(out), "invalid_client") {
+		t.Fatalf("with a key the source does not know: %v\n%s", err, out)
+	}
+	var list agentv1.ListConnectionsResponse
+	if err := protojson.Unmarshal(e.run("--json", "connections", "list"), &list); err != nil {
 		t.Fatal(err)
 	}
-	jwks, err := a.c.Credentials.GetJWKS(ctx, &agentv1.GetJWKSRequest{})
+	if len(list.GetConnections()) != 1 || list.GetConnections()[0].GetState() != agentv1.ConnectionState_CONNECTION_STATE_FAILED ||
+		!strings.Contains(list.GetConnections()[0].GetReason(), "invalid_client") {
+		t.Fatalf("the failed connection: %v", list.GetConnections())
+	}
+
+	e.credential(true)
+	before := e.sb.Stats().Tenants[testTenant]["token:client_credentials"]
+	c := e.connect("--scopes", "system/Patient.rs,system/Encounter.rs")
+	if strings.Join(c.GetScopes(), " ") != "system/Patient.rs system/Encounter.rs" {
+		t.Errorf("scopes %v", c.GetScopes())
+	}
+	// The token lives 3 s: the agent gets the next one before it expires,
+	// with no request from anyone.
+	deadline := time.Now().Add(20 * time.Second)
+	for e.sb.Stats().Tenants[testTenant]["token:client_credentials"] < before+3 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := e.sb.Stats().Tenants[testTenant]["token:client_credentials"] - before; n < 3 {
+		t.Fatalf("%d client_credentials grants in 20s for a 3 s token", n)
+	}
+	g, err := e.a.c.Connections.GetConnection(context.Background(), &agentv1.GetConnectionRequest{ConnectionId: c.GetId()})
+	if err != nil || g.GetConnection().GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE {
+		t.Fatalf("after renewals: %v %v", g, err)
+	}
+	// A sync within the scopes works with the short-lived tokens.
+	var st agentv1.StartSyncResponse
+	if err := protojson.Unmarshal(e.run("--json", "sync", "start", c.GetId(), "--type", "Patient,Encounter"), &st); err != nil {
+		t.Fatal(err)
+	}
+	v := waitSync(t, e.a.c, st.GetSync().GetId())
+	want, _ := e.sb.ExpectedExport(sandbox.ExportParams{Tenant: testTenant, Types: []string{"Patient", "Encounter"}})
+	if v.GetState() != agentv1.SyncState_SYNC_STATE_COMPLETED || v.GetResources() != int64(want.Total) {
+		t.Fatalf("sync %s (%s): %d of %d resources", v.GetState(), v.GetError(), v.GetResources(), want.Total)
+	}
+	if out := string(e.run("sync", "list")); !strings.Contains(out, st.GetSync().GetId()) || !strings.Contains(out, "completed") {
+		t.Errorf("sync list:\n%s", out)
+	}
+}
+
+// The agent SIGKILLed at 20 random points of one sync and the plugin at 5:
+// the store ends up holding exactly the export (counts and a digest of
+// ids and versions), and no file finished before a kill is fetched again
+// more than the interruptions explain.
+func TestAgentKilledDuringSync(t *testing.T) {
+	e := newAgentEnv(t, sandboxtest.WithPatients(60), sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkFileResources = 400 }))
+	a, sb, reqs := e.a, e.sb, e.reqs
+	ctx := context.Background()
+	want, err := sb.ExpectedExport(sandbox.ExportParams{Tenant: testTenant})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sb.RegisterClient(testTenant, sandbox.ClientConfig{ClientID: testClient, JWKS: []byte(jwks.GetJwks())}); err != nil {
-		t.Fatal(err)
-	}
-	// The CLI connects and starts the sync, as an administrator would.
-	cli := buildCommand(t, "medrelay")
-	run := func(args ...string) []byte {
-		t.Helper()
-		cmd := exec.Command(cli, append([]string{"--socket", filepath.Join(home, "medrelay.sock")}, args...)...)
-		cmd.Env = append(os.Environ(), "MEDRELAY_APP_TOKEN=")
-		out, err := cmd.Output()
-		if err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				out = append(out, ee.Stderr...)
-			}
-			t.Fatalf("medrelay %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-	var cr agentv1.CreateBackendConnectionResponse
-	if err := protojson.Unmarshal(run("--json", "connect", sourceID, "--backend"), &cr); err != nil {
-		t.Fatal(err)
-	}
-	conn := cr.GetConnection()
-	if conn.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE || conn.GetPattern() != "backend" {
-		t.Fatalf("backend connection %v", conn)
-	}
+	e.credential(true)
+	conn := e.connect()
+	run := e.run
 	var st agentv1.StartSyncResponse
 	if err := protojson.Unmarshal(run("--json", "sync", "start", conn.GetId()), &st); err != nil {
 		t.Fatal(err)
 	}
 	syncID := st.GetSync().GetId()
-	t.Logf("set up in %s", time.Since(t0).Round(time.Millisecond))
 
 	// 25 interruptions at random points of the sync, measured in the
 	// share of the export's resources stored: the agent 20 times, the
@@ -246,16 +338,13 @@ func TestAgentKilledDuringSync(t *testing.T) {
 	t.Logf("interruptions at: %s", strings.Join(phases, ", "))
 	t.Logf("restarts took: %s", strings.Join(restarts, ", "))
 
-	t1 := time.Now()
 	v := waitSync(t, a.c, syncID)
-	t.Logf("after the interruptions the sync took %s more", time.Since(t1).Round(time.Millisecond))
 	if v.GetState() != agentv1.SyncState_SYNC_STATE_COMPLETED {
 		t.Fatalf("sync %s: %s", v.GetState(), v.GetError())
 	}
 	if kills != 20 || pluginKills != 5 {
 		t.Errorf("%d agent kills, %d plugin kills", kills, pluginKills)
 	}
-	t2 := time.Now()
 	got := listStored(t, a.c, conn.GetId())
 	if got.Total != want.Total || got.Digest != want.Digest {
 		t.Errorf("store holds %d resources (digest %s); the export %d (digest %s)", got.Total, got.Digest, want.Total, want.Digest)
@@ -265,7 +354,6 @@ func TestAgentKilledDuringSync(t *testing.T) {
 			t.Errorf("%s: %d stored, %d exported", typ, got.Counts[typ], n)
 		}
 	}
-	t.Logf("checking took %s", time.Since(t2).Round(time.Millisecond))
 	if v.GetResources() != int64(want.Total) || v.GetMalformed() != 0 {
 		t.Errorf("sync counted %d resources (%d malformed), the export has %d", v.GetResources(), v.GetMalformed(), want.Total)
 	}

@@ -65,18 +65,19 @@ func TestSystemExport(t *testing.T) {
 	}
 }
 
-// Group and patient level exports with _type. bulkdata-2.0-client #61,
-// #238, #258, #281; #31 (comma-separated _type).
+// Group and patient level exports with _type and _typeFilter, then again
+// incrementally with _since. bulkdata-2.0-client #61, #238, #252-#258,
+// #270, #275-#281, #293; #31 (comma-separated and repeated _type).
 func TestGroupAndPatientExports(t *testing.T) {
 	e := newEnv(t)
 	for _, c := range []struct {
 		req StartRequest
 		exp sandbox.ExportParams
 	}{
-		{StartRequest{Request: Request{GroupID: "cohort-1", Types: []string{"Patient,Condition", "Immunization"}}},
-			sandbox.ExportParams{Level: "group", Group: "cohort-1", Types: []string{"Patient", "Condition", "Immunization"}}},
-		{StartRequest{Request: Request{Level: Patient, Types: []string{"Patient", "AllergyIntolerance"}}},
-			sandbox.ExportParams{Level: "patient", Types: []string{"Patient", "AllergyIntolerance"}}},
+		{StartRequest{Request: Request{GroupID: "cohort-1", Types: []string{"Patient,Condition", "Immunization"}, TypeFilters: []string{"Immunization?status=completed"}}},
+			sandbox.ExportParams{Level: "group", Group: "cohort-1", Types: []string{"Patient", "Condition", "Immunization"}, TypeFilters: []string{"Immunization?status=completed"}}},
+		{StartRequest{Request: Request{Level: Patient, Types: []string{"Patient", "AllergyIntolerance", "Observation"}, TypeFilters: []string{"Observation?category=vital-signs"}}},
+			sandbox.ExportParams{Level: "patient", Types: []string{"Patient", "AllergyIntolerance", "Observation"}, TypeFilters: []string{"Observation?category=vital-signs"}}},
 	} {
 		conn := e.newConnection(e.conn.FHIRBase)
 		c.req.ConnectionID = conn.ID
@@ -85,8 +86,14 @@ func TestGroupAndPatientExports(t *testing.T) {
 			t.Fatalf("%+v: %s %s", c.req, v.State, v.Error)
 		}
 		want := e.expect(conn.ID, c.exp)
-		if want.Total == 0 {
-			t.Fatalf("empty export for %+v", c.exp)
+		if want.Total == 0 || v.Totals.Written != int64(want.Total) {
+			t.Fatalf("export of %d for %+v, %d written", want.Total, c.exp, v.Totals.Written)
+		}
+		// The same scope again: only changes since the first one's
+		// transactionTime (none).
+		again := e.wait(e.startSync(c.req).ID)
+		if again.State != Completed || !again.Incremental || !again.Request.Since.Equal(v.Manifest.TransactionTime) || again.Totals.Written != 0 {
+			t.Fatalf("second %s sync: %s since %v, %+v", c.req.Level, again.State, again.Request.Since, again.Totals)
 		}
 	}
 }
