@@ -320,3 +320,61 @@ func (s *syncBuffer) Len() int {
 	defer s.mu.Unlock()
 	return s.b.Len()
 }
+
+// smart-2.2-client #7: no page of the agent sets a cookie, let alone one
+// carrying a token: the whole patient flow runs without any.
+func TestPublicPagesSetNoCookies(t *testing.T) {
+	f := newPatientFixture(t)
+	src := f.register(t, "generic")
+	jar := &recordingJar{}
+	resp, err := f.app.Sessions.CreateSession(context.Background(), &agentv1.CreateSessionRequest{
+		PatientRef: "p-cookie", ReturnUrl: f.ret.URL + "/done", RecommendedSourceIds: []string{src},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Jar: jar}
+	pages := []string{resp.GetSession().GetUrl(), resp.GetSession().GetUrl() + "/search?q=generic", resp.GetSession().GetUrl() + "?q=sandbox",
+		f.a.info.PublicURL + "/oauth/callback?state=x&code=y"}
+	for _, u := range pages {
+		r, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+	}
+	r, err := hc.PostForm(resp.GetSession().GetUrl()+"/go", url.Values{"source": {src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if q := <-f.ret.hits; q.Get("success") != "true" {
+		t.Fatalf("flow did not complete: %v", q)
+	}
+	if jar.agentCookies(f.a.info.PublicURL) > 0 {
+		t.Fatal("the agent set a cookie")
+	}
+}
+
+type recordingJar struct {
+	mu  sync.Mutex
+	set map[string]int
+}
+
+func (j *recordingJar) SetCookies(u *url.URL, cs []*http.Cookie) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.set == nil {
+		j.set = map[string]int{}
+	}
+	j.set[u.Host] += len(cs)
+}
+
+func (j *recordingJar) Cookies(*url.URL) []*http.Cookie { return nil }
+
+func (j *recordingJar) agentCookies(public string) int {
+	u, _ := url.Parse(public)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.set[u.Host]
+}

@@ -314,6 +314,16 @@ func TestPatientAccessEndToEnd(t *testing.T) {
 			}
 			n := f.waitRecords(t, id)
 			t.Logf("%s: %d records pulled", tenant, n)
+			// smart-2.2-client #202: the fhirUser resource is read and kept.
+			if fu := c.GetFhirUser(); fu != "" {
+				parts := strings.Split(strings.TrimRight(fu, "/"), "/")
+				typ, rid := parts[len(parts)-2], parts[len(parts)-1]
+				if _, err := f.app.Records.GetRecord(context.Background(), &agentv1.GetRecordRequest{ConnectionId: id, ResourceType: typ, Id: rid}); err != nil {
+					t.Errorf("fhirUser %s not in the store: %v", fu, err)
+				}
+			} else if tenant != "bluebutton" {
+				t.Errorf("no fhirUser recorded (the sandbox's id_token carries one)")
+			}
 
 			// Restart the agent on the same home: still active, and a
 			// refresh (with the refresh token kept across the restart)

@@ -332,3 +332,56 @@ func TestDeleteDestroysTokens(t *testing.T) {
 		t.Fatalf("state %s", got.State)
 	}
 }
+
+// smart-2.2-client #263: a backend connection (no refresh token) gets a new
+// access token from the background refresher before the current one expires.
+func TestBackendTokenRenewedBeforeExpiry(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Key: bytes.Repeat([]byte{5}, 32), GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ep := &backendEndpoint{life: 2 * time.Second}
+	m, err := connections.New(ctx, db, events.New(db, quiet), ep, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := m.CreatePending(ctx, connections.Connection{AppID: "a", Pattern: connections.Backend})
+	first, _ := ep.Refresh(ctx, c, "")
+	if c, err = m.Activate(ctx, c.ID, first); err != nil {
+		t.Fatal(err)
+	}
+	if !c.NextRefreshAt.Before(first.Expiry) {
+		t.Fatalf("next refresh %v is not before expiry %v", c.NextRefreshAt, first.Expiry)
+	}
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for ep.calls.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if ep.calls.Load() < 2 {
+		t.Fatal("the background refresher never renewed the backend token")
+	}
+	if ep.sawRefreshToken.Load() {
+		t.Fatal("a backend renewal presented a refresh token")
+	}
+}
+
+type backendEndpoint struct {
+	calls           atomic.Int64
+	sawRefreshToken atomic.Bool
+	life            time.Duration
+}
+
+func (e *backendEndpoint) Refresh(_ context.Context, c connections.Connection, rt secrets.Value) (connections.Grant, error) {
+	n := e.calls.Add(1)
+	if !rt.IsZero() {
+		e.sawRefreshToken.Store(true)
+	}
+	return connections.Grant{AccessToken: secrets.Value(fmt.Sprint("cc-", n)), Expiry: time.Now().Add(e.life)}, nil
+}

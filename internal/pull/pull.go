@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 // Plugins is the part of the plugin host a pull uses.
 type Plugins interface {
 	Everything(ctx context.Context, plugin string, req *pluginv1.EverythingRequest, fn func(*pluginv1.EverythingResponse) error) error
+	Read(ctx context.Context, plugin string, req *pluginv1.ReadRequest) (*pluginv1.Resource, error)
 }
 
 // State is a connection's pull bookkeeping.
@@ -325,5 +327,35 @@ func (p *Puller) run(ctx context.Context, c connections.Connection, since time.T
 	if err != nil {
 		return res, err
 	}
+	// smart-2.2-client #202: the user the grant was made for (fhirUser: the
+	// patient, or a RelatedPerson acting for them) is read and stored too,
+	// when the pull did not already bring it.
+	if typ, id, ok := fhirUserRef(c.FHIRUser, c.FHIRBase); ok && !(typ == "Patient" && id == c.PatientID) {
+		r, err := p.plugins.Read(ctx, c.Plugin, &pluginv1.ReadRequest{Connection: req.Connection, ResourceType: typ, Id: id})
+		if err != nil {
+			p.log.Warn("fhirUser not read", "connection", c.ID, "fhir_user", c.FHIRUser, "err", err)
+		} else if h, err := w.Put(r.GetJson()); err == nil {
+			res.Resources++
+			res.ByType[h.Type]++
+		}
+	}
 	return res, commit()
+}
+
+// fhirUserRef turns a fhirUser claim (absolute on this server, or relative)
+// into a type and id; a user on another server is not read.
+func fhirUserRef(fhirUser, base string) (typ, id string, ok bool) {
+	ref := fhirUser
+	if strings.Contains(ref, "://") {
+		b := strings.TrimRight(base, "/") + "/"
+		if !strings.HasPrefix(ref, b) {
+			return "", "", false
+		}
+		ref = ref[len(b):]
+	}
+	typ, id, ok = strings.Cut(ref, "/")
+	if !ok || !records.ValidType(typ) || !records.ValidID(id) {
+		return "", "", false
+	}
+	return typ, id, true
 }

@@ -192,3 +192,52 @@ func TestEnumsMatchTheWire(t *testing.T) {
 		}
 	}
 }
+
+// smart-2.2-client #97 #98 #267 #268: a reference to a resource on another
+// server is not followed, so the access token is never presented there;
+// references on the FHIR server itself are, with the token as a Bearer
+// header (#93 #264).
+func TestReferencesToOtherServersAreNotFollowed(t *testing.T) {
+	var leaked bool
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked = true
+	}))
+	defer evil.Close()
+	var auth []string
+	fhir := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth = append(auth, r.Header.Get("Authorization"))
+		switch r.URL.Path {
+		case "/fhir/Observation":
+			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Observation","id":"o1",`+
+				`"subject":{"reference":"Patient/p1"},"performer":[{"reference":%q}]}}]}`, evil.URL+"/fhir/Practitioner/x")
+		case "/fhir/Patient/p1":
+			io.WriteString(w, `{"resourceType":"Patient","id":"p1"}`)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer fhir.Close()
+	s := &SMART{Name: "t"}
+	call := NewCall(Connection{ID: "c", FHIRBase: fhir.URL + "/fhir"}, fixedToken("tok"), NewClient(), nil)
+	var got []string
+	err := s.Search(context.Background(), call, SearchRequest{ResourceType: "Observation", IncludeReferences: true}, func(p Page) error {
+		for _, r := range p.Resources {
+			got = append(got, r.Type+"/"+r.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaked {
+		t.Fatal("a reference to another server was fetched")
+	}
+	if strings.Join(got, ",") != "Observation/o1,Patient/p1" {
+		t.Fatalf("resources %v: want the match and its same-server reference", got)
+	}
+	for _, a := range auth {
+		if a != "Bearer tok" {
+			t.Fatalf("Authorization %q, want the token as a Bearer header", a)
+		}
+	}
+}
