@@ -161,6 +161,7 @@ func lines(typ string, n int) []string {
 // bulkdata-2.0-client #43, #45, #48, #130, #201, #205, #232;
 // smart-2.2-client #264.
 func TestRequiresAccessTokenHeaders(t *testing.T) {
+	t.Parallel()
 	for _, requires := range []bool{true, false} {
 		t.Run(fmt.Sprintf("requiresAccessToken=%v", requires), func(t *testing.T) {
 			b := newBulkServer(t)
@@ -197,6 +198,7 @@ func TestRequiresAccessTokenHeaders(t *testing.T) {
 // An interrupted download continues with a Range request from the last
 // line stored; a server that ignores Range is skipped forward instead.
 func TestRangeResume(t *testing.T) {
+	t.Parallel()
 	for _, ignore := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ignoreRange=%v", ignore), func(t *testing.T) {
 			b := newBulkServer(t)
@@ -227,6 +229,7 @@ func TestRangeResume(t *testing.T) {
 // a permanent one fails the sync with its diagnostics.
 // bulkdata-2.0-client #123, #124.
 func TestStatusOutcomes(t *testing.T) {
+	t.Parallel()
 	outcome := func(status int, code, msg string) func(http.ResponseWriter) {
 		return func(w http.ResponseWriter) {
 			w.Header().Set("Content-Type", "application/fhir+json")
@@ -259,6 +262,7 @@ func TestStatusOutcomes(t *testing.T) {
 // A line that is not a resource is skipped and reported with its file and
 // line; the rest of the file is stored.
 func TestMalformedLines(t *testing.T) {
+	t.Parallel()
 	b := newBulkServer(t)
 	l := lines("Condition", 10)
 	l[3] = `{"resourceType":"Condition","id":` // cut short
@@ -280,6 +284,7 @@ func TestMalformedLines(t *testing.T) {
 // 429 with Retry-After, as seconds and as an HTTP-date: nothing is sent to
 // the status URL inside the window. bulkdata-2.0-client #126.
 func TestRetryAfter429(t *testing.T) {
+	t.Parallel()
 	for _, date := range []bool{false, true} {
 		t.Run(fmt.Sprintf("httpDate=%v", date), func(t *testing.T) {
 			t.Parallel()
@@ -318,6 +323,7 @@ func TestRetryAfter429(t *testing.T) {
 // An export that answers Retry-After of hours: the job records when to ask
 // again, and a restarted agent still waits for it (DESIGN §7).
 func TestLongRetryAfterSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, withSandbox(sandboxtest.WithConfig(func(c *sandbox.Config) {
 		c.BulkRetryAfter, c.BulkMinDuration = 3*3600, sandbox.Duration(time.Hour)
 	})))

@@ -121,8 +121,12 @@ func newAgentEnv(t *testing.T, sbOpts ...sandboxtest.Option) *agentEnv {
 		t.Skip("runs a whole agent")
 	}
 	e := &agentEnv{t: t, reqs: &requestLog{}}
+	t0 := time.Now()
 	bin := buildCommand(t, "medrelayd")
 	e.cli = buildCommand(t, "medrelay")
+	if d := time.Since(t0); d > time.Second {
+		t.Logf("built medrelayd and medrelay in %s", d.Round(time.Millisecond))
+	}
 	e.sb = sandboxtest.Start(t, append([]sandboxtest.Option{sandboxtest.WithConfig(func(c *sandbox.Config) { c.Logger = e.reqs })}, sbOpts...)...)
 	e.home = filepath.Join(t.TempDir(), "home")
 	if err := os.MkdirAll(e.home, 0o750); err != nil {
@@ -214,7 +218,7 @@ func (e *agentEnv) connect(extra ...string) *agentv1.Connection {
 // before it expires. smart-2.2-client #225, #226, #229, #233, #235, #239,
 // #263.
 func TestBackendConnectionCLI(t *testing.T) {
-	e := newAgentEnv(t, sandboxtest.WithPatients(2), sandboxtest.WithFaults(sandbox.Faults{AccessTokenLifetime: 3}))
+	e := newAgentEnv(t, sandboxtest.WithPatients(2), sandboxtest.WithFaults(sandbox.Faults{AccessTokenLifetime: 2}))
 	out, err := e.cmd("connect", e.sourceID, "--backend")
 	if err == nil || !strings.Contains(string(out), "CREDENTIAL_NOT_FOUND") {
 		t.Fatalf("without a credential: %v\n%q", err, out)
@@ -239,14 +243,17 @@ func TestBackendConnectionCLI(t *testing.T) {
 	if strings.Join(c.GetScopes(), " ") != "system/Patient.rs system/Encounter.rs" {
 		t.Errorf("scopes %v", c.GetScopes())
 	}
-	// The token lives 3 s: the agent gets the next one before it expires,
+	// The token lives 2 s: the agent gets the next one before it expires,
 	// with no request from anyone.
 	deadline := time.Now().Add(20 * time.Second)
 	for e.sb.Stats().Tenants[testTenant]["token:client_credentials"] < before+3 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	if n := e.sb.Stats().Tenants[testTenant]["token:client_credentials"] - before; n < 3 {
-		t.Fatalf("%d client_credentials grants in 20s for a 3 s token", n)
+		t.Fatalf("%d client_credentials grants in 20s for a 2 s token", n)
+	}
+	if err := e.sb.SetFaults(); err != nil { // tokens of an hour again
+		t.Fatal(err)
 	}
 	g, err := e.a.c.Connections.GetConnection(context.Background(), &agentv1.GetConnectionRequest{ConnectionId: c.GetId()})
 	if err != nil || g.GetConnection().GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE {

@@ -19,6 +19,7 @@ import (
 // export once, at its version. bulkdata-2.0-client #15-#18, #200;
 // smart-2.2-client #264 (the plugin sends the backend token as Bearer).
 func TestSystemExport(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	v := e.wait(e.startSync(StartRequest{}).ID)
 	if v.State != Completed {
@@ -69,6 +70,7 @@ func TestSystemExport(t *testing.T) {
 // incrementally with _since. bulkdata-2.0-client #61, #238, #252-#258,
 // #270, #275-#281, #293; #31 (comma-separated and repeated _type).
 func TestGroupAndPatientExports(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, c := range []struct {
 		req StartRequest
@@ -102,6 +104,7 @@ func TestGroupAndPatientExports(t *testing.T) {
 // ignored by it and reported in the manifest's error file, which the sync
 // keeps and reports. bulkdata-2.0-client #102, #113, #115, #116, #247.
 func TestTypeFilterAndErrorFiles(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	v := e.wait(e.startSync(StartRequest{Request: Request{Types: []string{"Observation", "Condition"},
 		TypeFilters: []string{"Observation?category=laboratory", "Condition?unknown-param=x"}}}).ID)
@@ -125,6 +128,7 @@ func TestTypeFilterAndErrorFiles(t *testing.T) {
 // transactionTime; deleted resources become tombstones.
 // bulkdata-2.0-client #54, #235.
 func TestIncrementalSyncAndDeletions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	first := e.wait(e.startSync(StartRequest{}).ID)
 	if first.State != Completed {
@@ -193,6 +197,7 @@ func sortedCopy(s []string) []string {
 // the sync completes. (That the token is then not sent is checked at the
 // HTTP level in TestRequiresAccessTokenHeaders.) bulkdata-2.0-client #201.
 func TestRequiresAccessTokenFalse(t *testing.T) {
+	t.Parallel()
 	no := false
 	e := newEnv(t, withSandbox(sandboxtest.WithFaults(sandbox.Faults{RequiresAccessToken: &no})))
 	v := e.wait(e.startSync(StartRequest{Request: Request{Types: []string{"Patient", "Encounter"}}}).ID)
@@ -205,6 +210,7 @@ func TestRequiresAccessTokenFalse(t *testing.T) {
 // 5xx bursts on polling and on downloads are waited out; a file cut
 // mid-stream continues where it stopped.
 func TestServerErrorsAndCutDownloads(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, withSandbox(sandboxtest.WithFaults(
 		sandbox.Faults{Endpoints: []string{"export-status"}, Status: 500, Count: 6},
 		sandbox.Faults{Endpoints: []string{"export-file"}, Status: 503, After: 2, Count: 9},
@@ -227,6 +233,7 @@ func TestServerErrorsAndCutDownloads(t *testing.T) {
 // Files that expired before they were downloaded: the export is started
 // again; when they keep expiring, the sync fails with the reason.
 func TestExpiredFiles(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, withSandbox(sandboxtest.WithFaults(sandbox.Faults{ExpireBulkFiles: true})))
 	v := e.wait(e.startSync(StartRequest{Request: Request{Types: []string{"Patient"}}}).ID)
 	if v.State != Failed || v.Kickoffs != e.opts.MaxKickoffsOr(3) || !strings.Contains(v.Error, "expired") {
@@ -264,6 +271,7 @@ func (o Options) MaxKickoffsOr(d int) int {
 // Cancelling a sync in progress deletes the export at the source.
 // bulkdata-2.0-client #119.
 func TestCancel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, withSandbox(sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkMinDuration = sandbox.Duration(time.Hour) })))
 	id := e.startSync(StartRequest{}).ID
 	// The export is in progress: X-Progress is reported
@@ -299,6 +307,7 @@ func TestCancel(t *testing.T) {
 // A sync interrupted by a stop resumes at the next start without asking
 // for a finished file again, and ends with the exact export.
 func TestResumeAfterStop(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, withOptions(func(o *Options) { o.DefaultDownloads, o.MaxDownloads, o.BatchRecords = 2, 2, 50 }),
 		withSandbox(sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkFileResources = 200 })))
 	id := e.startSync(StartRequest{}).ID
@@ -347,6 +356,7 @@ func urlPath(u string) string {
 
 // Schedules run the connection's sync again, incrementally.
 func TestSchedule(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	v, sched, err := e.eng.Start(context.Background(), "", StartRequest{ConnectionID: e.conn.ID, Request: Request{Types: []string{"Patient"}}, Every: 200 * time.Millisecond})
 	if err != nil || sched == nil || v.ScheduleID != sched.ID {
@@ -386,6 +396,7 @@ func TestSchedule(t *testing.T) {
 // Apps see only their connections' syncs; patient connections and
 // inactive connections are refused.
 func TestStartChecks(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	if _, _, err := e.eng.Start(ctx, "another-app", StartRequest{ConnectionID: e.conn.ID}); !errors.Is(err, connections.ErrNotFound) {
