@@ -520,30 +520,29 @@ type outcome struct {
 	} `json:"issue"`
 }
 
-// transientOutcome reports an OperationOutcome whose every error issue has
-// the code "transient".
+// transientOutcome reports an OperationOutcome that says "transient" (an
+// issue with that code, and no error or fatal issue with another).
 func transientOutcome(b []byte) bool {
 	var o outcome
-	if json.Unmarshal(b, &o) != nil || len(o.Issue) == 0 {
+	if json.Unmarshal(b, &o) != nil {
 		return false
 	}
+	transient := false
 	for _, is := range o.Issue {
-		if (is.Severity == "error" || is.Severity == "fatal") && is.Code != "transient" {
+		if is.Code == "transient" {
+			transient = true
+		} else if is.Severity == "error" || is.Severity == "fatal" {
 			return false
 		}
 	}
-	return true
+	return transient
 }
 
 // outcomeMessage says what an OperationOutcome says, in one line.
 func outcomeMessage(b []byte) string {
 	var o outcome
 	if json.Unmarshal(b, &o) != nil || len(o.Issue) == 0 {
-		s := strings.TrimSpace(string(b))
-		if len(s) > 300 {
-			s = s[:300] + "…"
-		}
-		return s
+		return firstLine(strings.Join(strings.Fields(string(b)), " "))
 	}
 	var parts []string
 	for _, is := range o.Issue {
@@ -557,7 +556,7 @@ func outcomeMessage(b []byte) string {
 		}
 		parts = append(parts, p)
 	}
-	return firstLine(strings.Join(parts, "; "))
+	return firstLine(strings.Join(strings.Fields(strings.Join(parts, "; ")), " "))
 }
 
 // restartExport forgets an export whose files are gone and starts over;
