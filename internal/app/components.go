@@ -23,6 +23,11 @@ import (
 // from), and starts their background jobs.
 func (a *Agent) startComponents(ctx context.Context) error {
 	var err error
+	t := time.Now()
+	took := func(what string) {
+		a.log.Debug("started", "component", what, "took", time.Since(t).Round(time.Microsecond))
+		t = time.Now()
+	}
 	a.creds = credentials.New(a.db, credentials.Options{Logger: a.log})
 	a.public.Handle("GET /.well-known/jwks.json", a.creds.JWKSHandler())
 
@@ -37,11 +42,13 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return fmt.Errorf("plugins: %w", err)
 	}
 	vendors := pluginVendors{host: a.plugins}
+	took("plugins")
 
 	a.catalog = directory.New(a.db, directory.WithLogger(a.log), directory.WithSetupProvider(vendors))
 	if err := a.catalog.Load(ctx); err != nil {
 		return fmt.Errorf("directory: %w", err)
 	}
+	took("directory")
 
 	a.authz = authorize.New(a.db, dirSources{cat: a.catalog}, credentialAdapter{s: a.creds}, vendors, a.log,
 		authorize.Options{RedirectURI: a.public.PublicURL() + "/oauth/callback", StateTTL: a.opts.Config.PatientAccess.AuthorizationTTL.Duration})
@@ -50,11 +57,13 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return err
 	}
 	cust.conns = a.conns
+	took("connections")
 
 	a.records, err = records.Open(ctx, a.db, records.WithLogger(a.log))
 	if err != nil {
 		return fmt.Errorf("records: %w", err)
 	}
+	took("records")
 	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{})
 	a.syncer = syncs.New(a.db, a.conns, a.plugins, a.records, a.events, a.log, syncs.Options{})
 

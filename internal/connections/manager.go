@@ -30,6 +30,7 @@ type TokenEndpoint interface {
 type Manager struct {
 	db      *store.DB
 	conns   *store.Table[Connection]
+	idx     *store.Table[[]byte]
 	toks    *store.Table[tokens]
 	history *store.Table[Transition]
 	events  *events.Log
@@ -54,6 +55,7 @@ type Manager struct {
 type indexEntry struct {
 	appID, patientRef, sourceID string
 	state                       State
+	pattern                     Pattern
 }
 
 // RefreshPolicy says when tokens are refreshed.
@@ -109,6 +111,7 @@ func New(ctx context.Context, db *store.DB, ev *events.Log, ep TokenEndpoint, lo
 	m := &Manager{
 		db:       db,
 		conns:    store.NewTable[Connection](db, store.Connections),
+		idx:      store.NewTable[[]byte](db, store.ConnectionIndex),
 		toks:     store.NewTable[tokens](db, store.ConnectionTokens),
 		history:  store.NewTable[Transition](db, store.ConnectionHistory),
 		events:   ev,
@@ -122,19 +125,14 @@ func New(ctx context.Context, db *store.DB, ev *events.Log, ep TokenEndpoint, lo
 	}
 	m.policy.defaults()
 	m.sched = newScheduler(m)
-	err := m.conns.Scan(ctx, store.ScanOptions{}, func(id string, c Connection) error {
-		m.index[id] = entryOf(c)
-		m.sched.consider(c)
-		return nil
-	})
-	if err != nil {
+	if err := m.loadIndex(ctx); err != nil {
 		return nil, fmt.Errorf("connections: load: %w", err)
 	}
 	return m, nil
 }
 
 func entryOf(c Connection) indexEntry {
-	return indexEntry{appID: c.AppID, patientRef: c.PatientRef, sourceID: c.SourceID, state: c.State}
+	return indexEntry{appID: c.AppID, patientRef: c.PatientRef, sourceID: c.SourceID, state: c.State, pattern: c.Pattern}
 }
 
 // OnStateChange registers f, called after every committed transition (the
@@ -179,6 +177,9 @@ func (m *Manager) CreatePending(ctx context.Context, c Connection) (Connection, 
 	}
 	err = m.db.Update(ctx, func(tx *store.Txn) error {
 		if err := m.conns.PutTx(tx, c.ID, c); err != nil {
+			return err
+		}
+		if err := m.putIndexTx(tx, c); err != nil {
 			return err
 		}
 		return m.history.PutTx(tx, hk, Transition{Time: now, To: Pending, Reason: c.Reason})
@@ -241,13 +242,15 @@ type Filter struct {
 	PatientRef string
 	SourceID   string
 	States     []State
+	Pattern    Pattern
 }
 
 func (f Filter) match(e indexEntry) bool {
 	return (f.AppID == "" || e.appID == f.AppID) &&
 		(f.PatientRef == "" || e.patientRef == f.PatientRef) &&
 		(f.SourceID == "" || e.sourceID == f.SourceID) &&
-		(len(f.States) == 0 || slices.Contains(f.States, e.state))
+		(len(f.States) == 0 || slices.Contains(f.States, e.state)) &&
+		(f.Pattern == "" || e.pattern == f.Pattern)
 }
 
 // List returns up to limit connections matching f in creation order,
@@ -334,6 +337,9 @@ func (m *Manager) transitionLocked(ctx context.Context, id string, to State, rea
 			if err := m.history.PutTx(tx, hk, Transition{Time: now, From: from, To: to, Reason: reason}); err != nil {
 				return err
 			}
+		}
+		if err := m.putIndexTx(tx, c); err != nil {
+			return err
 		}
 		return m.conns.PutTx(tx, id, c)
 	}, store.Synced())
@@ -478,4 +484,18 @@ func (m *Manager) Annotate(ctx context.Context, id, plugin, credentialID string,
 		return c, nil
 	}, store.Synced())
 	return err
+}
+
+// IDs returns the ids of the connections matching f, from memory (no store
+// reads): for background loops that walk every connection.
+func (m *Manager) IDs(f Filter) []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	ids := make([]string, 0, len(m.index))
+	for id, e := range m.index {
+		if f.match(e) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

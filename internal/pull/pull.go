@@ -92,6 +92,10 @@ type Puller struct {
 	mu      sync.Mutex
 	queued  map[string]bool
 	running map[string]bool
+	// nextAt is when each connection is next due (from the store at start,
+	// then kept by Pull); loaded says whether it has been read.
+	nextAt map[string]time.Time
+	loaded bool
 }
 
 // New returns a puller. Call Run to start it.
@@ -114,7 +118,7 @@ func New(db *store.DB, conns *connections.Manager, recs *records.Store, plugins 
 	p := &Puller{
 		db: db, states: store.NewTable[State](db, store.PullStates), conns: conns, records: recs,
 		plugins: plugins, events: ev, log: logger.With("component", "pull"), o: o,
-		queue: make(chan string, 4096), queued: map[string]bool{}, running: map[string]bool{},
+		queue: make(chan string, 4096), queued: map[string]bool{}, running: map[string]bool{}, nextAt: map[string]time.Time{},
 	}
 	conns.OnStateChange(func(c connections.Connection, from connections.State) {
 		if c.Pattern == connections.PatientAccess && c.State == connections.Active && from != connections.Active {
@@ -192,32 +196,46 @@ func (p *Puller) Run(ctx context.Context) {
 	}
 }
 
-// scan queues interrupted pulls and active connections whose next pull is due.
+// scan queues interrupted pulls and active patient connections whose next
+// pull is due. It works from memory: the connections' index and the pull
+// schedule loaded once at start, so a minute's tick costs microseconds per
+// connection, not a store read.
 func (p *Puller) scan(ctx context.Context) {
-	now := p.o.Now()
-	after := ""
-	for {
-		list, next, err := p.conns.List(ctx, connections.Filter{States: []connections.State{connections.Active}}, 1000, after)
-		if err != nil {
-			p.log.Warn("scan connections", "err", err)
-			return
-		}
-		for _, c := range list {
-			if c.Pattern != connections.PatientAccess {
-				continue
-			}
-			st, err := p.states.Get(ctx, c.ID)
-			switch {
-			case errors.Is(err, store.ErrNotFound), err == nil && st.Running:
-				p.Enqueue(c.ID)
-			case err == nil && !now.Before(st.NextAt):
-				p.Enqueue(c.ID)
-			}
-		}
-		if after = next; after == "" {
+	if !p.loaded {
+		if err := p.load(ctx); err != nil {
+			p.log.Warn("load pull states", "err", err)
 			return
 		}
 	}
+	now := p.o.Now()
+	for _, id := range p.conns.IDs(connections.Filter{States: []connections.State{connections.Active}, Pattern: connections.PatientAccess}) {
+		p.mu.Lock()
+		next, known := p.nextAt[id]
+		p.mu.Unlock()
+		if !known || !now.Before(next) {
+			p.Enqueue(id)
+		}
+	}
+}
+
+// load reads every pull state once: an interrupted pull is due at once.
+func (p *Puller) load(ctx context.Context) error {
+	next := map[string]time.Time{}
+	err := p.states.Scan(ctx, store.ScanOptions{}, func(id string, st State) error {
+		if st.Running {
+			next[id] = time.Time{}
+		} else {
+			next[id] = st.NextAt
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.nextAt, p.loaded = next, true
+	p.mu.Unlock()
+	return nil
 }
 
 // Pull pulls one connection now and waits for it.
@@ -230,6 +248,9 @@ func (p *Puller) Pull(ctx context.Context, id string) (Result, error) {
 		return Result{}, fmt.Errorf("%w: %s is %s", connections.ErrNotUsable, id, c.State)
 	}
 	if c.Plugin == "" {
+		p.mu.Lock()
+		p.nextAt[id] = p.o.Now().Add(p.o.Interval) // not before someone fixes it
+		p.mu.Unlock()
 		return Result{}, fmt.Errorf("pull %s: no plugin serves this connection", id)
 	}
 	start := p.o.Now().UTC()
@@ -280,6 +301,9 @@ func (p *Puller) Pull(ctx context.Context, id string) (Result, error) {
 	if err := p.states.Put(ctx, id, st, store.Synced()); err != nil {
 		return res, err
 	}
+	p.mu.Lock()
+	p.nextAt[id] = st.NextAt
+	p.mu.Unlock()
 	p.log.Info("pull finished", "connection", id, "resources", res.Resources, "written", res.Written, "err", perr)
 	return res, perr
 }

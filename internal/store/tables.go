@@ -25,6 +25,7 @@ const (
 	Connections       Name = "connections"        // connection by id (no secrets)
 	ConnectionTokens  Name = "connection_tokens"  // connection id → tokens (custody only)
 	ConnectionHistory Name = "connection_history" // connection id / time → transition
+	ConnectionIndex   Name = "connection_index"   // connection id → compact filter/schedule fields
 
 	PullStates            Name = "pull_states"            // connection id → patient pull bookkeeping
 	Sessions              Name = "sessions"               // patient sessions by id
