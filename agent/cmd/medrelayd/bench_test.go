@@ -68,7 +68,7 @@ func populate(t *testing.T, homeDir string, n int) {
 			SourceID: "epic-sandbox", Vendor: "epic", Plugin: "epic", FHIRBase: "https://fhir.example.org/api/FHIR/R4",
 			PatientRef: fmt.Sprintf("mrn-%d", i), PatientID: fmt.Sprintf("e%07d", i),
 			Scopes: []string{"launch/patient", "openid", "fhirUser", "offline_access", "patient/*.rs"},
-			State: connections.Active, StateChangedAt: now, CreatedAt: now,
+			State:  connections.Active, StateChangedAt: now, CreatedAt: now,
 			AccessExpiry: next.Add(10 * time.Minute), HasRefreshToken: true, LastRefreshAt: now, NextRefreshAt: next,
 		}
 		if err := store.BatchPut(b, conns, id, c); err != nil {
