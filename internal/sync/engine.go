@@ -61,7 +61,9 @@ type Options struct {
 	MaxKickoffs int
 	// MinEvery is the shortest schedule (default 1 minute).
 	MinEvery time.Duration
-	// Ingest batches (records package defaults when zero). SyncBatches
+	// Ingest batches: each file being stored holds one in memory
+	// (defaults 1 MiB and 2,000 resources: commits to one connection are
+	// serialised, so bigger batches cost memory and buy little). SyncBatches
 	// fsyncs every batch (default: only at the end of a sync; a crash of the
 	// process loses nothing either way, a power cut may cost re-reading).
 	BatchBytes   int
@@ -86,6 +88,8 @@ func (o *Options) defaults() {
 	def(&o.MaxDownloads, 16)
 	def(&o.MaxFailures, 10)
 	def(&o.MaxKickoffs, 3)
+	def(&o.BatchBytes, 1<<20)
+	def(&o.BatchRecords, 2000)
 	defd(&o.Backoff, time.Second)
 	defd(&o.MaxBackoff, 5*time.Minute)
 	defd(&o.PollInterval, time.Second)
