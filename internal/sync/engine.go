@@ -134,13 +134,23 @@ type run struct {
 	live   *live
 }
 
-// errCancelled is the cause of a job context cancelled by CancelSync.
-var errCancelled = errors.New("cancelled")
+// errCancelled is the cause of a job context cancelled by CancelSync;
+// errConnectionEnded of one whose connection was revoked or expired.
+var (
+	errCancelled       = errors.New("cancelled")
+	errConnectionEnded = errors.New("the connection ended")
+)
+
+// stateWatcher is implemented by connections.Manager: the engine stops a
+// connection's sync when the connection is revoked or expires.
+type stateWatcher interface {
+	OnStateChange(f func(c connections.Connection, from connections.State))
+}
 
 // New returns an engine; Run starts its work.
 func New(db *store.DB, conns Connections, plugins Plugins, recs *records.Store, ev *events.Log, logger *slog.Logger, o Options) *Engine {
 	o.defaults()
-	return &Engine{
+	e := &Engine{
 		db:        db,
 		jobs:      store.NewTable[Job](db, store.SyncJobs),
 		files:     store.NewTable[FileProgress](db, store.SyncFiles),
@@ -156,6 +166,26 @@ func New(db *store.DB, conns Connections, plugins Plugins, recs *records.Store, 
 		busy:    map[string]string{},
 		changed: make(chan struct{}),
 		wake:    make(chan struct{}, 1),
+	}
+	if w, ok := conns.(stateWatcher); ok {
+		w.OnStateChange(func(c connections.Connection, _ connections.State) {
+			if c.State == connections.Revoked || c.State == connections.Expired {
+				e.stopConnection(c.ID)
+			}
+		})
+	}
+	return e
+}
+
+// stopConnection stops the running sync of a connection that ended (it
+// fails with the connection's reason). It does not wait.
+func (e *Engine) stopConnection(connID string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id, ok := e.busy[connID]; ok {
+		if r := e.running[id]; r != nil {
+			r.cancel(errConnectionEnded)
+		}
 	}
 }
 

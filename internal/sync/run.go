@@ -405,6 +405,14 @@ func (e *Engine) sleepUntil(ctx context.Context, t time.Time, lv *live) error {
 // stopped handles a job whose context ended: a cancellation is finished; a
 // shutdown leaves the job running in the store, to resume at start.
 func (e *Engine) stopped(ctx context.Context, j *Job) {
+	if errors.Is(context.Cause(ctx), errConnectionEnded) {
+		err := error(errConnectionEnded)
+		if c, cerr := e.conns.Get(context.WithoutCancel(ctx), j.ConnectionID); cerr == nil {
+			err = fmt.Errorf("%w: %s is %s: %s", ErrNotActive, c.ID, c.State, c.Reason)
+		}
+		e.fail(ctx, j, err)
+		return
+	}
 	if errors.Is(context.Cause(ctx), errCancelled) {
 		if _, err := e.finishCancelled(ctx, *j); err != nil {
 			e.log.Warn("sync: cancel", "sync", j.ID, "err", err)

@@ -393,6 +393,21 @@ func TestSchedule(t *testing.T) {
 	}
 }
 
+// Deleting (revoking) a connection stops its sync.
+func TestRevokedConnectionStopsSync(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, withSandbox(sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkMinDuration = sandbox.Duration(time.Hour) })))
+	id := e.startSync(StartRequest{}).ID
+	e.waitFor(id, func(v View) bool { return v.Phase == PhaseExporting }, time.Minute)
+	if _, err := e.conns.Delete(context.Background(), e.conn.ID, "deleted by the test"); err != nil {
+		t.Fatal(err)
+	}
+	v := e.wait(id)
+	if v.State != Failed || !strings.Contains(v.Error, "revoked") {
+		t.Fatalf("sync %s: %s", v.State, v.Error)
+	}
+}
+
 // Apps see only their connections' syncs; patient connections and
 // inactive connections are refused.
 func TestStartChecks(t *testing.T) {
