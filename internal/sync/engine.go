@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	stdsync "sync"
@@ -429,6 +430,16 @@ func validID(id string) bool {
 	return true
 }
 
+// redactURL drops a URL's query, fragment and user info.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unreadable URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
+}
+
 func clip(s string) string {
 	if len(s) > 80 {
 		return s[:80] + "…"
@@ -498,6 +509,9 @@ func (e *Engine) view(ctx context.Context, j Job, withFiles bool) (View, error) 
 	}
 	if withFiles && j.Manifest != nil {
 		for i, f := range j.Manifest.Files {
+			// A file URL may carry a signature in its query (storage
+			// services' pre-signed URLs): it is not shown.
+			f.URL = redactURL(f.URL)
 			fv := FileView{File: f}
 			if i < len(progress) {
 				fv.FileProgress = progress[i]

@@ -104,13 +104,18 @@ func (b *bulkServer) serve(w http.ResponseWriter, r *http.Request) {
 				kind = "error"
 			}
 			_ = kind
-			out = append(out, fmt.Sprintf(`{"type":%q,"url":%q}`, typ, b.srv.URL+"/fhir/files/"+n))
+			// Pre-signed, as storage services hand out.
+			out = append(out, fmt.Sprintf(`{"type":%q,"url":%q}`, typ, b.srv.URL+"/fhir/files/"+n+"?sig=s3cr3t"))
 		}
 		req := b.requiresToken
 		b.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"transactionTime":"2025-01-02T03:04:05.678Z","request":"x","requiresAccessToken":%v,"output":[%s],"error":[]}`, req, strings.Join(out, ","))
 	case strings.HasPrefix(r.URL.Path, "/fhir/files/"):
+		if r.URL.Query().Get("sig") != "s3cr3t" {
+			http.Error(w, "bad signature", http.StatusForbidden)
+			return
+		}
 		name := strings.TrimPrefix(r.URL.Path, "/fhir/files/")
 		b.mu.Lock()
 		data, ok := b.files[name]
@@ -183,6 +188,9 @@ func TestRequiresAccessTokenHeaders(t *testing.T) {
 			st := b.requests(http.MethodGet, "/fhir/status")
 			if len(st) == 0 || st[0].Header.Get("Accept") != "application/json" || st[0].Header.Get("Authorization") == "" {
 				t.Errorf("status headers %v", st)
+			}
+			if len(v.Files) != 1 || v.Files[0].URL != b.srv.URL+"/fhir/files/Patient-1.ndjson" {
+				t.Errorf("files shown %+v", v.Files)
 			}
 			files := b.requests(http.MethodGet, "/fhir/files/")
 			if len(files) != 1 || files[0].Header.Get("Accept") != "application/fhir+ndjson" {
