@@ -272,6 +272,43 @@ func TestBackendConnectionCLI(t *testing.T) {
 	if out := string(e.run("sync", "list")); !strings.Contains(out, st.GetSync().GetId()) || !strings.Contains(out, "completed") {
 		t.Errorf("sync list:\n%s", out)
 	}
+
+	// An app does not see the administrator's connection or its syncs.
+	ctx := context.Background()
+	created, err := e.a.c.Apps.CreateApp(ctx, &agentv1.CreateAppRequest{Name: "other-app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appc, err := client.Dial(ctx, client.WithSocket(filepath.Join(e.home, "medrelay.sock")), client.WithAppToken(created.GetToken()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer appc.Close()
+	if _, err := appc.Sync.GetSync(ctx, &agentv1.GetSyncRequest{SyncId: st.GetSync().GetId()}); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("an app reads another's sync: %v", err)
+	}
+	if _, err := appc.Sync.StartSync(ctx, &agentv1.StartSyncRequest{ConnectionId: c.GetId()}); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("an app syncs another's connection: %v", err)
+	}
+
+	// Cancelling from the CLI while the source is slow to answer: the
+	// export is deleted at the source.
+	if err := e.sb.SetFaults(sandbox.Faults{Endpoints: []string{"export-status"}, SlowMillis: 3000}); err != nil {
+		t.Fatal(err)
+	}
+	polls, deletes := e.sb.Stats().Endpoints["export-status"], e.sb.Stats().Endpoints["export-delete"]
+	if err := protojson.Unmarshal(e.run("--json", "sync", "start", c.GetId(), "--full"), &st); err != nil {
+		t.Fatal(err)
+	}
+	for e.sb.Stats().Endpoints["export-status"] == polls { // polling (slowly): the export exists
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out := string(e.run("sync", "cancel", st.GetSync().GetId())); !strings.Contains(out, "cancelled") {
+		t.Errorf("sync cancel:\n%s", out)
+	}
+	if n := e.sb.Stats().Endpoints["export-delete"]; n != deletes+1 {
+		t.Errorf("export-delete %d -> %d", deletes, n)
+	}
 }
 
 // The agent SIGKILLed at 20 random points of one sync and the plugin at 5:
