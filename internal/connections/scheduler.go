@@ -135,9 +135,10 @@ func (s *scheduler) dispatch(ctx context.Context, now time.Time) time.Duration {
 		}
 		next := s.h[0]
 		if next.at.After(now) {
-			s.mu.Unlock()
 			// Cap the sleep so a clock jump is noticed within a minute.
-			return min(next.at.Sub(now), time.Minute)
+			wait := min(next.at.Sub(now), time.Minute)
+			s.mu.Unlock()
+			return wait
 		}
 		heap.Pop(&s.h)
 		delete(s.pos, next.id)
