@@ -348,6 +348,11 @@ func TestAgentKilledDuringSync(t *testing.T) {
 		plan[i*5+1+rng.IntN(4)] = true
 	}
 	var phases, restarts []string
+	type doneAt struct {
+		at   time.Time
+		done map[string]bool
+	}
+	var stored []doneAt
 	kills, pluginKills := 0, 0
 	for i, plugin := range plan {
 		var s *agentv1.Sync
@@ -367,6 +372,18 @@ func TestAgentKilledDuringSync(t *testing.T) {
 			what = "plugin"
 		}
 		phases = append(phases, fmt.Sprintf("%s at %s/%s %d/%d", what, short(s.GetState().String()), short(s.GetPhase().String()), s.GetResources(), want.Total))
+		// Files stored before an interruption are never asked for after it.
+		g, err := a.c.Sync.GetSync(ctx, &agentv1.GetSyncRequest{SyncId: syncID, Files: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := map[string]bool{}
+		for _, f := range g.GetSync().GetFiles() {
+			if f.GetDone() {
+				done[urlPath(f.GetUrl())] = true
+			}
+		}
+		stored = append(stored, doneAt{time.Now(), done})
 		if plugin {
 			if a.killPlugin() {
 				pluginKills++
@@ -417,6 +434,16 @@ func TestAgentKilledDuringSync(t *testing.T) {
 		}
 	}
 
+	for _, q := range reqs.all() {
+		if q.Method != http.MethodGet || !strings.HasSuffix(q.Path, ".ndjson") {
+			continue
+		}
+		for k, st := range stored {
+			if q.At.After(st.at) && st.done[q.Path] {
+				t.Errorf("%s, stored before interruption %d, requested after it", q.Path, k+1)
+			}
+		}
+	}
 	// Each interruption re-requests at most the files in flight.
 	perFile := map[string]int{}
 	for _, p := range reqs.filesRequested(0) {
@@ -527,5 +554,3 @@ func listStored(t *testing.T, c *client.Client, conn string) stored {
 	out.Digest = dg.String()
 	return out
 }
-
-var _ = http.MethodGet
