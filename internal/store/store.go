@@ -101,7 +101,11 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(8 << 20).
+		// Small tables keep compaction's table builders small (Badger pools
+		// up to 8 of them, each grown to about twice the table size):
+		// ingesting 1M resources peaked at 199 MB of live heap instead of
+		// 309 MB with 8 MiB tables.
+		WithBaseTableSize(2 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithValueThreshold(valueThreshold(opts.InMemory)).
 		WithNumCompactors(2).
