@@ -11,18 +11,32 @@ import (
 // Keys. Every key starts with the connection id, so a connection's records
 // are one key range in each table.
 //
-//	records         conn/type/id   → head
-//	record_changes  conn/seq       → change (header + raw JSON)
-//	record_types    conn/type/seq  → nothing
-//	record_pending  conn           → first seq of the batch being written
+//	records         conn/type/id    → head
+//	record_changes  conn/seq/type   → change (header + raw JSON)
+//	record_pending  conn            → first seq of the batch being written
 //
-// seq is 16 lowercase hex digits so keys sort in change order.
+// seq is 16 lowercase hex digits so keys sort in change order. The type in
+// the change key lets a list of some types walk the keys alone (resources
+// live in the value log) and read only the values it returns.
 
 func headKey(conn, typ, id string) string { return conn + "/" + typ + "/" + id }
 
-func changeKey(conn string, seq uint64) string { return conn + "/" + seqHex(seq) }
+func changeKey(conn string, seq uint64, typ string) string {
+	return conn + "/" + seqHex(seq) + "/" + typ
+}
 
-func typeKey(conn, typ string, seq uint64) string { return conn + "/" + typ + "/" + seqHex(seq) }
+// afterSeq is a scan position just past every change key of seq (type
+// names are letters, all below 0x7f).
+func afterSeq(conn string, seq uint64) string { return conn + "/" + seqHex(seq) + "/\x7f" }
+
+// parseChangeKey splits the part of a change key after "conn/".
+func parseChangeKey(rest string) (uint64, string, error) {
+	if len(rest) < 18 || rest[16] != '/' {
+		return 0, "", fmt.Errorf("bad change key %q", rest)
+	}
+	seq, err := parseSeqHex(rest[:16])
+	return seq, rest[17:], err
+}
 
 func seqHex(seq uint64) string {
 	var b [16]byte

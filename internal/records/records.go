@@ -100,7 +100,6 @@ type Store struct {
 	db      *store.DB
 	heads   *store.Table[[]byte]
 	changes *store.Table[[]byte]
-	types   *store.Table[[]byte]
 	pending *store.Table[[]byte]
 	log     *slog.Logger
 
@@ -122,7 +121,6 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 		db:      db,
 		heads:   store.NewTable[[]byte](db, store.Records),
 		changes: store.NewTable[[]byte](db, store.RecordChanges),
-		types:   store.NewTable[[]byte](db, store.RecordTypes),
 		pending: store.NewTable[[]byte](db, store.RecordPending),
 		log:     slog.Default(),
 	}
@@ -186,8 +184,8 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 	out := batchSink{b}
 	latest := map[string]uint64{} // head key → seq the head points to after this repair
 	err := s.db.View(ctx, func(tx *store.Txn) error {
-		return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/", After: changeKey(conn, first-1)}, func(k string, v []byte) error {
-			seq, err := parseSeqHex(k[len(conn)+1:])
+		return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/", After: afterSeq(conn, first-1)}, func(k string, v []byte) error {
+			seq, _, err := parseChangeKey(k[len(conn)+1:])
 			if err != nil {
 				return err
 			}
@@ -222,9 +220,6 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 				if err := out.put(s.heads, hk, c.head(seq).append(nil)); err != nil {
 					return err
 				}
-				if err := out.put(s.types, typeKey(conn, c.typ, seq), nil); err != nil {
-					return err
-				}
 				if cur != 0 && cur != c.prev {
 					if err := s.deleteChange(out, conn, c.typ, cur); err != nil {
 						return err
@@ -252,10 +247,7 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 }
 
 func (s *Store) deleteChange(out sink, conn, typ string, seq uint64) error {
-	if err := out.del(s.changes, changeKey(conn, seq)); err != nil {
-		return err
-	}
-	return out.del(s.types, typeKey(conn, typ, seq))
+	return out.del(s.changes, changeKey(conn, seq, typ))
 }
 
 // repairIfPending finishes a batch of conn left pending by a failed flush.
@@ -299,7 +291,7 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 		if err != nil {
 			return err
 		}
-		cv, err := s.changes.GetTx(tx, changeKey(conn, h.seq))
+		cv, err := s.changes.GetTx(tx, changeKey(conn, h.seq, typ))
 		if err != nil {
 			return fmt.Errorf("records: change %d of %s/%s: %w", h.seq, typ, id, err)
 		}
@@ -403,8 +395,8 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 	p := page{next: after, records: make([]Record, 0, min(limit, 4096))}
 	size := 0
 	prefix := conn + "/"
-	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: changeKey(conn, after), Limit: limit}, func(k string, v []byte) error {
-		seq, err := parseSeqHex(k[len(prefix):])
+	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: afterSeq(conn, after), Limit: limit}, func(k string, v []byte) error {
+		seq, _, err := parseChangeKey(k[len(prefix):])
 		if err != nil {
 			return err
 		}
@@ -424,53 +416,44 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 	return p, err
 }
 
-// pageTypes reads one page of the given types: the per-type indexes are read
-// in one transaction and merged by sequence. Only sequences up to the
-// smallest last sequence among types that had more than a page are safe to
-// return (a type cut short may have entries below it still unread).
+// pageTypes reads one page of the given types: it walks the change keys
+// alone (the type is in the key; resources live in the value log) and reads
+// the values of those it returns. A walk stops after maxKeysPerPage keys so
+// a rare type in a large connection still answers in bounded pages.
 func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
 	p := page{next: after}
+	prefix := conn + "/"
 	err := s.db.View(ctx, func(tx *store.Txn) error {
-		var seqs []uint64
-		bound := ^uint64(0)
-		for _, t := range types {
-			prefix := conn + "/" + t + "/"
-			n := 0
-			var last uint64
-			err := s.types.ScanTx(tx, store.ScanOptions{Prefix: prefix, After: typeKey(conn, t, after), Limit: limit, KeysOnly: true}, func(k string, _ []byte) error {
-				seq, err := parseSeqHex(k[len(prefix):])
-				if err != nil {
-					return err
-				}
-				seqs = append(seqs, seq)
-				last = seq
-				n++
-				return nil
-			})
+		var keys []string
+		var last uint64
+		walked := 0
+		err := s.changes.ScanTx(tx, store.ScanOptions{Prefix: prefix, After: afterSeq(conn, after), KeysOnly: true}, func(k string, _ []byte) error {
+			seq, typ, err := parseChangeKey(k[len(prefix):])
 			if err != nil {
 				return err
 			}
-			if n >= limit {
+			last = seq
+			walked++
+			if slices.Contains(types, typ) {
+				keys = append(keys, k)
+			}
+			if len(keys) >= limit || walked >= maxKeysPerPage {
 				p.more = true
-				bound = min(bound, last)
+				return store.ErrStopScan
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		slices.Sort(seqs)
-		if p.more {
-			i, _ := slices.BinarySearch(seqs, bound+1)
-			seqs = seqs[:i]
-		}
-		if len(seqs) > limit {
-			seqs = seqs[:limit]
-			p.more = true
-		}
+		p.records = make([]Record, 0, len(keys))
 		size := 0
-		for i, seq := range seqs {
-			p.next = seq
-			v, err := s.changes.GetTx(tx, changeKey(conn, seq))
-			if errors.Is(err, store.ErrNotFound) {
-				continue // superseded while the index was read
+		for i, k := range keys {
+			seq, _, err := parseChangeKey(k[len(prefix):])
+			if err != nil {
+				return err
 			}
+			v, err := s.changes.GetTx(tx, k)
 			if err != nil {
 				return err
 			}
@@ -479,15 +462,21 @@ func (s *Store) pageTypes(ctx context.Context, conn string, types []string, afte
 				return err
 			}
 			p.records = append(p.records, r)
-			if size += len(r.JSON); size >= maxBytes && i < len(seqs)-1 {
+			if size += len(r.JSON); size >= maxBytes && i < len(keys)-1 {
 				p.more = true
-				break
+				p.next = seq
+				return nil
 			}
 		}
+		p.next = max(last, after)
 		return nil
 	})
 	return p, err
 }
+
+// maxKeysPerPage bounds the keys one page of a type-filtered list walks
+// (a variable for tests).
+var maxKeysPerPage = 50000
 
 // Count returns how many resources of conn are stored (tombstones included).
 func (s *Store) Count(ctx context.Context, conn string) (int, error) {
@@ -509,7 +498,7 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	defer mu.Unlock()
 	b := s.db.NewBatch()
 	prefix := conn + "/"
-	for _, t := range []*store.Table[[]byte]{s.heads, s.types, s.changes} {
+	for _, t := range []*store.Table[[]byte]{s.heads, s.changes} {
 		err := t.Scan(ctx, store.ScanOptions{Prefix: prefix, KeysOnly: true}, func(k string, _ []byte) error {
 			return store.BatchDelete(b, t, k)
 		})

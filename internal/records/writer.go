@@ -225,8 +225,8 @@ func (s batchSink) del(t *store.Table[[]byte], key string) error {
 
 // plan decides what each buffered change does and sends the writes to out:
 // the pending marker first (if anything is written), then per change the
-// new change entry, its type index, the head, and the removal of the
-// superseded change. It returns the counts and the first sequence used (0:
+// new change entry, the head, and the removal of the superseded change
+// (readers and repair rely on that order). It returns the counts and the first sequence used (0:
 // nothing written). Callers hold the connection's lock.
 func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
 	var n Counts
@@ -278,10 +278,7 @@ func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
 			// Full slice expression: later appends must never write into
 			// a value the batch still holds.
 			val := w.vals[start:len(w.vals):len(w.vals)]
-			if err := out.put(s.changes, changeKey(w.conn, seq), val); err != nil {
-				return err
-			}
-			if err := out.put(s.types, typeKey(w.conn, it.typ, seq), nil); err != nil {
+			if err := out.put(s.changes, changeKey(w.conn, seq, it.typ), val); err != nil {
 				return err
 			}
 			h := c.head(seq)

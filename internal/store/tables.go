@@ -51,8 +51,7 @@ const (
 
 	// Records (package records). Keys start with the connection id.
 	Records       Name = "records"        // connection/type/id → head (change seq, version, lastUpdated, hash)
-	RecordChanges Name = "record_changes" // connection/seq → change header + the source's raw JSON (or a tombstone)
-	RecordTypes   Name = "record_types"   // connection/type/seq → nothing (per-type change index)
+	RecordChanges Name = "record_changes" // connection/seq/type → change header + the source's raw JSON (or a tombstone)
 	RecordPending Name = "record_pending" // connection → first seq of a batch being written (crash repair)
 )
 
