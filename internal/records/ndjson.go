@@ -74,6 +74,8 @@ type IngestOptions struct {
 
 // IngestResult is what IngestNDJSON did.
 type IngestResult struct {
+	// Position is how far the input is committed (what the last
+	// checkpoint stored).
 	Position  Position
 	Counts    Counts
 	Lines     int64 // lines read by this call, blank and malformed included
@@ -100,9 +102,16 @@ func (s *Store) IngestNDJSON(ctx context.Context, conn string, r io.Reader, o In
 	if o.NoSync {
 		wopts = append(wopts, WithoutSync())
 	}
-	w, err := s.NewWriter(conn, wopts...)
-	if err != nil {
-		return res, err
+	// Two writers: one fills while the other commits (its flush and fsync
+	// overlap the parsing of the next batch). Commits still happen one
+	// after the other, in file order.
+	var ws [2]*Writer
+	for i := range ws {
+		w, err := s.NewWriter(conn, wopts...)
+		if err != nil {
+			return res, err
+		}
+		ws[i] = w
 	}
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = 4 << 20
@@ -113,48 +122,92 @@ func (s *Store) IngestNDJSON(ctx context.Context, conn string, r io.Reader, o In
 	if o.MaxLineBytes <= 0 {
 		o.MaxLineBytes = 64 << 20
 	}
+	pos := o.Start // how far lines are read (res.Position: how far committed)
 	var malformed []Malformed
-	commit := func(ctx context.Context) error {
+	type done struct {
+		n   Counts
+		pos Position
+		err error
+	}
+	var inflight chan done
+	// wait collects the commit in flight, if any.
+	wait := func() error {
+		if inflight == nil {
+			return nil
+		}
+		d := <-inflight
+		inflight = nil
+		if d.err != nil {
+			return d.err
+		}
+		res.Counts.Add(d.n)
+		res.Position = d.pos
+		return nil
+	}
+	cur := 0
+	// commit starts committing the current writer with the progress so far
+	// and switches to the other one; sync also waits for it.
+	commit := func(ctx context.Context, sync bool) error {
+		if err := wait(); err != nil {
+			return err
+		}
+		w, p := ws[cur], Progress{Position: pos, Counts: res.Counts, Malformed: malformed}
+		malformed = nil
+		cur ^= 1
 		var marker Marker
 		if o.Checkpoint != nil {
 			marker = func(b *store.Batch, n Counts) error {
-				p := Progress{Position: res.Position, Counts: res.Counts, Malformed: malformed}
 				p.Counts.Add(n)
 				return o.Checkpoint(b, p)
 			}
 		}
-		n, err := w.Commit(ctx, marker)
-		if err != nil {
-			return err
+		ch := make(chan done, 1)
+		go func() {
+			n, err := w.Commit(ctx, marker)
+			ch <- done{n, p.Position, err}
+		}()
+		inflight = ch
+		if sync {
+			return wait()
 		}
-		res.Counts.Add(n)
-		malformed = nil
 		return nil
 	}
+	// finish commits what is left; a cancelled ctx still lets the work
+	// already read be stored.
+	finish := func(cause error) (IngestResult, error) {
+		err := commit(context.WithoutCancel(ctx), true)
+		if cause != nil {
+			return res, errors.Join(cause, err)
+		}
+		return res, err
+	}
+	defer func() {
+		if inflight != nil {
+			<-inflight
+		}
+		for _, w := range ws {
+			w.Discard()
+		}
+	}()
 	lr := newLineReader(r, o.MaxLineBytes, o.Start.Line == 0 && o.Start.Offset == 0)
 	for {
 		if res.Lines&1023 == 0 {
 			if err := ctx.Err(); err != nil {
-				if cerr := commit(context.WithoutCancel(ctx)); cerr != nil {
-					return res, cerr
-				}
-				return res, err
+				return finish(err)
 			}
 		}
 		line, consumed, rerr := lr.next()
 		if rerr != nil && !errors.Is(rerr, errLineTooLong) {
 			if errors.Is(rerr, io.EOF) {
-				return res, commit(ctx)
+				return finish(nil)
 			}
-			if cerr := commit(ctx); cerr != nil {
-				return res, errors.Join(rerr, cerr)
-			}
-			return res, fmt.Errorf("records: read %s after line %d: %w", o.File, res.Position.Line, rerr)
+			return finish(fmt.Errorf("records: read %s after line %d: %w", o.File, pos.Line, rerr))
 		}
-		lineNo, lineStart := res.Position.Line+1, res.Position.Offset
-		res.Position.Offset += int64(consumed)
-		res.Position.Line++
+		lineNo, lineStart := pos.Line+1, pos.Offset
+		pos.Offset += int64(consumed)
+		pos.Line++
 		res.Lines++
+		w := ws[cur]
 		var bad error
 		switch {
 		case rerr != nil:
@@ -171,7 +224,7 @@ func (s *Store) IngestNDJSON(ctx context.Context, conn string, r io.Reader, o In
 			malformed = append(malformed, Malformed{File: o.File, Line: lineNo, Offset: lineStart, Reason: reason})
 		}
 		if w.Len() >= o.BatchRecords || w.Size() >= o.BatchBytes || len(malformed) >= maxMalformedPerBatch {
-			if err := commit(ctx); err != nil {
+			if err := commit(ctx, false); err != nil {
 				return res, err
 			}
 		}
