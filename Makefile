@@ -40,6 +40,8 @@ run: build
 ## test: what CI runs: formatting, vet, generated-code drift, import rules, all tests with the race detector
 test: lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	@# The whole-corpus directory import skips itself under -race (minutes); run it plainly.
+	$(GO) test -count=1 -run '^TestImportCatalogData$$' ./internal/directory/
 
 ## check: test, plus regenerating the protos with the pinned generators and diffing, plus the Windows build
 check: test proto-drift

@@ -1,0 +1,6 @@
+//go:build race
+
+package directory
+
+// raceDetector is true when the tests run under -race.
+const raceDetector = true
