@@ -92,6 +92,14 @@ func TestImportRules(t *testing.T) {
 			}
 		}
 
+		if under(ip, mod+"/agent/cmd") {
+			for _, dep := range p.Deps {
+				if under(dep, "github.com/blevesearch") {
+					t.Errorf("%s links %s (the directory bench's baseline only)", rel, dep)
+				}
+			}
+		}
+
 		var allowedOurs func(dep string) bool
 		switch {
 		case under(ip, mod+"/proto/gen"):
