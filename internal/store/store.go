@@ -150,15 +150,6 @@ func valueThreshold(inMemory bool) int64 {
 	return 256
 }
 
-// valueThreshold: values above it go to the value log. In memory there is
-// no value log, so everything must stay in the LSM tree.
-func valueThreshold(inMemory bool) int64 {
-	if inMemory {
-		return 1 << 20
-	}
-	return 4 << 10
-}
-
 // gcLoop reclaims value-log space. RunValueLogGC rewrites at most one file per
 // call, so we call it until it reports there is nothing worth rewriting.
 func (d *DB) gcLoop(ctx context.Context, every time.Duration) {
