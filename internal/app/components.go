@@ -82,7 +82,11 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	a.webhooks = webhooks.New(a.db, a.events, a.log,
 		webhooks.WithAllowPublicHTTP(a.opts.Config.WebhooksAllowPublicHTTP),
 		webhooks.WithSource(a.public.PublicURL()),
-		webhooks.WithUserAgent("medrelay/"+version.String()))
+		webhooks.WithUserAgent("medrelay/"+version.String()),
+		webhooks.WithAppCheck(func(ctx context.Context, appID string) bool {
+			app, err := a.apps.Get(ctx, appID)
+			return err != nil || !app.Revoked() // unknown: keep delivering, the owner decides
+		}))
 	if err := a.webhooks.Start(jobCtx); err != nil {
 		return err
 	}

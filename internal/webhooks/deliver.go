@@ -280,6 +280,10 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 		if !ok {
 			return false
 		}
+		if m.appActive != nil && !m.appActive(ctx, w.app) {
+			m.autoDisable(ctx, w, *p, ReasonAppRevoked, "the app "+w.app+" was revoked; its endpoints receive nothing more", nil)
+			return false
+		}
 		at := m.send(ctx, c, e, attempts+1)
 		if ctx.Err() != nil {
 			// Cut by shutdown or by a change of the endpoint: not an

@@ -46,6 +46,7 @@ const (
 	ReasonDeliveryFailed = "delivery_failed" // the retry schedule ran out
 	ReasonEventsExpired  = "events_expired"  // events it had not received were pruned
 	ReasonByRequest      = "by_request"      // an app or administrator disabled it
+	ReasonAppRevoked     = "app_revoked"     // the app that owns it was revoked
 )
 
 // MaxEndpointsPerApp bounds the workers one app can start.
@@ -200,12 +201,20 @@ func WithUserAgent(ua string) Option { return func(m *Manager) { m.userAgent = u
 // WithResolver replaces the DNS resolver used to check plain-http hosts.
 func WithResolver(r *net.Resolver) Option { return func(m *Manager) { m.resolver = r } }
 
+// WithAppCheck tells the manager whether an app may still receive events;
+// the endpoints of an app that may not (revoked) are disabled instead of
+// delivering.
+func WithAppCheck(active func(ctx context.Context, appID string) bool) Option {
+	return func(m *Manager) { m.appActive = active }
+}
+
 // WithAttemptRetention sets how long attempts are kept (default 30 days,
 // like events).
 func WithAttemptRetention(d time.Duration) Option { return func(m *Manager) { m.attemptTTL = d } }
 
 // Manager owns the endpoints and their delivery workers.
 type Manager struct {
+	appActive func(ctx context.Context, appID string) bool
 	db        *store.DB
 	events    *events.Log
 	log       *slog.Logger

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -699,4 +700,25 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The endpoints of a revoked app stop: disabled with a reason, nothing more
+// delivered.
+func TestRevokedAppsEndpointsStop(t *testing.T) {
+	var revoked atomic.Bool
+	e := newEnv(t, webhooks.WithAppCheck(func(_ context.Context, app string) bool { return !revoked.Load() }))
+	r := newReceiver(t, e.clock.Now)
+	ep, sec := e.create("app", r.srv.URL, events.SessionCompleted)
+	r.setSecret(sec)
+	e.append("app", events.SessionCompleted, nil)
+	eventually(t, "first delivery", func() bool { return r.count() == 1 })
+	revoked.Store(true)
+	e.append("app", events.SessionCompleted, nil)
+	eventually(t, "endpoint disabled", func() bool {
+		st := e.status(ep.ID)
+		return st.Endpoint.State == webhooks.Disabled && strings.HasPrefix(st.Endpoint.DisabledReason, webhooks.ReasonAppRevoked)
+	})
+	if r.count() != 1 {
+		t.Fatalf("%d deliveries after the app was revoked", r.count()-1)
+	}
 }
