@@ -63,7 +63,8 @@ bench:
 
 ## bench-bulk: issue 7's goal: `medrelay sync` of a sandbox export of 1M resources end to end into a
 ## real agent's store vs downloading the same files raw (b/a, resources/s, agent peak RSS).
-## BENCH_BULK_SIZES=1000000,5000000 measures both sizes (5M takes several minutes and ~5 GB of disk).
+## BENCH_BULK_SIZES=1000000,5000000 measures both sizes (5M takes several minutes and ~5 GB of disk);
+## MEDRELAY_TEST_AGENT_GOMEMLIMIT=150MiB runs the agent under that soft memory limit.
 .PHONY: bench-bulk
 bench-bulk:
 	MEDRELAY_BENCH_BULK_SIZES=$(or $(BENCH_BULK_SIZES),1000000) $(GO) test -tags bench -run '^TestBenchBulk$$' -count=1 -timeout 120m -v ./internal/sync/ | grep -E '^(BENCH|---|FAIL|ok|PASS)' || true

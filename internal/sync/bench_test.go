@@ -30,7 +30,8 @@ import (
 // medrelayd (kick-off, polling, downloads through the plugin, ingest). It
 // prints b/a (goal ≤ 1.5), resources per second and the agent's peak RSS
 // (goal ≤ 200 MB whatever the size). Sizes: MEDRELAY_BENCH_BULK_SIZES
-// (default 1000000; e.g. "1000000,5000000").
+// (default 1000000; e.g. "1000000,5000000"); MEDRELAY_TEST_AGENT_GOMEMLIMIT
+// runs the agent with that GOMEMLIMIT (e.g. 150MiB).
 func TestBenchBulk(t *testing.T) {
 	sizes := []int{1_000_000}
 	if v := os.Getenv("MEDRELAY_BENCH_BULK_SIZES"); v != "" {
@@ -93,8 +94,12 @@ func benchBulk(t *testing.T, resources int) {
 		want.Total, v.GetFilesTotal(), bytes>>20, took.Round(10*time.Millisecond), parallel, base.Round(10*time.Millisecond), ratio, verdict(ratio <= 1.5))
 	fmt.Printf("BENCH sync.bulk.rate  resources=%d  rate=%.0f resources/s  %.1f MB/s  baseline=%.0f resources/s\n",
 		want.Total, float64(want.Total)/took.Seconds(), float64(bytes)/1e6/took.Seconds(), float64(want.Total)/base.Seconds())
-	fmt.Printf("BENCH sync.bulk.memory  resources=%d  agent_peak_rss=%dMB (peaks: anonymous %dMB, file-backed mmap %dMB; idle before the sync %dMB)  goal<=200MB  %s\n",
-		want.Total, peak.hwm>>20, peak.anon>>20, peak.file>>20, idle["VmRSS"]>>20, verdict(peak.hwm <= 200<<20))
+	limit := os.Getenv("MEDRELAY_TEST_AGENT_GOMEMLIMIT")
+	if limit == "" {
+		limit = "none"
+	}
+	fmt.Printf("BENCH sync.bulk.memory  resources=%d  agent_peak_rss=%dMB (peaks: anonymous %dMB, file-backed mmap %dMB; idle before the sync %dMB; GOMEMLIMIT %s)  goal<=200MB  %s\n",
+		want.Total, peak.hwm>>20, peak.anon>>20, peak.file>>20, idle["VmRSS"]>>20, limit, verdict(peak.hwm <= 200<<20))
 }
 
 func waitSyncFor(t *testing.T, e *agentEnv, id string, patience time.Duration) *agentv1.Sync {

@@ -46,6 +46,10 @@ func (a *agentProc) start() {
 	a.cmd = exec.Command(a.bin, "run", "--home", a.home)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	a.cmd.Env = append(os.Environ(), "MEDRELAY_APP_TOKEN=")
+	if v := os.Getenv("MEDRELAY_TEST_AGENT_GOMEMLIMIT"); v != "" {
+		// A soft memory limit for the agent only (bench-bulk).
+		a.cmd.Env = append(a.cmd.Env, "GOMEMLIMIT="+v)
+	}
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
