@@ -64,7 +64,7 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return fmt.Errorf("records: %w", err)
 	}
 	took("records")
-	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{})
+	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{Interval: a.opts.Config.PatientAccess.PullInterval.Duration})
 	a.syncer = syncs.New(a.db, a.conns, a.plugins, a.records, a.events, a.log, syncs.Options{})
 
 	a.sessions = sessions.New(a.db, a.conns, a.events, pickerDirectory{cat: a.catalog}, a.authz, a.log,

@@ -412,3 +412,87 @@ func TestLiveSearchThroughThePlugin(t *testing.T) {
 		t.Error("live search not audited with its patient")
 	}
 }
+
+// After the first pull, later pulls ask only for what changed since
+// (_lastUpdated), and the app reads just those with its cursor.
+func TestIncrementalPull(t *testing.T) {
+	f := &patientFixture{}
+	f.sb = sandboxtest.Start(t, sandboxtest.WithPatients(1))
+	f.a = startAgentWith(t, agentOptions{pluginDir: pluginDir(t), mutate: []func(*config.Config){func(c *config.Config) {
+		c.PatientAccess.PullInterval = config.Duration{Duration: 2 * time.Second}
+	}}})
+	f.admin = f.a.dial(t)
+	f.source = importSandbox(t, f.admin, f.sb)
+	f.app = f.admin
+	f.ret = newReturnServer(t)
+	src := f.register(t, "generic")
+	q := f.connect(t, src, "p-inc")
+	id := q.Get("connection_id")
+	f.waitRecords(t, id)
+	cursor := listCursor(t, f.app, id, "")
+
+	res, err := f.sb.Mutate(sandbox.MutateRequest{Tenant: "generic", Update: 15, Types: []string{"Observation", "Condition"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	updated := map[string]bool{}
+	for _, r := range res.Updated {
+		updated[r] = true
+	}
+	// The next pulls bring the changed resources, and only they move in
+	// the change index.
+	var changed []string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) && len(changed) < len(updated) {
+		time.Sleep(500 * time.Millisecond)
+		changed = changedSince(t, f.app, id, cursor)
+	}
+	if len(changed) != len(updated) {
+		t.Fatalf("%d resources changed after the cursor, the sandbox updated %d: %v\nupdated: %v", len(changed), len(updated), changed, res.Updated)
+	}
+	for _, c := range changed {
+		if !updated[c] {
+			t.Errorf("%s moved in the change index but was not updated at the source", c)
+		}
+	}
+}
+
+func listCursor(t *testing.T, c *client.Client, id, since string) string {
+	t.Helper()
+	st, err := c.Records.ListRecords(context.Background(), &agentv1.ListRecordsRequest{ConnectionId: id, SinceCursor: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := since
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return cur
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur = m.GetCursor()
+	}
+}
+
+func changedSince(t *testing.T, c *client.Client, id, since string) []string {
+	t.Helper()
+	st, err := c.Records.ListRecords(context.Background(), &agentv1.ListRecordsRequest{ConnectionId: id, SinceCursor: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.GetRecords() {
+			out = append(out, r.GetResourceType()+"/"+r.GetId())
+		}
+	}
+}

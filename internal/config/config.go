@@ -49,6 +49,9 @@ type PatientAccess struct {
 	// AuthorizationTTL is how long a patient may take at the portal between
 	// leaving for it and coming back to the callback (default 15m).
 	AuthorizationTTL Duration `toml:"authorization_ttl"`
+	// PullInterval is how often an active connection's records are pulled
+	// again, incrementally (default 6h).
+	PullInterval Duration `toml:"pull_interval"`
 }
 
 // Log configures the agent's own log.

@@ -183,7 +183,8 @@ func (p *Puller) Run(ctx context.Context) {
 			}
 		}()
 	}
-	t := time.NewTicker(time.Minute)
+	// Look for due pulls a few times per interval, at most once a minute.
+	t := time.NewTicker(min(time.Minute, max(p.o.Interval/4, 100*time.Millisecond)))
 	defer t.Stop()
 	for {
 		p.scan(ctx)
