@@ -406,29 +406,9 @@ func normalize(r Request) (Request, error) {
 	return r, nil
 }
 
-func validType(t string) bool {
-	if t == "" || len(t) > 64 || t[0] < 'A' || t[0] > 'Z' {
-		return false
-	}
-	for _, r := range t {
-		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z') {
-			return false
-		}
-	}
-	return true
-}
-
-func validID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for _, r := range id {
-		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
-			return false
-		}
-	}
-	return true
-}
+// FHIR type and id rules are the record store's.
+func validType(t string) bool { return records.ValidType(t) }
+func validID(id string) bool  { return records.ValidID(id) }
 
 // redactURL drops a URL's query, fragment and user info.
 func redactURL(raw string) string {
