@@ -250,10 +250,14 @@ func (a *Agent) stop() {
 	} else if a.sock != nil {
 		a.sock.Close()
 	}
-	for _, s := range []interface{ Shutdown(context.Context) error }{nilIfNil(a.public), nilIfNil(a.admin)} {
-		if s == nil {
-			continue
-		}
+	var https []interface{ Shutdown(context.Context) error }
+	if a.public != nil {
+		https = append(https, a.public)
+	}
+	if a.admin != nil {
+		https = append(https, a.admin)
+	}
+	for _, s := range https {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -286,14 +290,6 @@ func (a *Agent) stop() {
 	if a.lock != nil {
 		_ = a.lock.Release()
 	}
-}
-
-// nilIfNil turns a typed nil pointer into a nil interface.
-func nilIfNil[T any](p *T) interface{ Shutdown(context.Context) error } {
-	if p == nil {
-		return nil
-	}
-	return any(p).(interface{ Shutdown(context.Context) error })
 }
 
 func (a *Agent) health(ctx context.Context) map[string]error {
