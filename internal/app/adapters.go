@@ -169,6 +169,11 @@ type credentialAdapter struct{ s *credentials.Store }
 
 func (c credentialAdapter) Resolve(ctx context.Context, sourceID, vendor string) (authorize.Credential, error) {
 	cred, auth, err := c.s.Resolve(ctx, sourceID, vendor)
+	if errors.Is(err, credentials.ErrNotFound) {
+		// One reason for "nothing is set up for this source", whichever
+		// path asked.
+		return authorize.Credential{}, fmt.Errorf("%w: source %s (vendor %q): set one with `medrelay credentials set`", authorize.ErrNoCredential, sourceID, vendor)
+	}
 	if err != nil {
 		return authorize.Credential{}, err
 	}

@@ -224,7 +224,7 @@ func (e *agentEnv) connect(extra ...string) *agentv1.Connection {
 func TestBackendConnectionCLI(t *testing.T) {
 	e := newAgentEnv(t, sandboxtest.WithPatients(2), sandboxtest.WithFaults(sandbox.Faults{AccessTokenLifetime: 2}))
 	out, err := e.cmd("connect", e.sourceID, "--backend")
-	if err == nil || !strings.Contains(string(out), "CREDENTIAL_NOT_FOUND") {
+	if err == nil || !strings.Contains(string(out), "CREDENTIAL_MISSING") {
 		t.Fatalf("without a credential: %v\n%q", err, out)
 	}
 	e.credential(false)
