@@ -30,12 +30,16 @@ var ErrSourceNotReady = errdefs.Define(errdefs.FailedPrecondition, "SOURCE_NOT_R
 // (authorize.Sources).
 type dirSources struct{ cat *directory.Catalog }
 
-func (d dirSources) Resolve(ctx context.Context, id string) (authorize.Source, error) {
+func (d dirSources) Resolve(ctx context.Context, id string, aud authorize.Audience) (authorize.Source, error) {
 	e, err := d.cat.EnsureDiscovered(ctx, id)
 	if err != nil {
 		return authorize.Source{}, err
 	}
-	ep, err := patientEndpoint(e)
+	want := directory.AudiencePatient
+	if aud == authorize.ForBackend {
+		want = directory.AudienceProvider
+	}
+	ep, err := pickEndpoint(e, want)
 	if err != nil {
 		return authorize.Source{}, err
 	}
@@ -53,25 +57,37 @@ func (d dirSources) Resolve(ctx context.Context, id string) (authorize.Source, e
 	return authorize.Source{ID: e.Source.ID, Vendor: vendor, FHIRBase: ep.URL, Endpoints: endpointsOf(ep.Discovery)}, nil
 }
 
-// patientEndpoint picks the endpoint to authorize patients at: the first
-// one (primary first) whose discovery found authorization endpoints,
-// preferring patient-facing R4.
-func patientEndpoint(e directory.Entry) (directory.EndpointEntry, error) {
+// pickEndpoint picks the endpoint to authorize at: of those (primary
+// first) whose discovery found a token endpoint, one for the wanted
+// audience (or for any), then R4 over older versions. An endpoint meant
+// only for the other audience is used only when there is nothing else.
+func pickEndpoint(e directory.Entry, want string) (directory.EndpointEntry, error) {
 	var best *directory.EndpointEntry
+	score := func(ep directory.EndpointEntry) int {
+		s := 0
+		switch ep.Audience {
+		case want:
+			s += 4
+		case "":
+			s += 2
+		}
+		if strings.HasPrefix(ep.FHIRVersion, "4") {
+			s++
+		}
+		return s
+	}
 	var problems []string
 	for i := range e.Endpoints {
 		ep := e.Endpoints[i]
 		d := ep.Discovery
-		if d == nil || endpointsOf(d).AuthorizeURL == "" {
+		eps := endpointsOf(d)
+		if d == nil || eps.TokenURL == "" || (want == directory.AudiencePatient && eps.AuthorizeURL == "") {
 			if d != nil {
 				problems = append(problems, fmt.Sprintf("%s: %s %s", ep.URL, d.Status, strings.Join(d.Problems, "; ")))
 			}
 			continue
 		}
-		if ep.Audience == directory.AudienceProvider {
-			continue
-		}
-		if best == nil || (!strings.HasPrefix(best.FHIRVersion, "4") && strings.HasPrefix(ep.FHIRVersion, "4")) {
+		if best == nil || score(ep) > score(*best) {
 			best = &e.Endpoints[i]
 		}
 	}

@@ -35,10 +35,21 @@ type Source struct {
 	Settings  map[string]string
 }
 
+// Audience is who an authorization is for: a patient (patient-facing
+// endpoints first) or a backend service (provider-facing endpoints first).
+type Audience int
+
+// Audiences.
+const (
+	ForPatient Audience = iota
+	ForBackend
+)
+
 // Sources resolves a source id to its discovered endpoints (package
-// directory, through the agent's wiring).
+// directory, through the agent's wiring), choosing the endpoint that suits
+// the audience.
 type Sources interface {
-	Resolve(ctx context.Context, sourceID string) (Source, error)
+	Resolve(ctx context.Context, sourceID string, aud Audience) (Source, error)
 }
 
 // Credential is the workspace's registration with a source or vendor.
@@ -127,8 +138,8 @@ func New(db *store.DB, src Sources, creds Credentials, vendors Vendors, logger *
 }
 
 // client builds the OAuth client for a source with a credential.
-func (a *Authorizer) client(ctx context.Context, sourceID, credentialID string) (*oauth.Client, Source, Credential, Vendor, error) {
-	src, err := a.sources.Resolve(ctx, sourceID)
+func (a *Authorizer) client(ctx context.Context, sourceID, credentialID string, aud Audience) (*oauth.Client, Source, Credential, Vendor, error) {
+	src, err := a.sources.Resolve(ctx, sourceID, aud)
 	if err != nil {
 		return nil, src, Credential{}, Vendor{}, err
 	}
@@ -154,7 +165,7 @@ func (a *Authorizer) client(ctx context.Context, sourceID, credentialID string) 
 
 // Begin starts a patient authorization for r.Connection at r.Source.
 func (a *Authorizer) Begin(ctx context.Context, r sessions.BeginRequest) (sessions.Begun, error) {
-	c, src, cred, v, err := a.client(ctx, r.Source.ID, "")
+	c, src, cred, v, err := a.client(ctx, r.Source.ID, "", ForPatient)
 	if err != nil {
 		return sessions.Begun{}, err
 	}
@@ -218,7 +229,7 @@ func (a *Authorizer) Complete(ctx context.Context, params url.Values) (sessions.
 		// The state was ours, the rest of the response was not usable.
 		return fail("invalid_request", perr.Error())
 	}
-	c, _, _, _, err := a.client(ctx, p.SourceID, p.CredentialID)
+	c, _, _, _, err := a.client(ctx, p.SourceID, p.CredentialID, ForPatient)
 	if err != nil {
 		return fail("server_error", "the source is not configured: "+err.Error())
 	}
@@ -280,7 +291,11 @@ func grantOf(t *oauth.Token) connections.Grant {
 // Refresh implements connections.TokenEndpoint: a refresh_token grant for
 // patient connections, client_credentials for backend ones.
 func (a *Authorizer) Refresh(ctx context.Context, conn connections.Connection, refresh secrets.Value) (connections.Grant, error) {
-	c, src, _, v, err := a.client(ctx, conn.SourceID, conn.CredentialID)
+	aud := ForPatient
+	if conn.Pattern == connections.Backend {
+		aud = ForBackend
+	}
+	c, src, _, v, err := a.client(ctx, conn.SourceID, conn.CredentialID, aud)
 	if err != nil {
 		return connections.Grant{}, err
 	}

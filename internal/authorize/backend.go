@@ -34,7 +34,7 @@ type BackendTarget struct {
 // empty, are the credential's system/ scopes, else the vendor's backend
 // scopes (oauth.BackendScopes).
 func (a *Authorizer) PrepareBackend(ctx context.Context, sourceID string, scopes []string) (BackendTarget, error) {
-	c, src, cred, v, err := a.client(ctx, sourceID, "")
+	c, src, cred, v, err := a.client(ctx, sourceID, "", ForBackend)
 	if err != nil {
 		return BackendTarget{}, err
 	}
@@ -64,7 +64,7 @@ func (a *Authorizer) PrepareBackend(ctx context.Context, sourceID string, scopes
 // refresh token is expected: custody asks again before the token expires.
 // A refusal by the source wraps ErrBackendRefused with its reason.
 func (a *Authorizer) Backend(ctx context.Context, t BackendTarget) (connections.Grant, error) {
-	c, _, _, _, err := a.client(ctx, t.SourceID, t.CredentialID)
+	c, _, _, _, err := a.client(ctx, t.SourceID, t.CredentialID, ForBackend)
 	if err != nil {
 		return connections.Grant{}, err
 	}

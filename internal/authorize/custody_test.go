@@ -29,7 +29,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // static adapters: one sandbox tenant, one public client, the generic profile.
 type staticSources struct{ base string }
 
-func (s staticSources) Resolve(ctx context.Context, id string) (authorize.Source, error) {
+func (s staticSources) Resolve(ctx context.Context, id string, _ authorize.Audience) (authorize.Source, error) {
 	e, err := oauth.Discover(ctx, nil, s.base)
 	return authorize.Source{ID: id, Vendor: "generic", FHIRBase: s.base, Endpoints: e}, err
 }
