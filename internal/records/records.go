@@ -56,6 +56,9 @@ var (
 	ErrBadConnection = errdefs.Define(errdefs.InvalidArgument, "CONNECTION_ID_INVALID", "invalid connection id")
 	ErrBadType       = errdefs.Define(errdefs.InvalidArgument, "RESOURCE_TYPE_INVALID", "invalid resource type")
 	ErrBadID         = errdefs.Define(errdefs.InvalidArgument, "RESOURCE_ID_INVALID", "invalid resource id")
+	// ErrDeleted: the connection's records were deleted; a writer that was
+	// still running (a pull, a sync) may not bring them back.
+	ErrDeleted = errdefs.Define(errdefs.FailedPrecondition, "RECORDS_DELETED", "the connection's records were deleted")
 )
 
 // Record is one stored resource (or the tombstone of a deleted one).
@@ -104,6 +107,10 @@ type Store struct {
 	log     *slog.Logger
 
 	locks sync.Map // connection id → *sync.Mutex
+	// deleted holds the connections whose records were deleted while this
+	// process runs: later commits to them are refused. (After a restart a
+	// deleted connection is revoked, so nothing writes to it any more.)
+	deleted sync.Map
 }
 
 // Option configures Open.
@@ -514,6 +521,7 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	if err := b.Flush(true); err != nil {
 		return fmt.Errorf("records: delete %s: %w", conn, err)
 	}
+	s.deleted.Store(conn, true)
 	s.log.Info("deleted the records of a connection", "connection", conn)
 	return nil
 }

@@ -574,3 +574,32 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		db.Close()
 	}
 }
+
+// A writer still running when its connection's records are deleted cannot
+// bring them back.
+func TestCommitAfterDeleteIsRefused(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	w, err := s.NewWriter("conn-del")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Put([]byte(`{"resourceType":"Patient","id":"p1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Put([]byte(`{"resourceType":"Patient","id":"p2"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConnection(ctx, "conn-del"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(ctx, nil); !errors.Is(err, ErrDeleted) {
+		t.Fatalf("commit after delete: %v", err)
+	}
+	if n, _ := s.Count(ctx, "conn-del"); n != 0 {
+		t.Fatalf("%d records after delete", n)
+	}
+}

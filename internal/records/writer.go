@@ -185,6 +185,9 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	defer w.reset()
+	if _, gone := s.deleted.Load(w.conn); gone {
+		return Counts{}, fmt.Errorf("%w: %s", ErrDeleted, w.conn)
+	}
 	if err := s.repairIfPending(ctx, w.conn); err != nil {
 		return Counts{}, err
 	}
