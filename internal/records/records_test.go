@@ -407,10 +407,11 @@ func TestStoreDeleteConnection(t *testing.T) {
 	if all, _ := list(t, s, "c10", Query{}); len(all) != 1 {
 		t.Fatalf("other connection: %v", listed(all))
 	}
-	// The connection can be written again afterwards.
-	put(t, s, "c1", res("Patient", "a", "1", ""))
-	if all, _ := list(t, s, "c1", Query{}); len(all) != 1 {
-		t.Fatalf("after re-create: %v", listed(all))
+	// Nothing brings the records of a deleted connection back.
+	w, _ := s.NewWriter("c1")
+	w.Put(res("Patient", "a", "1", ""))
+	if _, err := w.Commit(ctx, nil); !errors.Is(err, ErrDeleted) {
+		t.Fatalf("write after delete: %v", err)
 	}
 }
 
