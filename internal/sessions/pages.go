@@ -223,7 +223,7 @@ h1{font-size:1.5rem}label{font-weight:600;display:block;margin-bottom:.25rem}
 input[type=search]{font-size:1.1rem;padding:.6rem;width:100%;box-sizing:border-box;border:2px solid #555;border-radius:6px}
 input[type=search]:focus,button:focus{outline:3px solid #1a5fb4;outline-offset:2px}
 ul{list-style:none;padding:0}li{margin:.5rem 0}
-button.src{width:100%;text-align:left;font-size:1rem;padding:.75rem;border:1px solid #888;border-radius:6px;background:#fff;cursor:pointer}
+button.src{width:100%;text-align:left;font:inherit;font-size:1rem;padding:.75rem;border:1px solid #888;border-radius:6px;background:#fff;cursor:pointer}
 button.src:hover{background:#eef4fc}.muted{color:#555;font-size:.9rem}img{height:1.5rem;vertical-align:middle;margin-right:.5rem}
 .sr{position:absolute;left:-9999px}`
 
