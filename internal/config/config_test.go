@@ -59,3 +59,23 @@ func TestLoadNamesUnknownKeysAndBadValues(t *testing.T) {
 		t.Fatal("a named missing file is an error")
 	}
 }
+
+// The configuration file is the administrator's, but a broken one must
+// give an error, never a panic or a silently half-read config.
+func FuzzLoad(f *testing.F) {
+	f.Add("http_addr = \"127.0.0.1:8750\"\n[log]\nlevel = \"debug\"\n")
+	f.Add("shutdown_timeout = \"10s\"\n[patient_access]\nsession_ttl = \"1h\"\n")
+	f.Add("[tls]\ncert_file = 1\n")
+	f.Add("unknown = true")
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, text string) {
+		p := filepath.Join(dir, "medrelay.toml")
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Skip()
+		}
+		c, err := config.Load(p, false)
+		if err == nil {
+			_ = c.Validate()
+		}
+	})
+}
