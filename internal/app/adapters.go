@@ -5,6 +5,7 @@ package app
 // no component imports another just to read one field.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,17 +44,16 @@ func (d dirSources) Resolve(ctx context.Context, id string, aud authorize.Audien
 	if err != nil {
 		return authorize.Source{}, err
 	}
-	vendor := e.Source.Vendor
-	if vendor == "" || vendor == "medrelay-sandbox" {
-		vendor = ep.Vendor
+	// What the server says it runs (its CapabilityStatement's software)
+	// decides the plugin; lists often do not say, or name the company that
+	// hosts the server rather than the behaviour it has (the sandbox's
+	// tenants are "medrelay-sandbox" in the catalog, each with a vendor's
+	// profile).
+	vendor := ""
+	if ep.Discovery != nil && ep.Discovery.Capability != nil {
+		vendor = vendorFromSoftware(ep.Discovery.Capability.Software)
 	}
-	if vendor == "" || vendor == "medrelay-sandbox" {
-		// Lists such as brands bundles do not say who made the server;
-		// its CapabilityStatement does.
-		if ep.Discovery != nil && ep.Discovery.Capability != nil {
-			vendor = vendorFromSoftware(ep.Discovery.Capability.Software)
-		}
-	}
+	vendor = cmp.Or(vendor, e.Source.Vendor, ep.Vendor)
 	return authorize.Source{ID: e.Source.ID, Vendor: vendor, FHIRBase: ep.URL, Endpoints: endpointsOf(ep.Discovery)}, nil
 }
 
