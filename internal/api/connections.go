@@ -69,17 +69,11 @@ type RecordDeleter interface {
 	DeleteConnection(ctx context.Context, connectionID string) error
 }
 
-// GrantRevoker revokes a grant at the source, best effort.
-type GrantRevoker interface {
-	Revoke(ctx context.Context, c connections.Connection) error
-}
-
 type connectionService struct {
 	agentv1.UnimplementedConnectionServiceServer
 	conns   *connections.Manager
 	events  *events.Log
 	records RecordDeleter
-	revoker GrantRevoker
 }
 
 var _ agentv1.ConnectionServiceServer = (*connectionService)(nil)
@@ -185,10 +179,6 @@ func (s *connectionService) DeleteConnection(ctx context.Context, req *agentv1.D
 	c, err := s.conns.GetForApp(ctx, appScope(ctx), req.GetConnectionId())
 	if err != nil {
 		return nil, err
-	}
-	if s.revoker != nil && c.State == connections.Active {
-		// Best effort: a source that cannot revoke still loses our tokens.
-		_ = s.revoker.Revoke(ctx, c)
 	}
 	c, err = s.conns.Delete(ctx, c.ID, "deleted by the app")
 	if err != nil {

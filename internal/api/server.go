@@ -44,9 +44,8 @@ type Deps struct {
 	Connections *connections.Manager
 	Sessions    *sessions.Manager
 	Events      *events.Log
-	// Records and Revoker are optional (nil: not wired yet).
+	// Records is optional (nil: not wired).
 	Records RecordDeleter
-	Revoker GrantRevoker
 	// Backend creates backend connections (nil: not wired).
 	Backend BackendConnector
 	// Sync runs Bulk Data syncs (nil: not wired).
@@ -122,7 +121,7 @@ func New(d Deps) *Server {
 			"DeleteConnection":        {Who: Authenticated, Audit: true},
 			"CreateBackendConnection": {Who: Authenticated, Audit: true},
 		})
-		agentv1.RegisterConnectionServiceServer(gs, &backendConnections{connectionService: &connectionService{conns: d.Connections, events: d.Events, records: d.Records, revoker: d.Revoker}, backend: d.Backend})
+		agentv1.RegisterConnectionServiceServer(gs, &backendConnections{connectionService: &connectionService{conns: d.Connections, events: d.Events, records: d.Records}, backend: d.Backend})
 	}
 	if d.Sessions != nil {
 		register(policy, agentv1.SessionService_ServiceDesc, map[string]Rule{

@@ -127,7 +127,6 @@ var (
 	ErrNotUsable    = errdefs.Define(errdefs.FailedPrecondition, "CONNECTION_NOT_ACTIVE", "the connection is not active")
 	ErrBadState     = errdefs.Define(errdefs.FailedPrecondition, "CONNECTION_STATE", "the connection is not in a state that allows this")
 	ErrUnavailable  = errdefs.Define(errdefs.Unavailable, "SOURCE_UNAVAILABLE", "the source's token endpoint is unavailable; try again later")
-	ErrBadFilter    = errdefs.Define(errdefs.InvalidArgument, "CONNECTION_FILTER_INVALID", "invalid connection filter")
 	ErrRefreshLater = errdefs.Define(errdefs.Unavailable, "REFRESH_BACKING_OFF", "refresh failed recently; backing off")
 )
 

@@ -67,11 +67,10 @@ func (s Session) EffectiveState(now time.Time) State {
 
 // Errors.
 var (
-	ErrNotFound     = errdefs.Define(errdefs.NotFound, "SESSION_NOT_FOUND", "no such session")
-	ErrInvalid      = errdefs.Define(errdefs.InvalidArgument, "SESSION_INVALID", "invalid session request")
-	ErrNotOpen      = errdefs.Define(errdefs.FailedPrecondition, "SESSION_NOT_OPEN", "the session is complete or expired")
-	ErrUnknownSrc   = errdefs.Define(errdefs.NotFound, "SOURCE_NOT_FOUND", "no such source")
-	ErrSourceNotSet = errdefs.Define(errdefs.FailedPrecondition, "SOURCE_NOT_READY", "the source cannot be connected yet")
+	ErrNotFound   = errdefs.Define(errdefs.NotFound, "SESSION_NOT_FOUND", "no such session")
+	ErrInvalid    = errdefs.Define(errdefs.InvalidArgument, "SESSION_INVALID", "invalid session request")
+	ErrNotOpen    = errdefs.Define(errdefs.FailedPrecondition, "SESSION_NOT_OPEN", "the session is complete or expired")
+	ErrUnknownSrc = errdefs.Define(errdefs.NotFound, "SOURCE_NOT_FOUND", "no such source")
 )
 
 // Source is what the picker shows of a directory entry and what a

@@ -42,8 +42,9 @@ type ConnectionServiceClient interface {
 	// RefreshConnection refreshes the tokens now (a refresh_failed connection
 	// gets another try at once) and returns the connection afterwards.
 	RefreshConnection(ctx context.Context, in *RefreshConnectionRequest, opts ...grpc.CallOption) (*RefreshConnectionResponse, error)
-	// DeleteConnection revokes the connection: tokens are destroyed, the grant
-	// is revoked at the source where it can be, stored records are deleted.
+	// DeleteConnection revokes the connection: its tokens are destroyed and
+	// its stored records deleted. The grant is not revoked at the source; the
+	// patient can do that in their portal.
 	DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error)
 	// CreateBackendConnection authorizes the agent itself at a source (SMART
 	// Backend Services: client_credentials with private_key_jwt, using the
@@ -144,8 +145,9 @@ type ConnectionServiceServer interface {
 	// RefreshConnection refreshes the tokens now (a refresh_failed connection
 	// gets another try at once) and returns the connection afterwards.
 	RefreshConnection(context.Context, *RefreshConnectionRequest) (*RefreshConnectionResponse, error)
-	// DeleteConnection revokes the connection: tokens are destroyed, the grant
-	// is revoked at the source where it can be, stored records are deleted.
+	// DeleteConnection revokes the connection: its tokens are destroyed and
+	// its stored records deleted. The grant is not revoked at the source; the
+	// patient can do that in their portal.
 	DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error)
 	// CreateBackendConnection authorizes the agent itself at a source (SMART
 	// Backend Services: client_credentials with private_key_jwt, using the
