@@ -4,11 +4,11 @@ package main_test
 // medrelayd, talk to it with the medrelay CLI, signal it, kill it.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"net"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,16 +224,24 @@ func TestAdminListener(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no admin addr in %s", out)
 	}
-	for _, path := range []string{"/healthz", "/metrics"} {
-		conn, err := net.Dial("tcp", m[1])
+	// What docs/administrators.md promises is there.
+	for path, wants := range map[string][]string{
+		"/healthz": {`"status":"OK"`, `"store":"ok"`},
+		"/metrics": {"medrelay_build_info", "medrelay_store_bytes", "medrelay_api_call_duration_seconds", "go_goroutines"},
+	} {
+		resp, err := http.Get("http://" + m[1] + path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(conn, "GET %s HTTP/1.0\r\n\r\n", path)
-		status, _ := bufio.NewReader(conn).ReadString('\n')
-		conn.Close()
-		if !strings.Contains(status, "200") {
-			t.Errorf("%s: %q", path, status)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: HTTP %d", path, resp.StatusCode)
+		}
+		for _, w := range wants {
+			if !strings.Contains(string(body), w) {
+				t.Errorf("%s lacks %s", path, w)
+			}
 		}
 	}
 }
