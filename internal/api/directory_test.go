@@ -70,9 +70,12 @@ func importFile(ctx context.Context, c *client.Client, name string, data []byte,
 	if err != nil {
 		return nil, nil, err
 	}
+	// io.EOF from Send: the agent ended the call; Recv has its status.
 	if err := stream.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{
-		Start: &agentv1.ImportStart{FileName: name, Size: int64(len(data))}}}); err != nil {
+		Start: &agentv1.ImportStart{FileName: name, Size: int64(len(data))}}}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, err
+	} else if err != nil {
+		data = nil
 	}
 	for len(data) > 0 {
 		n := min(chunk, len(data))

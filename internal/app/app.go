@@ -282,6 +282,9 @@ func (a *Agent) stop() {
 	if a.audit != nil {
 		a.audit.Close()
 	}
+	if a.records != nil {
+		_ = a.records.Close()
+	}
 	if a.db != nil {
 		if err := a.db.Close(); err != nil {
 			a.log.Error("close store", "err", err)

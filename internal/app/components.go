@@ -59,7 +59,11 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	cust.conns = a.conns
 	took("connections")
 
-	a.records, err = records.Open(ctx, a.db, records.WithLogger(a.log))
+	recOpts := []records.Option{records.WithLogger(a.log)}
+	if a.opts.Layout.RecordsDir != "" {
+		recOpts = append(recOpts, records.WithSegments(a.opts.Layout.RecordsDir, a.keys.Derive("records/segments/v1")))
+	}
+	a.records, err = records.Open(ctx, a.db, recOpts...)
 	if err != nil {
 		return fmt.Errorf("records: %w", err)
 	}

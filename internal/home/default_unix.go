@@ -9,6 +9,7 @@ func Default() Layout {
 	return Layout{
 		StateDir:   "/var/lib/medrelay",
 		StoreDir:   "/var/lib/medrelay/store",
+		RecordsDir: "/var/lib/medrelay/records",
 		KeyFile:    "/var/lib/medrelay/master.key",
 		SocketDir:  "/run/medrelay",
 		Socket:     DefaultSocket,

@@ -17,6 +17,7 @@ func Default() Layout {
 	return Layout{
 		StateDir:   base,
 		StoreDir:   filepath.Join(base, "store"),
+		RecordsDir: filepath.Join(base, "records"),
 		KeyFile:    filepath.Join(base, "master.key"),
 		SocketDir:  base,
 		Socket:     DefaultSocket,

@@ -23,7 +23,10 @@ type Layout struct {
 	// StateDir holds the store and, by default, the master key. 0700.
 	StateDir string
 	StoreDir string
-	KeyFile  string
+	// RecordsDir holds the bodies of stored records (encrypted segment
+	// files; the store indexes them). 0700. Back it up with StoreDir.
+	RecordsDir string
+	KeyFile    string
 	// SocketDir holds the socket. 0750 so that the admin group can reach it.
 	SocketDir  string
 	Socket     string
@@ -42,6 +45,7 @@ func ForHome(dir string) (Layout, error) {
 		Home:       abs,
 		StateDir:   abs,
 		StoreDir:   filepath.Join(abs, "store"),
+		RecordsDir: filepath.Join(abs, "records"),
 		KeyFile:    filepath.Join(abs, "master.key"),
 		SocketDir:  abs,
 		Socket:     socketPath(abs),
@@ -75,6 +79,14 @@ func (l Layout) Prepare() error {
 	}
 	if err := secrets.CheckPrivateDir(l.StoreDir); err != nil {
 		return fmt.Errorf("store directory: %w", err)
+	}
+	if l.RecordsDir != "" {
+		if err := mkdir(l.RecordsDir, 0o700); err != nil {
+			return err
+		}
+		if err := secrets.CheckPrivateDir(l.RecordsDir); err != nil {
+			return fmt.Errorf("records directory: %w", err)
+		}
 	}
 	return nil
 }

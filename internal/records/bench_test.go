@@ -128,7 +128,9 @@ func openBenchStore(t *testing.T, dir string) (*store.DB, *records.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := records.Open(context.Background(), db, records.WithLogger(slog.New(slog.DiscardHandler)))
+	// As the agent opens it: bodies in segments beside the store.
+	s, err := records.Open(context.Background(), db, records.WithLogger(slog.New(slog.DiscardHandler)),
+		records.WithSegments(filepath.Join(dir, "segments"), bytes.Repeat([]byte{2}, 32)))
 	if err != nil {
 		t.Fatal(err)
 	}

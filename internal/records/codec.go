@@ -58,6 +58,8 @@ func parseSeqHex(s string) (uint64, error) {
 const (
 	formatV1    = 1
 	flagDeleted = 1
+	// flagExternal: the body is in a segment (loc), not in the value.
+	flagExternal = 2
 )
 
 var errCorrupt = errors.New("records: corrupt stored value")
@@ -114,17 +116,29 @@ type change struct {
 	hash        uint64
 	typ, id     string
 	versionID   string
-	json        []byte
+	json        []byte // the body, when stored in the value
+	ext         bool   // the body is in a segment, at loc
+	loc         loc
 }
 
 func (c *change) appendHeader(b []byte) []byte {
-	b = append(b, formatV1, flags(c.deleted))
+	f := flags(c.deleted)
+	if c.ext {
+		f |= flagExternal
+	}
+	b = append(b, formatV1, f)
 	b = binary.AppendUvarint(b, c.prev)
 	b = binary.AppendVarint(b, c.lastUpdated)
 	b = binary.LittleEndian.AppendUint64(b, c.hash)
 	b = appendString(b, c.typ)
 	b = appendString(b, c.id)
-	return appendString(b, c.versionID)
+	b = appendString(b, c.versionID)
+	if c.ext {
+		b = binary.AppendUvarint(b, c.loc.seg)
+		b = binary.AppendUvarint(b, c.loc.off)
+		b = binary.AppendUvarint(b, c.loc.n)
+	}
+	return b
 }
 
 func appendString(b []byte, s string) []byte {
@@ -157,6 +171,7 @@ func decodeChange(v []byte, types names) (change, error) {
 		return c, errCorrupt
 	}
 	c.deleted = v[1]&flagDeleted != 0
+	c.ext = v[1]&flagExternal != 0
 	v = v[2:]
 	var n int
 	if c.prev, n = binary.Uvarint(v); n <= 0 {
@@ -184,7 +199,19 @@ func decodeChange(v []byte, types names) (change, error) {
 	if c.versionID, v, ok = readString(v); !ok {
 		return c, errCorrupt
 	}
-	c.json = v
+	if !c.ext {
+		c.json = v
+		return c, nil
+	}
+	for _, f := range []*uint64{&c.loc.seg, &c.loc.off, &c.loc.n} {
+		if *f, n = binary.Uvarint(v); n <= 0 {
+			return c, errCorrupt
+		}
+		v = v[n:]
+	}
+	if len(v) != 0 {
+		return c, errCorrupt
+	}
 	return c, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -42,10 +43,11 @@ func killChild(dir string) error {
 		return err
 	}
 	defer db.Close()
-	s, err := Open(ctx, db, quiet)
+	s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "segments"), segKey))
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	table := store.NewTable[[]byte](db, store.Name("test_progress"))
 	var sp storedProgress
 	v, err := table.Get(ctx, "f")
@@ -117,10 +119,11 @@ func TestIngestKilledAtRandomPointsResumesExactlyOnce(t *testing.T) {
 
 	db := openDB(t, dir)
 	defer db.Close()
-	s, err := Open(context.Background(), db, quiet)
+	s, err := Open(context.Background(), db, quiet, WithSegments(filepath.Join(dir, "segments"), segKey))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.Close()
 	file, want, malformed := ndjsonFile(killFileLines)
 	checkExactly(t, s, "c", want)
 	pl := progressLog{table: store.NewTable[[]byte](db, store.Name("test_progress")), key: "f"}

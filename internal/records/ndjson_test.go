@@ -258,7 +258,7 @@ func FuzzIngestNDJSON(f *testing.F) {
 	f.Add([]byte("\n\n\n"), false)
 	db := openDB(f, "")
 	defer db.Close()
-	s, err := Open(context.Background(), db, quiet)
+	s, err := Open(context.Background(), db, quiet, WithSegments(f.TempDir(), segKey))
 	if err != nil {
 		f.Fatal(err)
 	}

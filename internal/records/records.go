@@ -105,6 +105,10 @@ type Store struct {
 	changes *store.Table[[]byte]
 	pending *store.Table[[]byte]
 	log     *slog.Logger
+	// segs holds resource bodies (nil: bodies stay in Badger values).
+	segs   *segments
+	segDir string
+	segKey []byte
 
 	locks sync.Map // connection id → *sync.Mutex
 	// deleted holds the connections whose records were deleted while this
@@ -118,6 +122,14 @@ type Option func(*Store)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+// WithSegments keeps resource bodies in segment files under dir, sealed
+// with key (32 bytes, used for nothing else), instead of in the store's
+// values (see segments.go for why). Without it (an in-memory store) bodies
+// stay in Badger. Either way bodies written the other way are still read.
+func WithSegments(dir string, key []byte) Option {
+	return func(s *Store) { s.segDir, s.segKey = dir, key }
+}
 
 const seqName = "records"
 
@@ -135,6 +147,13 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 		o(s)
 	}
 	s.log = s.log.With("component", "records")
+	if s.segDir != "" {
+		g, err := openSegments(db, s.segDir, s.segKey)
+		if err != nil {
+			return nil, err
+		}
+		s.segs = g
+	}
 	type interrupted struct {
 		conn  string
 		first uint64
@@ -158,6 +177,14 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// Close closes the segment files. The store's writers must have stopped.
+func (s *Store) Close() error {
+	if s.segs != nil {
+		s.segs.close()
+	}
+	return nil
 }
 
 // lock serialises writers of one connection.
@@ -286,6 +313,7 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 		return Record{}, fmt.Errorf("%w: %q", ErrBadID, clip(id))
 	}
 	var r Record
+	var c change
 	err := s.db.View(ctx, func(tx *store.Txn) error {
 		hv, err := s.heads.GetTx(tx, headKey(conn, typ, id))
 		if errors.Is(err, store.ErrNotFound) {
@@ -302,22 +330,54 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 		if err != nil {
 			return fmt.Errorf("records: change %d of %s/%s: %w", h.seq, typ, id, err)
 		}
-		r, err = recordOf(h.seq, cv, nil)
+		r, c, err = recordOf(h.seq, cv, nil)
 		return err
 	})
+	if err != nil {
+		return r, err
+	}
+	err = s.readBodies(conn, []Record{r}, []change{c}, func(_ int, b []byte) { r.JSON = b })
 	return r, err
 }
 
-func recordOf(seq uint64, v []byte, types names) (Record, error) {
+// recordOf decodes a stored change; a body kept in a segment is read later
+// with readBodies.
+func recordOf(seq uint64, v []byte, types names) (Record, change, error) {
 	c, err := decodeChange(v, types)
 	if err != nil {
-		return Record{}, err
+		return Record{}, c, err
 	}
 	r := Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
-	if !c.deleted {
+	if !c.deleted && !c.ext {
 		r.JSON = c.json
 	}
-	return r, nil
+	return r, c, nil
+}
+
+// readBodies reads the segment-kept bodies of recs (cs are their changes,
+// in the same order) and passes each to set with its index.
+func (s *Store) readBodies(conn string, recs []Record, cs []change, set func(i int, body []byte)) error {
+	var refs []bodyRef
+	for i := range cs {
+		if cs[i].ext && !cs[i].deleted {
+			refs = append(refs, bodyRef{loc: cs[i].loc, typ: recs[i].Type, id: recs[i].ID, idx: i})
+		}
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	if s.segs == nil {
+		return fmt.Errorf("records: %s/%s is kept in a segment, and this store was opened without segments", refs[0].typ, refs[0].id)
+	}
+	return s.segs.read(conn, refs, set)
+}
+
+// bodySize is a change's body size, for page limits.
+func bodySize(c change) int {
+	if c.ext {
+		return int(c.loc.n)
+	}
+	return len(c.json)
 }
 
 // Query selects what List returns.
@@ -400,6 +460,7 @@ type page struct {
 // pageAll reads one page of every type, in change order.
 func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, maxBytes int, in names) (page, error) {
 	p := page{next: after, records: make([]Record, 0, min(limit, 4096))}
+	var cs []change
 	size := 0
 	prefix := conn + "/"
 	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: afterSeq(conn, after), Limit: limit}, func(k string, v []byte) error {
@@ -407,19 +468,23 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 		if err != nil {
 			return err
 		}
-		r, err := recordOf(seq, v, in)
+		r, c, err := recordOf(seq, v, in)
 		if err != nil {
 			return fmt.Errorf("records: change %s: %w", k, err)
 		}
 		p.records = append(p.records, r)
+		cs = append(cs, c)
 		p.next = seq
-		size += len(r.JSON)
+		size += bodySize(c)
 		if len(p.records) >= limit || size >= maxBytes {
 			p.more = true
 			return store.ErrStopScan
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.readBodies(conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
+	}
 	return p, err
 }
 
@@ -429,6 +494,7 @@ func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, m
 // a rare type in a large connection still answers in bounded pages.
 func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
 	p := page{next: after}
+	var cs []change
 	prefix := conn + "/"
 	err := s.db.View(ctx, func(tx *store.Txn) error {
 		var keys []string
@@ -454,6 +520,7 @@ func (s *Store) pageTypes(ctx context.Context, conn string, types []string, afte
 			return err
 		}
 		p.records = make([]Record, 0, len(keys))
+		cs = make([]change, 0, len(keys))
 		size := 0
 		for i, k := range keys {
 			seq, _, err := parseChangeKey(k[len(prefix):])
@@ -464,12 +531,13 @@ func (s *Store) pageTypes(ctx context.Context, conn string, types []string, afte
 			if err != nil {
 				return err
 			}
-			r, err := recordOf(seq, v, in)
+			r, c, err := recordOf(seq, v, in)
 			if err != nil {
 				return err
 			}
 			p.records = append(p.records, r)
-			if size += len(r.JSON); size >= maxBytes && i < len(keys)-1 {
+			cs = append(cs, c)
+			if size += bodySize(c); size >= maxBytes && i < len(keys)-1 {
 				p.more = true
 				p.next = seq
 				return nil
@@ -478,6 +546,9 @@ func (s *Store) pageTypes(ctx context.Context, conn string, types []string, afte
 		p.next = max(last, after)
 		return nil
 	})
+	if err == nil {
+		err = s.readBodies(conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
+	}
 	return p, err
 }
 
@@ -520,6 +591,13 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	}
 	if err := b.Flush(true); err != nil {
 		return fmt.Errorf("records: delete %s: %w", conn, err)
+	}
+	if s.segs != nil {
+		// After the index: a crash in between leaves files nothing points
+		// at, never entries without their bodies.
+		if err := s.segs.drop(conn); err != nil {
+			return fmt.Errorf("records: delete %s: %w", conn, err)
+		}
 	}
 	s.deleted.Store(conn, true)
 	s.log.Info("deleted the records of a connection", "connection", conn)

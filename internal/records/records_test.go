@@ -32,14 +32,18 @@ func openDB(t testing.TB, dir string) *store.DB {
 	return db
 }
 
+var segKey = bytes.Repeat([]byte{7}, 32)
+
+// openStore opens a store as the agent does: bodies in segments.
 func openStore(t testing.TB) *Store {
 	t.Helper()
 	db := openDB(t, "")
 	t.Cleanup(func() { db.Close() })
-	s, err := Open(context.Background(), db, quiet)
+	s, err := Open(context.Background(), db, quiet, WithSegments(t.TempDir(), segKey))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -479,7 +483,7 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 	w, _ := s.NewWriter("c")
 	batch(w)
 	rec := &recorder{}
-	_, first, err := w.plan(ctx, rec)
+	_, first, err := w.plan(ctx, rec, nil)
 	if err != nil || first == 0 {
 		t.Fatal(first, err)
 	}

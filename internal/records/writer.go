@@ -2,7 +2,6 @@ package records
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -22,6 +21,7 @@ type Writer struct {
 	items []item
 	arena []byte            // JSON of buffered puts
 	vals  []byte            // values built by Commit (reused)
+	seal  []byte            // sealed bodies for the segment (reused)
 	names map[string]string // interned type names
 	heads map[string]head   // heads as changed by the commit in progress
 }
@@ -114,6 +114,9 @@ func (w *Writer) reset() {
 	if cap(w.vals) > 64<<20 {
 		w.vals = nil
 	}
+	if cap(w.seal) > 64<<20 {
+		w.seal = nil
+	}
 }
 
 // Counts says what a Commit did.
@@ -191,13 +194,22 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	if err := s.repairIfPending(ctx, w.conn); err != nil {
 		return Counts{}, err
 	}
+	var app *appender
+	if s.segs != nil {
+		app = s.segs.appender(w.conn, w.seal)
+	}
 	b := s.db.NewBatch()
-	n, first, err := w.plan(ctx, batchSink{b})
+	n, first, err := w.plan(ctx, batchSink{b}, app)
 	if err == nil && marker != nil {
 		err = marker(b, n)
 	}
 	if err == nil && first != 0 {
 		err = store.BatchDelete(b, s.pending, w.conn)
+	}
+	if err == nil && app != nil {
+		// The bodies are written before the entries that point at them.
+		err = app.write(w.sync)
+		w.seal = app.buf
 	}
 	if err != nil {
 		b.Cancel()
@@ -226,12 +238,13 @@ func (s batchSink) del(t *store.Table[[]byte], key string) error {
 	return store.BatchDelete(s.b, t, key)
 }
 
-// plan decides what each buffered change does and sends the writes to out:
+// plan decides what each buffered change does and sends the writes to out
+// (and the bodies to app, when the store keeps them in segments):
 // the pending marker first (if anything is written), then per change the
 // new change entry, the head, and the removal of the superseded change
 // (readers and repair rely on that order). It returns the counts and the first sequence used (0:
 // nothing written). Callers hold the connection's lock.
-func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
+func (w *Writer) plan(ctx context.Context, out sink, app *appender) (Counts, uint64, error) {
 	var n Counts
 	var first uint64
 	s := w.s
@@ -241,14 +254,15 @@ func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
 			hk := headKey(w.conn, it.typ, it.id)
 			cur, found := w.heads[hk]
 			if !found {
-				hv, err := s.heads.GetTx(tx, hk)
-				switch {
-				case err == nil:
-					if cur, err = decodeHead(hv); err != nil {
-						return fmt.Errorf("head %s: %w", hk, err)
+				var err error
+				found, err = s.heads.PeekTx(tx, hk, func(hv []byte) error {
+					var derr error
+					if cur, derr = decodeHead(hv); derr != nil {
+						return fmt.Errorf("head %s: %w", hk, derr)
 					}
-					found = true
-				case !errors.Is(err, store.ErrNotFound):
+					return nil
+				})
+				if err != nil {
 					return err
 				}
 			}
@@ -275,9 +289,18 @@ func (w *Writer) plan(ctx context.Context, out sink) (Counts, uint64, error) {
 			if found {
 				c.prev = cur.seq
 			}
+			body := w.arena[it.off : it.off+it.n]
+			if app != nil && !it.deleted {
+				if c.loc, err = app.add(it.typ, it.id, body); err != nil {
+					return err
+				}
+				c.ext = true
+			}
 			start := len(w.vals)
 			w.vals = c.appendHeader(w.vals)
-			w.vals = append(w.vals, w.arena[it.off:it.off+it.n]...)
+			if !c.ext {
+				w.vals = append(w.vals, body...)
+			}
 			// Full slice expression: later appends must never write into
 			// a value the batch still holds.
 			val := w.vals[start:len(w.vals):len(w.vals)]

@@ -141,6 +141,20 @@ func (t *Table[T]) GetTx(tx *Txn, key string) (T, error) {
 	return v, err
 }
 
+// PeekTx calls fn with the stored bytes of key, valid only during the call,
+// and reports whether key exists. For hot paths: unlike GetTx it neither
+// copies the value nor builds an error for a missing key.
+func (t *Table[T]) PeekTx(tx *Txn, key string, fn func(v []byte) error) (bool, error) {
+	item, err := tx.btx.Get(t.key(key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: get %s: %w", t.name, err)
+	}
+	return true, item.Value(fn)
+}
+
 // PutTx writes key inside a transaction. Only the TTL of opts applies here;
 // durability is decided by the transaction.
 func (t *Table[T]) PutTx(tx *Txn, key string, v T, opts ...WriteOption) error {

@@ -196,13 +196,18 @@ name) updates it; sources no longer in it become suspended.`,
 			if err != nil {
 				return err
 			}
-			if err := stream.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{Start: start}}); err != nil {
-				return err
-			}
 			sendErr := make(chan error, 1)
-			go func() {
-				sendErr <- sendFile(stream, file)
-			}()
+			// io.EOF from Send means the agent already ended the call (a
+			// refusal, say): its status comes from Recv below.
+			if err := stream.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
+				return err
+			} else if err != nil {
+				sendErr <- nil
+			} else {
+				go func() {
+					sendErr <- sendFile(stream, file)
+				}()
+			}
 			pr := newProgress(cmd.ErrOrStderr())
 			var sum *agentv1.ImportSummary
 			for {

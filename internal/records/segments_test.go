@@ -1,0 +1,233 @@
+package records
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// segStore opens a store on a real directory with bodies in dir/records.
+func segStore(t *testing.T, dir string, key []byte) *Store {
+	t.Helper()
+	db := openDB(t, filepath.Join(dir, "store"))
+	t.Cleanup(func() { db.Close() })
+	s, err := Open(context.Background(), db, quiet, WithSegments(filepath.Join(dir, "records"), key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func segFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.WalkDir(filepath.Join(dir, "records"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+// Resource bodies are encrypted at rest: a sentinel inside a resource is in
+// no file of the store or the segments, and the index entries point at
+// bodies that read back exactly.
+func TestSegmentsSealBodies(t *testing.T) {
+	dir := t.TempDir()
+	s := segStore(t, dir, segKey)
+	const sentinel = "SENTINEL-PHI-7f3a9c"
+	body := []byte(`{"resourceType":"Patient","id":"p1","name":[{"text":"` + sentinel + `"}]}`)
+	put(t, s, "c", body, res("Observation", "o1", "1", ""))
+	r, err := s.Get(context.Background(), "c", "Patient", "p1")
+	if err != nil || !bytes.Equal(r.JSON, body) {
+		t.Fatalf("Get = %s, %v", r.JSON, err)
+	}
+	if len(segFiles(t, dir)) == 0 {
+		t.Fatal("no segment written")
+	}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(sentinel)) || bytes.Contains(b, []byte(`"resourceType":"Patient"`)) {
+			t.Errorf("%s holds a resource in plaintext", p)
+		}
+		return nil
+	})
+}
+
+// A body that was altered, a segment that is gone and a wrong key are
+// clear errors naming the record, never a panic or wrong bytes.
+func TestSegmentsDamageIsAClearError(t *testing.T) {
+	ctx := context.Background()
+	t.Run("altered", func(t *testing.T) {
+		dir := t.TempDir()
+		s := segStore(t, dir, segKey)
+		put(t, s, "c", res("Patient", "p1", "1", ""))
+		f := segFiles(t, dir)[0]
+		b, _ := os.ReadFile(f)
+		b[len(b)/2] ^= 1
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		if err == nil || !strings.Contains(err.Error(), "Patient/p1") || !strings.Contains(err.Error(), "does not open") {
+			t.Fatalf("Get of an altered body: %v", err)
+		}
+	})
+	t.Run("missing", func(t *testing.T) {
+		dir := t.TempDir()
+		s := segStore(t, dir, segKey)
+		put(t, s, "c", res("Patient", "p1", "1", ""))
+		s.Close() // drop open handles, as after a restart
+		for _, f := range segFiles(t, dir) {
+			os.Remove(f)
+		}
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		if !errors.Is(err, ErrBodyMissing) {
+			t.Fatalf("Get with the segment gone: %v", err)
+		}
+		if _, err := s.List(ctx, "c", Query{}, func([]Record, uint64) error { return nil }); !errors.Is(err, ErrBodyMissing) {
+			t.Fatalf("List with the segment gone: %v", err)
+		}
+	})
+	t.Run("truncated", func(t *testing.T) {
+		dir := t.TempDir()
+		s := segStore(t, dir, segKey)
+		put(t, s, "c", res("Patient", "p1", "1", ""), res("Patient", "p2", "1", ""))
+		s.Close()
+		f := segFiles(t, dir)[0]
+		fi, _ := os.Stat(f)
+		if err := os.Truncate(f, fi.Size()-5); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "c", "Patient", "p2"); !errors.Is(err, ErrBodyMissing) {
+			t.Fatalf("Get past the end: %v", err)
+		}
+		if r, err := s.Get(ctx, "c", "Patient", "p1"); err != nil || r.ID != "p1" {
+			t.Fatalf("the body before the cut: %+v %v", r, err)
+		}
+	})
+	t.Run("wrong key", func(t *testing.T) {
+		dir := t.TempDir()
+		db := openDB(t, filepath.Join(dir, "store"))
+		defer db.Close()
+		s, _ := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		put(t, s, "c", res("Patient", "p1", "1", ""))
+		s.Close()
+		s2, _ := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), bytes.Repeat([]byte{8}, 32)))
+		defer s2.Close()
+		if _, err := s2.Get(ctx, "c", "Patient", "p1"); err == nil || !strings.Contains(err.Error(), "wrong key") {
+			t.Fatalf("Get under another key: %v", err)
+		}
+	})
+}
+
+// Segments rotate at their size limit, a restarted store never appends to
+// a segment it did not create (a body's nonce is its segment and offset),
+// and lists read across segments in change order.
+func TestSegmentsRotateAndRestart(t *testing.T) {
+	old := maxSegment
+	maxSegment = 600
+	t.Cleanup(func() { maxSegment = old })
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	open := func() *Store {
+		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	var want []string
+	for i := range 20 {
+		put(t, s, "c", res("Observation", fmt.Sprint("o", i), "1", ""))
+		want = append(want, fmt.Sprintf("Observation/o%d@1", i))
+	}
+	n := len(segFiles(t, dir))
+	if n < 3 {
+		t.Fatalf("%d segments for 20 bodies of ~130 bytes with a 600-byte limit", n)
+	}
+	s.Close()
+	sizes := map[string]int64{}
+	for _, f := range segFiles(t, dir) {
+		fi, _ := os.Stat(f)
+		sizes[f] = fi.Size()
+	}
+	s = open()
+	defer s.Close()
+	put(t, s, "c", res("Observation", "after", "1", ""))
+	want = append(want, "Observation/after@1")
+	for f, size := range sizes {
+		if fi, _ := os.Stat(f); fi.Size() != size {
+			t.Errorf("%s grew after a restart", f)
+		}
+	}
+	got, _ := list(t, s, "c", Query{PageRecords: 7})
+	if fmt.Sprint(listed(got)) != fmt.Sprint(want) {
+		t.Fatalf("listed %v\nwant %v", listed(got), want)
+	}
+}
+
+// Bodies written before segments existed (kept in the store's values)
+// still read once the store keeps new bodies in segments.
+func TestSegmentsReadOlderInlineBodies(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	inline, err := Open(ctx, db, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := res("Patient", "a", "1", "")
+	put(t, inline, "c", a)
+	s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := res("Patient", "b", "1", "")
+	put(t, s, "c", b)
+	got, _ := list(t, s, "c", Query{})
+	if len(got) != 2 || !bytes.Equal(got[0].JSON, a) || !bytes.Equal(got[1].JSON, b) {
+		t.Fatalf("listed %v", listed(got))
+	}
+}
+
+// Deleting a connection's records removes its segments, and other
+// connections' records stay.
+func TestSegmentsGoWithTheConnection(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := segStore(t, dir, segKey)
+	put(t, s, "gone", res("Patient", "a", "1", ""))
+	put(t, s, "kept", res("Patient", "b", "1", ""))
+	if _, err := s.Get(ctx, "gone", "Patient", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConnection(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.segs.connDir("gone")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("segments of a deleted connection: %v", err)
+	}
+	if r, err := s.Get(ctx, "kept", "Patient", "b"); err != nil || r.ID != "b" {
+		t.Fatalf("other connection: %+v %v", r, err)
+	}
+}
