@@ -81,6 +81,8 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	a.job(func() { a.pruneEvents(jobCtx) })
 	a.job(func() { a.puller.Run(jobCtx) })
 	a.job(func() { a.syncer.Run(jobCtx) })
+	// Space of replaced resource bodies (new versions) comes back hourly.
+	a.job(func() { a.records.RunCompactor(jobCtx, time.Hour) })
 
 	// Webhook deliveries are jobs: their workers stop with the others.
 	a.webhooks = webhooks.New(a.db, a.events, a.log,

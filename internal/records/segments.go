@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/medrelay/medrelay/internal/store"
@@ -150,8 +151,8 @@ func (a *appender) open() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(g.connDir(a.conn), 0o700); err != nil {
-		return fmt.Errorf("records: segment directory: %w", err)
+	if err := g.makeConnDir(a.conn); err != nil {
+		return err
 	}
 	p := g.segPath(a.conn, id)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -307,6 +308,73 @@ func (g *segments) read(conn string, refs []bodyRef, set func(idx int, body []by
 		i = j
 	}
 	return nil
+}
+
+// makeConnDir creates conn's directory with the file naming its owner.
+func (g *segments) makeConnDir(conn string) error {
+	dir := g.connDir(conn)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("records: segment directory: %w", err)
+	}
+	p := filepath.Join(dir, connIDFile)
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(conn), 0o600); err != nil {
+		return fmt.Errorf("records: segment directory: %w", err)
+	}
+	return nil
+}
+
+// files lists conn's segments and their sizes.
+func (g *segments) files(conn string) (map[uint64]int64, error) {
+	ents, err := os.ReadDir(g.connDir(conn))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint64]int64{}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".seg")
+		if !ok {
+			continue
+		}
+		id, err := parseSeqHex(name)
+		if err != nil {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		out[id] = fi.Size()
+	}
+	return out, nil
+}
+
+// current is the id of the segment conn appends to (0: none).
+func (g *segments) current(conn string) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if sf := g.writing[conn]; sf != nil {
+		return sf.id
+	}
+	return 0
+}
+
+// forget closes the cached read handle of a removed segment.
+func (g *segments) forget(path string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r, ok := g.readers[path]; ok {
+		delete(g.readers, path)
+		r.gone = true
+		if r.refs == 0 {
+			r.f.Close()
+		}
+	}
 }
 
 // drop closes and removes conn's segments.

@@ -1,0 +1,222 @@
+package records
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// Segment compaction. A new version of a resource leaves the old body in
+// its segment, unreferenced. Compact copies the bodies still referenced out
+// of segments that are mostly garbage into the connection's current
+// segment, points their change entries at the copies, and deletes a segment
+// at the next run once nothing refers to it: a reader that read a change
+// entry just before the move still finds the old file in between (a page
+// reads its bodies right after its entries; runs are minutes apart).
+//
+// A crash part-way leaves some entries pointing at copies and the rest at
+// the old segment, all readable; the next run finishes.
+
+// compactBelow is the share of a segment's bytes still referenced under
+// which it is rewritten.
+const compactBelow = 0.5
+
+// connIDFile names a connection's directory's owner (directory names are
+// hashes), so that the compactor can walk every connection.
+const connIDFile = "connection"
+
+// CompactStats is what a Compact run did.
+type CompactStats struct {
+	Rewritten int   // segments copied out of
+	Moved     int   // bodies copied
+	Removed   int   // segment files deleted
+	Reclaimed int64 // bytes of files deleted
+}
+
+// Compact reclaims the space of replaced bodies in conn's segments.
+// Writers of conn wait while a segment is copied.
+func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) {
+	var st CompactStats
+	if s.segs == nil {
+		return st, nil
+	}
+	if err := checkConn(conn); err != nil {
+		return st, err
+	}
+	mu := s.lock(conn)
+	mu.Lock()
+	defer mu.Unlock()
+	if _, gone := s.deleted.Load(conn); gone {
+		return st, nil
+	}
+	if err := s.repairIfPending(ctx, conn); err != nil {
+		return st, err
+	}
+	files, err := s.segs.files(conn)
+	if err != nil || len(files) == 0 {
+		return st, err
+	}
+	live := map[uint64]int64{}
+	err = s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
+		c, err := decodeChange(v, nil)
+		if err != nil {
+			return fmt.Errorf("change %s: %w", k, err)
+		}
+		if c.ext {
+			live[c.loc.seg] += int64(c.loc.n)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("records: compact %s: %w", conn, err)
+	}
+	current := s.segs.current(conn)
+	for id, size := range files {
+		switch {
+		case id == current:
+		case live[id] == 0:
+			if err := os.Remove(s.segs.segPath(conn, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return st, err
+			}
+			s.segs.forget(s.segs.segPath(conn, id))
+			st.Removed++
+			st.Reclaimed += size
+		case float64(live[id]) < compactBelow*float64(size):
+			n, err := s.moveOut(ctx, conn, id)
+			if err != nil {
+				return st, fmt.Errorf("records: compact %s: %w", conn, err)
+			}
+			st.Rewritten++
+			st.Moved += n
+		}
+	}
+	return st, nil
+}
+
+// moveOut copies the referenced bodies of segment seg to the current
+// segment and repoints their change entries, a batch at a time. Callers hold
+// the connection's lock.
+func (s *Store) moveOut(ctx context.Context, conn string, seg uint64) (int, error) {
+	type entry struct {
+		key string
+		c   change
+		rec Record
+	}
+	moved := 0
+	after := ""
+	for {
+		var batch []entry
+		size := 0
+		err := s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/", After: after}, func(k string, v []byte) error {
+			after = k
+			c, err := decodeChange(v, nil)
+			if err != nil {
+				return fmt.Errorf("change %s: %w", k, err)
+			}
+			if !c.ext || c.loc.seg != seg {
+				return nil
+			}
+			batch = append(batch, entry{key: k, c: c, rec: Record{Type: c.typ, ID: c.id}})
+			if size += int(c.loc.n); size >= 4<<20 || len(batch) >= 5000 {
+				return store.ErrStopScan
+			}
+			return nil
+		})
+		if err != nil {
+			return moved, err
+		}
+		if len(batch) == 0 {
+			return moved, nil
+		}
+		recs := make([]Record, len(batch))
+		cs := make([]change, len(batch))
+		for i := range batch {
+			recs[i], cs[i] = batch[i].rec, batch[i].c
+		}
+		bodies := make([][]byte, len(batch))
+		if err := s.readBodies(conn, recs, cs, func(i int, b []byte) { bodies[i] = b }); err != nil {
+			return moved, err
+		}
+		app := s.segs.appender(conn, nil)
+		b := s.db.NewBatch()
+		var vals []byte
+		for i := range batch {
+			c := batch[i].c
+			if c.loc, err = app.add(c.typ, c.id, bodies[i]); err != nil {
+				b.Cancel()
+				return moved, err
+			}
+			start := len(vals)
+			vals = c.appendHeader(vals)
+			if err := store.BatchPut(b, s.changes, batch[i].key, vals[start:len(vals):len(vals)]); err != nil {
+				b.Cancel()
+				return moved, err
+			}
+		}
+		if err := app.write(true); err != nil {
+			b.Cancel()
+			return moved, err
+		}
+		if err := b.Flush(true); err != nil {
+			return moved, err
+		}
+		moved += len(batch)
+	}
+}
+
+// RunCompactor compacts every connection's segments every interval until
+// ctx ends.
+func (s *Store) RunCompactor(ctx context.Context, every time.Duration) {
+	if s.segs == nil || every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.CompactAll(ctx)
+	}
+}
+
+// CompactAll runs Compact for every connection with segments, logging what
+// it reclaimed and what failed.
+func (s *Store) CompactAll(ctx context.Context) {
+	if s.segs == nil {
+		return
+	}
+	dirs, err := os.ReadDir(s.segs.dir)
+	if err != nil {
+		s.log.Warn("segment compaction: list connections", "err", err)
+		return
+	}
+	for _, d := range dirs {
+		if ctx.Err() != nil {
+			return
+		}
+		b, err := os.ReadFile(filepath.Join(s.segs.dir, d.Name(), connIDFile))
+		if err != nil {
+			continue // being created, or not ours
+		}
+		conn := string(b)
+		if s.segs.connDir(conn) != filepath.Join(s.segs.dir, d.Name()) {
+			continue
+		}
+		st, err := s.Compact(ctx, conn)
+		if err != nil {
+			s.log.Warn("segment compaction", "connection", conn, "err", err)
+			continue
+		}
+		if st.Removed > 0 || st.Rewritten > 0 {
+			s.log.Info("segment compaction", "connection", conn, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
+		}
+	}
+}
