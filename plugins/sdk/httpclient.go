@@ -127,12 +127,26 @@ func (l *sourceLimiter) pause(until time.Time) {
 	l.mu.Unlock()
 }
 
+type noPauseKey struct{}
+
+// WithoutPause marks requests made with ctx as exempt from a source's
+// Retry-After pause (they still honour the rate and concurrency limits).
+// For requests that end work at the source rather than ask for more, such
+// as cancelling an export: a user's cancel must not wait out an hour-long
+// Retry-After that a status poll received.
+func WithoutPause(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noPauseKey{}, true)
+}
+
 // acquire waits for the source's pause, rate and a concurrency slot; the
 // returned release frees the slot.
 func (c *Client) acquire(ctx context.Context, l *sourceLimiter) (func(), error) {
 	l.mu.Lock()
 	wait := time.Until(l.pausedUntil)
 	l.mu.Unlock()
+	if exempt, _ := ctx.Value(noPauseKey{}).(bool); exempt {
+		wait = 0
+	}
 	if wait > 0 {
 		if err := c.sleep(ctx, wait); err != nil {
 			return nil, err

@@ -84,6 +84,40 @@ func TestRetryAfterBeyondCapFailsWithRetryAfterError(t *testing.T) {
 	}
 }
 
+// A Retry-After beyond the cap pauses the source for everyone, except
+// requests marked WithoutPause (a cancel).
+func TestRetryAfterPauseSparesCancels(t *testing.T) {
+	var deletes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			deletes.Add(1)
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		w.Header().Set("Retry-After", "7200")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer srv.Close()
+	c := fastClient(WithRateLimit(RateLimit{MaxRetryAfter: time.Minute}))
+	if _, err := get(t, c, srv.URL+"/status"); err == nil {
+		t.Fatal("want the Retry-After error")
+	}
+	// Held: an ordinary request waits out the pause (here: its deadline).
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/status", nil)
+	if _, err := c.Do(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a request during the pause: %v", err)
+	}
+	// Exempt: the cancel goes out at once.
+	del, _ := http.NewRequest(http.MethodDelete, srv.URL+"/status", nil)
+	resp, err := c.Do(WithoutPause(context.Background()), del)
+	if err != nil || resp.StatusCode != http.StatusAccepted || deletes.Load() != 1 {
+		t.Fatalf("cancel during the pause: %v %v (%d deletes)", resp, err, deletes.Load())
+	}
+	resp.Body.Close()
+}
+
 func TestOnlyIdempotentRequestsAreRetriedAfter5xx(t *testing.T) {
 	var n atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -638,6 +638,9 @@ func (s *SMART) BulkCancel(ctx context.Context, call *Call, statusURL string) er
 	if err != nil {
 		return err
 	}
+	// A cancel ends work at the source: it does not wait out a pause
+	// that a status poll's Retry-After set.
+	ctx = WithoutPause(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.String(), nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
