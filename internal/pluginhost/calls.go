@@ -220,6 +220,10 @@ func (h *Host) BulkCancel(ctx context.Context, name string, req *pluginv1.BulkCa
 
 // BulkDownload writes one export file, from req.Offset, to w. It returns the
 // offset reached: after an error, call again with that offset to resume.
+//
+// The bytes take the fastest path both sides support: a shared-memory ring
+// (w is handed slices of the ring; as io.Writer requires, none is used
+// after its Write returns), a raw local socket, or gRPC chunks.
 func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.BulkDownloadRequest, w io.Writer) (int64, error) {
 	start := req.GetOffset()
 	next := start
@@ -233,24 +237,28 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 
 	var sk *sink
 	if sinkSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_SINK) {
-		if sk, err = h.openSink(w); err != nil {
+		withRing := ringSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_RING)
+		if sk, err = h.openSink(w, withRing); err != nil {
 			p.log.Warn("no download sink; streaming over gRPC", "err", err)
 			sk = nil
 		} else {
 			req = proto.CloneOf(req)
 			req.SinkNetwork, req.SinkAddress, req.SinkToken = "unix", sk.address(), sk.token
+			req.SinkRing = sk.ring != nil
+			// Waits for the sink end when we give up.
+			defer context.AfterFunc(ctx, sk.abort)()
 		}
 	}
-	finish := func(abort bool) error {
+	finish := func(abort bool) sinkResult {
 		if sk == nil {
-			return nil
+			return sinkResult{}
 		}
-		n, raw, err := sk.finish(abort)
-		if raw {
-			next = start + n
+		r := sk.finish(abort)
+		if r.used {
+			next = start + r.n
 		}
 		sk = nil
-		return err
+		return r
 	}
 	defer finish(true)
 
@@ -258,39 +266,61 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 	if err != nil {
 		return next, p.fromCall(err)
 	}
-	viaSink := false
+	viaSink := ""
 	for {
 		m, err := st.Recv()
 		if errors.Is(err, io.EOF) {
-			if viaSink {
+			if viaSink != "" {
+				p.log.Debug("bulk download", "path", viaSink, "from", start, "to", next)
 				return next, nil
 			}
-			if err := finish(false); err != nil {
-				return next, err
+			r := finish(false)
+			if r.err != nil {
+				return next, p.sinkError(r.err)
 			}
+			if r.used {
+				return next, fmt.Errorf("%w: plugin %s wrote %d bytes to the download sink and never said where the file ends", ErrUnavailable, p.name, r.n)
+			}
+			p.log.Debug("bulk download", "path", "chunks", "from", start, "to", next)
 			return next, nil
 		}
 		if err != nil {
 			// The plugin ends its side of the sink before reporting an
 			// error: let the bytes that arrived reach w (the caller
 			// resumes after them) unless we are the ones giving up.
-			ferr := finish(ctx.Err() != nil)
-			if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
-				p.log.Debug("download sink", "err", ferr)
+			r := finish(ctx.Err() != nil)
+			if r.err != nil {
+				var we *writeError
+				if errors.Is(r.err, errRing) || errors.As(r.err, &we) {
+					// The plugin only saw its connection close: our
+					// reason is the real one.
+					return next, p.sinkError(r.err)
+				}
+				if !errors.Is(r.err, net.ErrClosed) {
+					p.log.Debug("download sink", "err", r.err)
+				}
 			}
 			return next, p.fromCall(err)
 		}
 		if m.GetViaSink() {
-			if sk != nil {
-				sk.awaitAccept(10 * time.Second)
+			if sk == nil {
+				return next, fmt.Errorf("%w: plugin %s says it used a download sink it was not offered (or used it twice)", ErrUnavailable, p.name)
 			}
-			if err := finish(false); err != nil {
-				return next, err
+			sk.awaitAccept(10 * time.Second)
+			// The plugin sent END before this: a ring still open after a
+			// while never will end.
+			sk.expectEnd(10 * time.Second)
+			r := finish(false)
+			if r.err != nil {
+				return next, p.sinkError(r.err)
+			}
+			if r.unended {
+				return next, fmt.Errorf("%w: plugin %s says the file ends at %d, but its download ring ended at %d without an end message (%v)", ErrUnavailable, p.name, m.GetOffset(), next, r.cause)
 			}
 			if next != m.GetOffset() {
 				return next, fmt.Errorf("%w: plugin %s says the file ends at %d, the sink received up to %d", ErrUnavailable, p.name, m.GetOffset(), next)
 			}
-			viaSink = true
+			viaSink = r.path
 			continue
 		}
 		if sk != nil && !sk.chunks() {
@@ -305,6 +335,19 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 			return next, err
 		}
 	}
+}
+
+// sinkError words a failure of the sink: the plugin breaking the ring
+// protocol, our writer's own error as it gave it, or a broken connection.
+func (p *plugin) sinkError(err error) error {
+	var we *writeError
+	switch {
+	case errors.Is(err, errRing):
+		return fmt.Errorf("%w: plugin %s broke the %w", ErrUnavailable, p.name, err)
+	case errors.As(err, &we):
+		return we.err
+	}
+	return fmt.Errorf("%w: plugin %s: download sink: %w", ErrUnavailable, p.name, err)
 }
 
 // has reports whether the running plugin described a capability.

@@ -3,6 +3,7 @@ package pluginhost
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -253,27 +254,70 @@ func dummyConn(t *testing.T) *grpc.ClientConn {
 	return c
 }
 
-// Both download paths (the local sink and gRPC chunks) deliver the same
-// bytes, from an offset.
+// All three download paths deliver the same bytes, from an offset: the
+// shared-memory ring (a plugin and an agent that both speak it), the raw
+// sink (either side without the ring: an older plugin or agent, or another
+// system) and gRPC chunks (no sink at all).
 func TestBulkDownloadPaths(t *testing.T) {
-	file := strings.Repeat("0123456789\n", 300000) // 3.3 MB: several chunks
+	file := strings.Repeat("0123456789\n", 300000) // 3.3 MB: several chunks and slots
 	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.ServeContent(w, r, "f.ndjson", time.Time{}, strings.NewReader(file))
 	}))
 	defer src.Close()
-	o, _ := testOptions(t, installDir(t, "smart"), staticTokens("t"))
+	o, logs := testOptions(t, installDir(t, "smart"), staticTokens("t"))
 	h := startHost(t, o)
-	for _, viaSink := range []bool{true, false} {
-		sinkSupported = viaSink
+	defer func() { sinkSupported, ringSupported = true, ringDefault }()
+	paths := []struct {
+		path       string
+		sink, ring bool
+	}{{"ring", true, true}, {"sink", true, false}, {"chunks", false, false}}
+	for _, c := range paths {
+		if c.ring && !ringDefault {
+			continue // no ring on this system
+		}
+		sinkSupported, ringSupported = c.sink, c.ring
 		var sb strings.Builder
 		n, err := h.BulkDownload(context.Background(), "smart", &pluginv1.BulkDownloadRequest{
 			Connection: &pluginv1.Connection{Id: "c", FhirBaseUrl: src.URL + "/fhir"}, Url: src.URL + "/f.ndjson", Offset: 5, RequiresAccessToken: true,
 		}, &sb)
 		if err != nil || n != int64(len(file)) || sb.String() != file[5:] {
-			t.Errorf("sink %v: n=%d err=%v len=%d", viaSink, n, err, sb.Len())
+			t.Errorf("%s: n=%d err=%v len=%d", c.path, n, err, sb.Len())
+		}
+		want := fmt.Sprintf(`msg="bulk download" component=plugins plugin=smart path=%s from=5 to=%d`, c.path, len(file))
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("%s: the log does not say %q", c.path, want)
 		}
 	}
-	sinkSupported = true
+}
+
+// A body cut short (Content-Length promised more) is a broken download on
+// every path, never a complete one: the call fails with the bytes that did
+// arrive, and the caller resumes after them.
+func TestCutBodyIsResumableOnEveryPath(t *testing.T) {
+	const sent, promised = 2<<20 + 12345, 5 << 20
+	body := strings.Repeat("x", sent)
+	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(promised))
+		io.WriteString(w, body) // the server closes the connection after this
+	}))
+	defer src.Close()
+	o, _ := testOptions(t, installDir(t, "smart"), staticTokens("t"))
+	h := startHost(t, o)
+	defer func() { sinkSupported, ringSupported = true, ringDefault }()
+	for _, c := range []struct{ sink, ring bool }{{true, true}, {true, false}, {false, false}} {
+		sinkSupported, ringSupported = c.sink, c.ring && ringDefault
+		var sb strings.Builder
+		n, err := h.BulkDownload(context.Background(), "smart", &pluginv1.BulkDownloadRequest{
+			Connection: &pluginv1.Connection{Id: "c", FhirBaseUrl: src.URL + "/fhir"}, Url: src.URL + "/f.ndjson",
+		}, &sb)
+		var se *SourceError
+		if !errors.As(err, &se) || se.Reason != "SOURCE_DOWNLOAD_BROKEN" || !errors.Is(err, ErrSourceDown) {
+			t.Errorf("sink=%v ring=%v: err = %v, want SOURCE_DOWNLOAD_BROKEN", c.sink, c.ring, err)
+		}
+		if n != sent || sb.Len() != sent {
+			t.Errorf("sink=%v ring=%v: offset %d, %d bytes written; want %d", c.sink, c.ring, n, sb.Len(), sent)
+		}
+	}
 }
 
 // A plugin that stops answering (here: stopped with SIGSTOP) fails its

@@ -24,19 +24,28 @@ type sink struct {
 	ln    net.Listener
 	token []byte
 	w     io.Writer
+	// ring is set when the plugin was offered the download ring
+	// (sink_ring); serve releases it when it ends.
+	ring *ring
 
 	mu       sync.Mutex
-	mode     int // 0 undecided, 1 sink, 2 grpc chunks
+	mode     int // sinkUndecided, sinkConnected (the plugin uses the sink) or sinkChunks
 	conn     net.Conn
 	done     chan struct{}
 	n        int64
 	err      error
 	accepted chan struct{}
+	// ringEnded: the plugin ended the ring with END (ring mode only).
+	ringEnded bool
+	// ringCause is why a ring ended before END.
+	ringCause error
+	// ringDeclined: the plugin could not map the ring and sent raw bytes.
+	ringDeclined bool
 }
 
 const (
 	sinkUndecided = iota
-	sinkRaw
+	sinkConnected
 	sinkChunks
 )
 
@@ -86,7 +95,10 @@ var sinkSeq struct {
 	n int
 }
 
-func (h *Host) openSink(w io.Writer) (*sink, error) {
+// openSink listens for the plugin's connection; withRing also prepares a
+// download ring (a ring that cannot be made is logged and left out: the
+// raw sink still works).
+func (h *Host) openSink(w io.Writer, withRing bool) (*sink, error) {
 	dir, err := h.sinkDir()
 	if err != nil {
 		return nil, err
@@ -103,6 +115,12 @@ func (h *Host) openSink(w io.Writer) (*sink, error) {
 	tok := make([]byte, 32)
 	_, _ = rand.Read(tok)
 	s := &sink{ln: ln, token: tok, w: w, done: make(chan struct{}), accepted: make(chan struct{})}
+	if withRing {
+		if s.ring, err = newRing(ringSlots, ringSlotSize); err != nil {
+			h.log.Warn("no download ring; using the raw sink", "err", err)
+			s.ring = nil
+		}
+	}
 	go s.serve()
 	return s, nil
 }
@@ -111,6 +129,10 @@ func (s *sink) address() string { return s.ln.Addr().String() }
 
 func (s *sink) serve() {
 	defer close(s.done)
+	if s.ring != nil {
+		// Every Write into the ring has returned when serve does.
+		defer s.ring.release()
+	}
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -129,14 +151,23 @@ func (s *sink) serve() {
 			c.Close()
 			return
 		}
-		s.mode, s.conn = sinkRaw, c
+		s.mode, s.conn = sinkConnected, c
 		s.mu.Unlock()
 		close(s.accepted)
 		s.ln.Close()
-		if uc, ok := c.(*net.UnixConn); ok {
-			_ = uc.SetReadBuffer(4 << 20)
+		var n int64
+		if s.ring != nil {
+			res := serveRing(c, s.ring, s.w)
+			n, err = res.n, res.err
+			s.mu.Lock()
+			s.ringEnded, s.ringDeclined, s.ringCause = res.complete || res.declined, res.declined, res.cause
+			s.mu.Unlock()
+		} else {
+			if uc, ok := c.(*net.UnixConn); ok {
+				_ = uc.SetReadBuffer(4 << 20)
+			}
+			n, err = copyLarge(s.w, c)
 		}
-		n, err := copyLarge(s.w, c)
 		c.Close()
 		s.mu.Lock()
 		s.n, s.err = n, err
@@ -150,16 +181,30 @@ func (s *sink) serve() {
 func (s *sink) chunks() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mode == sinkRaw {
+	if s.mode == sinkConnected {
 		return false
 	}
 	s.mode = sinkChunks
 	return true
 }
 
-// finish waits for the raw copy, if there was one, and returns the bytes
-// it wrote.
-func (s *sink) finish(abort bool) (int64, bool, error) {
+// sinkResult is what went through the sink.
+type sinkResult struct {
+	n int64
+	// used: the plugin connected (the bytes went this way, not as chunks).
+	used bool
+	// path is how the bytes went: "ring", "sink" (raw bytes) or "".
+	path string
+	// unended: a ring that ended without the plugin's END (the download
+	// is incomplete whatever the stream says); the cause, when known.
+	unended bool
+	cause   error
+	err     error
+}
+
+// finish waits for the copy, if there was one, and returns what it wrote.
+// abort closes the connection first (we give up on the download).
+func (s *sink) finish(abort bool) sinkResult {
 	s.mu.Lock()
 	conn := s.conn
 	s.mu.Unlock()
@@ -175,7 +220,27 @@ func (s *sink) finish(abort bool) (int64, bool, error) {
 	}
 	// The mode is read after the copy ended: the connection may have been
 	// accepted after finish began.
-	return s.n, s.mode == sinkRaw, s.err
+	r := sinkResult{n: s.n, used: s.mode == sinkConnected, err: s.err}
+	if r.used {
+		r.path = "sink"
+		if s.ring != nil && !s.ringDeclined {
+			r.path = "ring"
+		}
+	}
+	if r.used && s.ring != nil && !s.ringEnded {
+		r.unended, r.cause = true, s.ringCause
+	}
+	return r
+}
+
+// abort closes the connection: a copy in progress ends (the agent gave up).
+func (s *sink) abort() {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	if conn != nil {
+		conn.Close()
+	}
 }
 
 // awaitAccept waits until the plugin's connection was accepted (the plugin
@@ -202,7 +267,7 @@ func copyLarge(dst io.Writer, src io.Reader) (int64, error) {
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
 			if werr != nil {
-				return n, werr
+				return n, &writeError{werr}
 			}
 		}
 		if rerr == io.EOF {
@@ -211,5 +276,16 @@ func copyLarge(dst io.Writer, src io.Reader) (int64, error) {
 		if rerr != nil {
 			return n, rerr
 		}
+	}
+}
+
+// expectEnd bounds the wait for a ring's end message: the plugin sent it
+// before it reported the end of the file.
+func (s *sink) expectEnd(d time.Duration) {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	if conn != nil && s.ring != nil {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
 	}
 }

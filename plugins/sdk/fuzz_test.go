@@ -1,6 +1,9 @@
 package sdk
 
 import (
+	"bytes"
+	"encoding/binary"
+	"io"
 	"testing"
 	"time"
 )
@@ -82,6 +85,56 @@ func FuzzDiagnostics(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if d := Diagnostics(b); len(d) > 310 {
 			t.Fatalf("diagnostics of %d bytes", len(d))
+		}
+	})
+}
+
+// What the agent sends on a download ring: the plugin never writes outside
+// its ring's slots, and ends (with an error unless the file went through).
+func FuzzRingCredits(f *testing.F) {
+	free := func(slots ...uint32) []byte {
+		b := make([]byte, ringMsgSize*len(slots))
+		for i, s := range slots {
+			putRingMsg(b[i*ringMsgSize:], ringFree, s, 0)
+		}
+		return b
+	}
+	f.Add(free(0, 1, 2, 0, 1, 2, 0, 1, 2))
+	f.Add(free(0, 0))
+	f.Add(free(7))
+	f.Add([]byte{1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, credits []byte) {
+		const slots, size, fileSize = 3, 16, 200
+		guard := make([]byte, slots*size+64)
+		rm := &ringMap{mem: guard[32 : 32+slots*size], slots: slots, slotSize: size, release: func() {}}
+		rw := struct {
+			io.Reader
+			io.Writer
+		}{bytes.NewReader(credits), io.Discard}
+		n, err := fillRing(rw, rm, bytes.NewReader(bytes.Repeat([]byte{0xff}, fileSize)))
+		if n > fileSize || (err == nil && n != fileSize) {
+			t.Fatalf("n=%d err=%v", n, err)
+		}
+		if bytes.ContainsRune(guard[:32], 0xff) || bytes.IndexByte(guard[32+slots*size:], 0xff) >= 0 {
+			t.Fatal("wrote outside the ring")
+		}
+	})
+}
+
+func FuzzParseRingHello(f *testing.F) {
+	h := make([]byte, ringMsgSize)
+	copy(h, ringMagic)
+	binary.LittleEndian.PutUint32(h[4:], 8)
+	binary.LittleEndian.PutUint32(h[8:], 1<<20)
+	f.Add(h)
+	f.Add([]byte("MRR1\xff\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < ringMsgSize {
+			return
+		}
+		slots, size, err := parseRingHello(b)
+		if err == nil && (slots < 1 || size < ringMinSlotSize || slots*size > ringMaxSize) {
+			t.Fatalf("accepted %d x %d", slots, size)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -109,6 +110,21 @@ func trimStack(b []byte) string {
 }
 
 func (s *server) capabilities() []Capability {
+	return withTransports(s.sourceCapabilities())
+}
+
+// withTransports makes CapDownloadRing follow CapDownloadSink: the ring is
+// how the SDK itself moves a download's bytes where the system allows, not
+// something a Source implements.
+func withTransports(caps []Capability) []Capability {
+	caps = slices.DeleteFunc(slices.Clone(caps), func(c Capability) bool { return c == CapDownloadRing })
+	if ringSupported && slices.Contains(caps, CapDownloadSink) {
+		caps = append(caps, CapDownloadRing)
+	}
+	return caps
+}
+
+func (s *server) sourceCapabilities() []Capability {
 	if s.desc.Capabilities != nil {
 		return s.desc.Capabilities
 	}
@@ -376,7 +392,7 @@ func (s *server) BulkDownload(req *pluginv1.BulkDownloadRequest, stream grpc.Ser
 	defer body.Close()
 	if req.GetSinkAddress() != "" {
 		if sink, err := dialSink(stream.Context(), req); err == nil {
-			return sendToSink(stream, sink, body, off)
+			return s.sendToSink(stream, sink, body, off, req.GetSinkRing())
 		} else {
 			s.log.Warn("download sink unreachable; streaming over gRPC", "err", err.Error())
 		}
@@ -525,16 +541,23 @@ func dialSink(ctx context.Context, req *pluginv1.BulkDownloadRequest) (net.Conn,
 	return c, nil
 }
 
-// sendToSink copies the file to the sink, then reports the end offset on
-// the stream. If the copy breaks, the agent knows how far it got from what
-// it received; the error says so.
-func sendToSink(stream grpc.ServerStreamingServer[pluginv1.BulkDownloadResponse], sink net.Conn, body io.Reader, off int64) error {
+// sendToSink copies the file to the sink (through the shared-memory ring
+// when the agent offered one), then reports the end offset on the stream.
+// If the copy breaks, the agent knows how far it got from what it
+// received; the error says so.
+func (s *server) sendToSink(stream grpc.ServerStreamingServer[pluginv1.BulkDownloadResponse], sink net.Conn, body io.Reader, off int64, ring bool) error {
 	stop := context.AfterFunc(stream.Context(), func() { sink.Close() })
 	defer stop()
-	if uc, ok := sink.(*net.UnixConn); ok {
-		_ = uc.SetWriteBuffer(4 << 20)
+	var n int64
+	var err error
+	if ring {
+		n, err = sendToRing(sink, body, s.log)
+	} else {
+		if uc, ok := sink.(*net.UnixConn); ok {
+			_ = uc.SetWriteBuffer(4 << 20)
+		}
+		n, err = copyLarge(sink, body)
 	}
-	n, err := copyLarge(sink, body)
 	if cw, ok := sink.(interface{ CloseWrite() error }); ok && err == nil {
 		err = cw.CloseWrite()
 	}

@@ -5,7 +5,7 @@ import (
 )
 
 // Version is the SDK's version, reported to the agent in Describe.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // ProtocolVersions are the plugin protocol majors this SDK speaks.
 var ProtocolVersions = []int{1}
@@ -172,6 +172,11 @@ const (
 	// CapDownloadSink: BulkDownload writes to the agent's local socket
 	// (the SDK does this for every BulkSource).
 	CapDownloadSink
+	// CapDownloadRing: BulkDownload reads the file straight into memory
+	// shared with the agent (Linux; since SDK 0.2.0). The SDK declares it
+	// itself wherever CapDownloadSink is declared and the system allows;
+	// listing it has no effect.
+	CapDownloadRing
 )
 
 // Discovery is how endpoints are found.

@@ -39,6 +39,10 @@ const (
 	// BulkDownload can write the bytes to a local socket the agent offers
 	// (BulkDownloadRequest.sink_*), bypassing gRPC framing.
 	Capability_CAPABILITY_DOWNLOAD_SINK Capability = 8
+	// BulkDownload can use a shared-memory ring over the sink connection
+	// (BulkDownloadRequest.sink_ring): the bytes are copied once, from the
+	// source's socket into memory the agent reads from. Linux only.
+	Capability_CAPABILITY_DOWNLOAD_RING Capability = 9
 )
 
 // Enum value maps for Capability.
@@ -53,6 +57,7 @@ var (
 		6: "CAPABILITY_BULK_CANCEL",
 		7: "CAPABILITY_REFERENCE_FOLLOWING",
 		8: "CAPABILITY_DOWNLOAD_SINK",
+		9: "CAPABILITY_DOWNLOAD_RING",
 	}
 	Capability_value = map[string]int32{
 		"CAPABILITY_UNSPECIFIED":          0,
@@ -64,6 +69,7 @@ var (
 		"CAPABILITY_BULK_CANCEL":          6,
 		"CAPABILITY_REFERENCE_FOLLOWING":  7,
 		"CAPABILITY_DOWNLOAD_SINK":        8,
+		"CAPABILITY_DOWNLOAD_RING":        9,
 	}
 )
 
@@ -1938,9 +1944,25 @@ type BulkDownloadRequest struct {
 	// offset, and closes the connection; the stream then carries a single
 	// message with via_sink set and offset at the end of the file. A plugin
 	// that cannot connect streams data chunks as usual.
-	SinkNetwork   string `protobuf:"bytes,5,opt,name=sink_network,json=sinkNetwork,proto3" json:"sink_network,omitempty"`
-	SinkAddress   string `protobuf:"bytes,6,opt,name=sink_address,json=sinkAddress,proto3" json:"sink_address,omitempty"`
-	SinkToken     []byte `protobuf:"bytes,7,opt,name=sink_token,json=sinkToken,proto3" json:"sink_token,omitempty"`
+	SinkNetwork string `protobuf:"bytes,5,opt,name=sink_network,json=sinkNetwork,proto3" json:"sink_network,omitempty"`
+	SinkAddress string `protobuf:"bytes,6,opt,name=sink_address,json=sinkAddress,proto3" json:"sink_address,omitempty"`
+	SinkToken   []byte `protobuf:"bytes,7,opt,name=sink_token,json=sinkToken,proto3" json:"sink_token,omitempty"`
+	// Set only when the plugin declared CAPABILITY_DOWNLOAD_RING: after the
+	// token, the sink connection carries the ring protocol instead of raw
+	// bytes. The agent answers the token with a 16-byte hello ("MRR1", then
+	// little-endian uint32 slot count, uint32 slot size, uint32 zero) that
+	// carries a memfd of slots x slot size bytes as SCM_RIGHTS. Every message
+	// after that is 16 bytes: little-endian uint32 kind, uint32 slot, uint64 n.
+	// Plugin to agent: 1 FILLED (slot holds n bytes, the file's next ones;
+	// the slot is the agent's until it frees it), 2 END (clean end of the
+	// file; n is the total of the FILLED bytes), 3 DECLINE (the plugin cannot
+	// map the ring; raw bytes follow on the connection as without sink_ring).
+	// Agent to plugin: 4 FREE (the slot is the plugin's again; n is 0). Every
+	// slot starts as the plugin's. A connection that ends without END is a
+	// broken download: the agent keeps the FILLED bytes, the caller resumes
+	// after them. The stream ends as with the raw sink: one message with
+	// via_sink set and offset at the end of the file.
+	SinkRing      bool `protobuf:"varint,8,opt,name=sink_ring,json=sinkRing,proto3" json:"sink_ring,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2022,6 +2044,13 @@ func (x *BulkDownloadRequest) GetSinkToken() []byte {
 		return x.SinkToken
 	}
 	return nil
+}
+
+func (x *BulkDownloadRequest) GetSinkRing() bool {
+	if x != nil {
+		return x.SinkRing
+	}
+	return false
 }
 
 type BulkDownloadResponse struct {
@@ -2235,7 +2264,7 @@ const file_medrelay_plugin_v1_source_proto_rawDesc = "" +
 	"connection\x12\x1d\n" +
 	"\n" +
 	"status_url\x18\x02 \x01(\tR\tstatusUrl\"\x14\n" +
-	"\x12BulkCancelResponse\"\x98\x02\n" +
+	"\x12BulkCancelResponse\"\xb5\x02\n" +
 	"\x13BulkDownloadRequest\x12>\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x1e.medrelay.plugin.v1.ConnectionR\n" +
@@ -2246,11 +2275,12 @@ const file_medrelay_plugin_v1_source_proto_rawDesc = "" +
 	"\fsink_network\x18\x05 \x01(\tR\vsinkNetwork\x12!\n" +
 	"\fsink_address\x18\x06 \x01(\tR\vsinkAddress\x12\x1d\n" +
 	"\n" +
-	"sink_token\x18\a \x01(\fR\tsinkToken\"]\n" +
+	"sink_token\x18\a \x01(\fR\tsinkToken\x12\x1b\n" +
+	"\tsink_ring\x18\b \x01(\bR\bsinkRing\"]\n" +
 	"\x14BulkDownloadResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x19\n" +
-	"\bvia_sink\x18\x03 \x01(\bR\aviaSink*\x8e\x02\n" +
+	"\bvia_sink\x18\x03 \x01(\bR\aviaSink*\xac\x02\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2261,7 +2291,8 @@ const file_medrelay_plugin_v1_source_proto_rawDesc = "" +
 	"\x16CAPABILITY_BULK_EXPORT\x10\x05\x12\x1a\n" +
 	"\x16CAPABILITY_BULK_CANCEL\x10\x06\x12\"\n" +
 	"\x1eCAPABILITY_REFERENCE_FOLLOWING\x10\a\x12\x1c\n" +
-	"\x18CAPABILITY_DOWNLOAD_SINK\x10\b*\x83\x01\n" +
+	"\x18CAPABILITY_DOWNLOAD_SINK\x10\b\x12\x1c\n" +
+	"\x18CAPABILITY_DOWNLOAD_RING\x10\t*\x83\x01\n" +
 	"\tDiscovery\x12\x19\n" +
 	"\x15DISCOVERY_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dDISCOVERY_SMART_CONFIGURATION\x10\x01\x12\"\n" +
