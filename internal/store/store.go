@@ -112,6 +112,13 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		WithCompression(options.Snappy).
 		WithSyncWrites(false).
 		WithLogger(badgerLogger{log})
+	// Every level's tables the same small size: Badger builds a
+	// compaction's output tables in parallel, each builder holding about
+	// twice its table in memory (and pooling its buffers afterwards), so
+	// tables doubling per level made memory grow with the store: a
+	// 5M-resource sync peaked at 1.7 GB RSS with the default multiplier
+	// of 2, 1.3 GB with 1 (no change at 1M resources).
+	bo.TableSizeMultiplier = 1
 	bdb, err := badger.Open(bo)
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
