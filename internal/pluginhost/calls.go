@@ -237,8 +237,11 @@ func (h *Host) BulkDownload(ctx context.Context, name string, req *pluginv1.Bulk
 
 	var sk *sink
 	if sinkSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_SINK) {
-		withRing := ringSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_RING)
-		if sk, err = h.openSink(w, withRing); err != nil {
+		var pool *ringPool
+		if ringSupported && p.has(pluginv1.Capability_CAPABILITY_DOWNLOAD_RING) {
+			pool = &p.rings
+		}
+		if sk, err = h.openSink(w, pool); err != nil {
 			p.log.Warn("no download sink; streaming over gRPC", "err", err)
 			sk = nil
 		} else {

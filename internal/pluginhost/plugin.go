@@ -51,6 +51,8 @@ type plugin struct {
 	retryAt   time.Time
 	changed   chan struct{}
 	active    map[string]int
+	// rings are the plugin's idle download rings.
+	rings ringPool
 }
 
 func newPlugin(h *Host, c candidate) *plugin {
@@ -96,6 +98,7 @@ func (p *plugin) supervise(ctx context.Context, firstDone func()) {
 	var once sync.Once
 	first := func() { once.Do(firstDone) }
 	defer first()
+	defer p.rings.close()
 	if p.candErr != nil {
 		p.fail(p.candErr)
 		return
@@ -119,6 +122,7 @@ func (p *plugin) supervise(ctx context.Context, firstDone func()) {
 			}
 		}
 		p.kill()
+		p.rings.drain()
 		var perm *permanentError
 		if errors.As(err, &perm) {
 			p.fail(perm.err)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
+	"time"
 )
 
 // The download ring (CAPABILITY_DOWNLOAD_RING, BulkDownloadRequest.sink_ring)
@@ -42,6 +44,15 @@ const (
 var (
 	ringSlots    = 8
 	ringSlotSize = 1 << 20
+)
+
+// A plugin's rings are kept between its downloads (ringPool): a fresh
+// ring costs the plugin a page fault, a page allocation and a zeroed page
+// for every 4 KiB it fills, about 5 ms for 8 MiB on two cores (a tenth of a
+// 128 MiB download); a reused one costs none of that.
+var (
+	ringPoolMax = 2
+	ringIdle    = 30 * time.Second
 )
 
 // errRing marks a plugin's violation of the ring protocol.
@@ -202,4 +213,69 @@ func (res *ringResult) take(r *ring, msg []byte, held []bool, first bool, announ
 		return nil
 	}
 	return ringErrorf("unknown message kind %d", kind)
+}
+
+// ringPool holds one plugin's idle rings. A ring only ever goes back to
+// the plugin that used it, and only after a download that ended cleanly;
+// idle rings are released after ringIdle, and all of them when the plugin
+// crashes or stops.
+type ringPool struct {
+	mu     sync.Mutex
+	idle   []*ring
+	timer  *time.Timer
+	closed bool
+}
+
+// get returns an idle ring of the current geometry, or a new one.
+func (rp *ringPool) get() (*ring, error) {
+	rp.mu.Lock()
+	for len(rp.idle) > 0 {
+		r := rp.idle[len(rp.idle)-1]
+		rp.idle = rp.idle[:len(rp.idle)-1]
+		if r.slots == ringSlots && r.slotSize == ringSlotSize {
+			rp.mu.Unlock()
+			return r, nil
+		}
+		r.release()
+	}
+	rp.mu.Unlock()
+	return newRing(ringSlots, ringSlotSize)
+}
+
+// put keeps r for the plugin's next download, or releases it.
+func (rp *ringPool) put(r *ring) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.closed || len(rp.idle) >= ringPoolMax {
+		r.release()
+		return
+	}
+	rp.idle = append(rp.idle, r)
+	if rp.timer == nil {
+		rp.timer = time.AfterFunc(ringIdle, rp.drain)
+	} else {
+		rp.timer.Reset(ringIdle)
+	}
+}
+
+// drain releases the idle rings.
+func (rp *ringPool) drain() {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	for _, r := range rp.idle {
+		r.release()
+	}
+	rp.idle = nil
+	if rp.timer != nil {
+		rp.timer.Stop()
+	}
+}
+
+// close drains the pool for good: rings in use are released when their
+// downloads end.
+func (rp *ringPool) close() {
+	rp.drain()
+	rp.mu.Lock()
+	rp.closed = true
+	rp.mu.Unlock()
 }

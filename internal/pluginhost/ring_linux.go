@@ -16,7 +16,7 @@ var ringSupported = ringDefault
 const ringDefault = true
 
 // ring is the agent's side of a download ring: a sealed memfd mapped
-// read-only, and the fd until the plugin has its copy.
+// read-only, and its fd (to hand to the plugin).
 type ring struct {
 	fd              int
 	mem             []byte
@@ -47,8 +47,8 @@ func newRing(slots, slotSize int) (*ring, error) {
 	return r, nil
 }
 
-// handOver sends the hello and the memfd to the plugin, then closes the
-// agent's fd (the mapping stays).
+// handOver sends the hello and the memfd to the plugin. The agent keeps
+// its fd for the ring's next download.
 func (r *ring) handOver(c net.Conn) error {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
@@ -56,7 +56,6 @@ func (r *ring) handOver(c net.Conn) error {
 	}
 	hello := ringHello(r.slots, r.slotSize)
 	n, _, err := uc.WriteMsgUnix(hello[:], unix.UnixRights(r.fd), nil)
-	r.closeFD()
 	if err == nil && n != len(hello) {
 		err = fmt.Errorf("short write of the hello (%d bytes)", n)
 	}

@@ -42,14 +42,18 @@ func ringSink(t *testing.T, w io.Writer) *sink {
 	t.Helper()
 	o, _ := testOptions(t, "", nil)
 	h := New(o)
-	s, err := h.openSink(w, true)
+	pool := &ringPool{}
+	s, err := h.openSink(w, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.ring == nil {
 		t.Fatal("the sink has no ring")
 	}
-	t.Cleanup(func() { s.finish(true) })
+	t.Cleanup(func() {
+		s.finish(true)
+		pool.close()
+	})
 	return s
 }
 
@@ -413,6 +417,13 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 	if n, err := download(ctx, "", 0, &buf); err != nil || n != int64(len(file)) || !bytes.Equal(buf.Bytes(), file) {
 		t.Fatalf("download: n=%d err=%v", n, err)
 	}
+	// Idle rings are kept for the plugin's next download: the counts are
+	// taken without them (the pool has its own test).
+	p, err := h.plugin("smart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.rings.drain()
 	before, _ := openFDs(t)
 
 	// Done, several times.
@@ -422,6 +433,7 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 			t.Fatalf("download: n=%d err=%v", n, err)
 		}
 	}
+	p.rings.drain()
 	waitFDs(t, before, "after complete downloads")
 
 	// Plugin killed mid-file: 3 full slots of 1 MiB were announced, the
@@ -439,7 +451,7 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 	if err := syscall.Kill(i.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	err := <-errc
+	err = <-errc
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("after SIGKILL: %v", err)
 	}
@@ -466,6 +478,7 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 	if _, err := download(ctx, "", 0, &buf); err != nil {
 		t.Fatal(err)
 	}
+	p.rings.drain()
 	before, _ = openFDs(t)
 
 	// Agent cancels: the call ends, and the plugin stops (its request to
@@ -486,6 +499,7 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 	if n, err := download(ctx, "", 0, &buf); err != nil || n != int64(len(file)) {
 		t.Fatalf("download after a cancel: n=%d err=%v", n, err)
 	}
+	p.rings.drain()
 	waitFDs(t, before, "after a cancelled download")
 
 	// The writer fails.
@@ -493,12 +507,13 @@ func TestRingCleanupOnEveryPath(t *testing.T) {
 	if _, err := download(ctx, "", 0, failingWriter{boom}); !errors.Is(err, boom) {
 		t.Fatalf("writer error: %v", err)
 	}
+	p.rings.drain()
 	waitFDs(t, before, "after a writer error")
 
 	// Protocol violations (from the hand-written peer).
 	smallRing(t)
 	for range 3 {
-		s, _ := h.openSink(io.Discard, true)
+		s, _ := h.openSink(io.Discard, &ringPool{})
 		p := dialRingPeer(t, s)
 		p.send(ringMsg{ringFilled, 7, 1})
 		if r := s.finish(false); !errors.Is(r.err, errRing) {
@@ -525,4 +540,72 @@ func (w *signalWriter) Write(b []byte) (int, error) {
 		w.once.Do(func() { close(w.reached) })
 	}
 	return len(b), nil
+}
+
+// A plugin's ring is reused for its next download (the pages the plugin
+// faulted in stay), at most ringPoolMax are kept, and stopping the host
+// releases every one.
+func TestRingPool(t *testing.T) {
+	if !ringDefault {
+		t.Skip("no ring here")
+	}
+	file := bytes.Repeat([]byte("0123456789abcdef\n"), 100000)
+	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "f.ndjson", time.Time{}, bytes.NewReader(file))
+	}))
+	defer src.Close()
+	src.Config.SetKeepAlivesEnabled(false)
+	_, rings0 := openFDs(t)
+	fds0 := memfds(t)
+	o, _ := testOptions(t, installDir(t, "smart"), staticTokens("t"))
+	h := New(o)
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	req := &pluginv1.BulkDownloadRequest{Connection: &pluginv1.Connection{Id: "c", FhirBaseUrl: src.URL + "/fhir"}, Url: src.URL + "/f.ndjson"}
+	for range 3 {
+		var buf bytes.Buffer
+		if n, err := h.BulkDownload(context.Background(), "smart", req, &buf); err != nil || !bytes.Equal(buf.Bytes(), file) {
+			t.Fatalf("n=%d err=%v", n, err)
+		}
+		if _, rings := openFDs(t); rings != rings0+1 || memfds(t) != fds0+1 {
+			t.Fatalf("after a download: %d ring mappings, %d ring fds; want one of each", rings-rings0, memfds(t)-fds0)
+		}
+	}
+	// Concurrent downloads take a ring each; the pool keeps ringPoolMax.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if _, err := h.BulkDownload(context.Background(), "smart", req, io.Discard); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if _, rings := openFDs(t); rings-rings0 > ringPoolMax || memfds(t)-fds0 > ringPoolMax {
+		t.Fatalf("after concurrent downloads: %d ring mappings, %d ring fds kept", rings-rings0, memfds(t)-fds0)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, rings := openFDs(t); rings != rings0 || memfds(t) != fds0 {
+		t.Fatalf("after stop: %d ring mappings, %d ring fds", rings-rings0, memfds(t)-fds0)
+	}
+}
+
+// memfds counts the process's open ring fds.
+func memfds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(l, "/memfd:medrelay-ring") {
+			n++
+		}
+	}
+	return n
 }

@@ -25,8 +25,10 @@ type sink struct {
 	token []byte
 	w     io.Writer
 	// ring is set when the plugin was offered the download ring
-	// (sink_ring); serve releases it when it ends.
+	// (sink_ring); serve gives it back to pool (or releases it) when it
+	// ends.
 	ring *ring
+	pool *ringPool
 
 	mu       sync.Mutex
 	mode     int // sinkUndecided, sinkConnected (the plugin uses the sink) or sinkChunks
@@ -95,10 +97,10 @@ var sinkSeq struct {
 	n int
 }
 
-// openSink listens for the plugin's connection; withRing also prepares a
-// download ring (a ring that cannot be made is logged and left out: the
-// raw sink still works).
-func (h *Host) openSink(w io.Writer, withRing bool) (*sink, error) {
+// openSink listens for the plugin's connection; with a pool it also
+// prepares a download ring (a ring that cannot be made is logged and left
+// out: the raw sink still works).
+func (h *Host) openSink(w io.Writer, pool *ringPool) (*sink, error) {
 	dir, err := h.sinkDir()
 	if err != nil {
 		return nil, err
@@ -115,11 +117,12 @@ func (h *Host) openSink(w io.Writer, withRing bool) (*sink, error) {
 	tok := make([]byte, 32)
 	_, _ = rand.Read(tok)
 	s := &sink{ln: ln, token: tok, w: w, done: make(chan struct{}), accepted: make(chan struct{})}
-	if withRing {
-		if s.ring, err = newRing(ringSlots, ringSlotSize); err != nil {
+	if pool != nil {
+		if s.ring, err = pool.get(); err != nil {
 			h.log.Warn("no download ring; using the raw sink", "err", err)
 			s.ring = nil
 		}
+		s.pool = pool
 	}
 	go s.serve()
 	return s, nil
@@ -129,9 +132,16 @@ func (s *sink) address() string { return s.ln.Addr().String() }
 
 func (s *sink) serve() {
 	defer close(s.done)
+	reuse := true
 	if s.ring != nil {
-		// Every Write into the ring has returned when serve does.
-		defer s.ring.release()
+		// Every Write of the ring's memory has returned by now.
+		defer func() {
+			if reuse {
+				s.pool.put(s.ring)
+			} else {
+				s.ring.release()
+			}
+		}()
 	}
 	for {
 		c, err := s.ln.Accept()
@@ -159,6 +169,9 @@ func (s *sink) serve() {
 		if s.ring != nil {
 			res := serveRing(c, s.ring, s.w)
 			n, err = res.n, res.err
+			// A ring goes back to its plugin only after a clean end: not
+			// while a plugin that broke the protocol might still write.
+			reuse = res.complete && res.err == nil
 			s.mu.Lock()
 			s.ringEnded, s.ringDeclined, s.ringCause = res.complete || res.declined, res.declined, res.cause
 			s.mu.Unlock()

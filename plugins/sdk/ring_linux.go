@@ -77,5 +77,11 @@ func openRing(c net.Conn) (*ringMap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: mapping the ring: %v", errRingDeclined, err)
 	}
-	return &ringMap{mem: mem, slots: slots, slotSize: slotSize, release: func() { _ = unix.Munmap(mem) }}, nil
+	return &ringMap{mem: mem, slots: slots, slotSize: slotSize, release: func() { _ = unix.Munmap(mem) }, prefault: prefault}, nil
+}
+
+// prefault maps b's pages in for writing (Linux 5.14; on older kernels the
+// pages fault in as they are written).
+func prefault(b []byte) {
+	_ = unix.Madvise(b, unix.MADV_POPULATE_WRITE)
 }
