@@ -1951,7 +1951,10 @@ type BulkDownloadRequest struct {
 	// token, the sink connection carries the ring protocol instead of raw
 	// bytes. The agent answers the token with a 16-byte hello ("MRR1", then
 	// little-endian uint32 slot count, uint32 slot size, uint32 zero) that
-	// carries a memfd of slots x slot size bytes as SCM_RIGHTS. Every message
+	// carries a memfd of slots x slot size bytes as SCM_RIGHTS, sealed
+	// against shrinking (a plugin declines one that is not). The agent may
+	// hand the same memfd to the same plugin for later downloads; its
+	// content at the start of a download means nothing. Every message
 	// after that is 16 bytes: little-endian uint32 kind, uint32 slot, uint64 n.
 	// Plugin to agent: 1 FILLED (slot holds n bytes, the file's next ones;
 	// the slot is the agent's until it frees it), 2 END (clean end of the
