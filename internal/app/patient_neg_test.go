@@ -1,3 +1,5 @@
+//go:build unix
+
 package app_test
 
 // What goes wrong in patient access, and what the agent does about it.

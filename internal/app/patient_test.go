@@ -1,3 +1,5 @@
+//go:build unix
+
 package app_test
 
 // End-to-end patient access against medrelay-sandbox, the way an app and an

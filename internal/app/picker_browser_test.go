@@ -1,3 +1,5 @@
+//go:build unix
+
 package app_test
 
 // The hosted picker in a real browser (Debian's chromium, headless): the
