@@ -490,3 +490,38 @@ func changedSince(t *testing.T, c *client.Client, id, since string) []string {
 		}
 	}
 }
+
+// Deleting a connection destroys its tokens here and revokes the grant at
+// the source (RFC 7009): the sandbox then has no live grant for the patient.
+func TestDeleteConnectionRevokesTheGrantAtTheSource(t *testing.T) {
+	f := newPatientFixture(t)
+	src := f.register(t, "generic")
+	q := f.connect(t, src, "p-delete")
+	id := q.Get("connection_id")
+	c := f.connection(t, f.app, id)
+	if c.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE || c.GetPatientId() == "" {
+		t.Fatalf("connection %+v", c)
+	}
+	before := f.sb.Stats().Endpoints[sandbox.EndpointRevoke]
+	d, err := f.app.Connections.DeleteConnection(context.Background(), &agentv1.DeleteConnectionRequest{ConnectionId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.GetConnection().GetState() != agentv1.ConnectionState_CONNECTION_STATE_REVOKED {
+		t.Fatalf("after delete: %v", d.GetConnection())
+	}
+	if got := f.sb.Stats().Endpoints[sandbox.EndpointRevoke] - before; got != 1 {
+		t.Fatalf("%d revocation requests at the sandbox, want 1", got)
+	}
+	// Nothing left to revoke: the grant ended at the source.
+	if n, err := f.sb.RevokePatient("generic", c.GetPatientId()); err != nil || n != 0 {
+		t.Fatalf("live grants of the patient after the delete: %d (%v)", n, err)
+	}
+	// Deleting again is a no-op here and asks the source nothing.
+	if _, err := f.app.Connections.DeleteConnection(context.Background(), &agentv1.DeleteConnectionRequest{ConnectionId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.sb.Stats().Endpoints[sandbox.EndpointRevoke] - before; got != 1 {
+		t.Fatalf("%d revocation requests after a second delete, want still 1", got)
+	}
+}

@@ -288,6 +288,25 @@ func grantOf(t *oauth.Token) connections.Grant {
 	}
 }
 
+// RevokeGrant implements connections.GrantRevoker: revoking the refresh
+// token ends a patient's grant (RFC 7009 §2.1); a backend connection (or
+// one without a refresh token) has its access token revoked. A source
+// without a revocation endpoint: nothing to do.
+func (a *Authorizer) RevokeGrant(ctx context.Context, conn connections.Connection, refresh, access secrets.Value) error {
+	aud := ForPatient
+	if conn.Pattern == connections.Backend {
+		aud = ForBackend
+	}
+	c, _, _, _, err := a.client(ctx, conn.SourceID, conn.CredentialID, aud)
+	if err != nil {
+		return err
+	}
+	if !refresh.IsZero() {
+		return c.Revoke(ctx, refresh, "refresh_token")
+	}
+	return c.Revoke(ctx, access, "access_token")
+}
+
 // Refresh implements connections.TokenEndpoint: a refresh_token grant for
 // patient connections, client_credentials for backend ones.
 func (a *Authorizer) Refresh(ctx context.Context, conn connections.Connection, refresh secrets.Value) (connections.Grant, error) {

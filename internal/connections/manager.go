@@ -26,6 +26,16 @@ type TokenEndpoint interface {
 	Refresh(ctx context.Context, c Connection, refresh secrets.Value) (Grant, error)
 }
 
+// GrantRevoker ends a connection's grant at its source (RFC 7009 token
+// revocation). A TokenEndpoint that implements it is asked to when a
+// connection is deleted.
+type GrantRevoker interface {
+	RevokeGrant(ctx context.Context, c Connection, refresh, access secrets.Value) error
+}
+
+// revokeTimeout bounds how long deleting a connection waits for its source.
+const revokeTimeout = 5 * time.Second
+
 // Manager owns every connection of the agent.
 type Manager struct {
 	db      *store.DB
@@ -441,30 +451,55 @@ func (m *Manager) Fail(ctx context.Context, id, reason string) (Connection, erro
 }
 
 // Delete revokes a connection for its app: its tokens are destroyed at once
-// and it becomes revoked (it stays listed, with its history). Revoking the
-// grant at the source is the caller's business (best effort).
+// and it becomes revoked (it stays listed, with its history). Then, best
+// effort, the grant is revoked at the source (when the token endpoint can):
+// a source that is down or has no revocation endpoint leaves the grant to
+// expire there, which is logged, and the deletion stands.
 func (m *Manager) Delete(ctx context.Context, id, reason string) (Connection, error) {
+	c, t, err := m.deleteLocal(ctx, id, reason)
+	if err != nil {
+		return c, err
+	}
+	if r, ok := m.endpoint.(GrantRevoker); ok && (!t.Refresh.IsZero() || !t.Access.IsZero()) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		defer cancel()
+		if err := r.RevokeGrant(rctx, c, t.Refresh, t.Access); err != nil {
+			m.log.Warn("could not revoke the grant at the source; it ends when it expires there",
+				"connection", id, "source", c.SourceID, "err", err)
+		} else {
+			m.log.Info("grant revoked at the source", "connection", id, "source", c.SourceID)
+		}
+	}
+	return c, nil
+}
+
+func (m *Manager) deleteLocal(ctx context.Context, id, reason string) (Connection, tokens, error) {
 	l := m.lock(id)
 	l.Lock()
 	defer l.Unlock()
 	c, err := m.Get(ctx, id)
 	if err != nil {
-		return c, err
+		return c, tokens{}, err
+	}
+	// Read before they are destroyed: revoking at the source needs them.
+	t, terr := m.toks.Get(ctx, id)
+	if terr != nil && !errors.Is(terr, store.ErrNotFound) {
+		return c, tokens{}, terr
 	}
 	if c.State != Revoked && !c.State.Terminal() {
 		c, err = m.transitionLocked(ctx, id, Revoked, cmp.Or(reason, "deleted by the app"), nil, func(c *Connection) {
 			c.HasRefreshToken, c.NextRefreshAt = false, time.Time{}
 		})
 		if err != nil {
-			return c, err
+			return c, tokens{}, err
 		}
 	}
 	m.cache.Delete(id)
 	if err := m.toks.Delete(ctx, id, store.Synced()); err != nil {
-		return c, err
+		return c, tokens{}, err
 	}
 	m.sched.forget(id)
-	return c, nil
+	return c, t, nil
 }
 
 // Annotate records, on a pending connection, what its authorization uses:

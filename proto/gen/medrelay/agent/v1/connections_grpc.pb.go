@@ -43,8 +43,10 @@ type ConnectionServiceClient interface {
 	// gets another try at once) and returns the connection afterwards.
 	RefreshConnection(ctx context.Context, in *RefreshConnectionRequest, opts ...grpc.CallOption) (*RefreshConnectionResponse, error)
 	// DeleteConnection revokes the connection: its tokens are destroyed and
-	// its stored records deleted. The grant is not revoked at the source; the
-	// patient can do that in their portal.
+	// its stored records deleted. Then, best effort (up to 5 seconds), the
+	// grant is revoked at the source (RFC 7009) when the source has a
+	// revocation endpoint; otherwise it ends when it expires there, and the
+	// patient can also end it in their portal.
 	DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error)
 	// CreateBackendConnection authorizes the agent itself at a source (SMART
 	// Backend Services: client_credentials with private_key_jwt, using the
@@ -146,8 +148,10 @@ type ConnectionServiceServer interface {
 	// gets another try at once) and returns the connection afterwards.
 	RefreshConnection(context.Context, *RefreshConnectionRequest) (*RefreshConnectionResponse, error)
 	// DeleteConnection revokes the connection: its tokens are destroyed and
-	// its stored records deleted. The grant is not revoked at the source; the
-	// patient can do that in their portal.
+	// its stored records deleted. Then, best effort (up to 5 seconds), the
+	// grant is revoked at the source (RFC 7009) when the source has a
+	// revocation endpoint; otherwise it ends when it expires there, and the
+	// patient can also end it in their portal.
 	DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error)
 	// CreateBackendConnection authorizes the agent itself at a source (SMART
 	// Backend Services: client_credentials with private_key_jwt, using the
