@@ -187,8 +187,9 @@ func (a *appender) add(typ, id string, body []byte) (loc, error) {
 	return loc{seg: a.seg.id, off: off, n: n}, nil
 }
 
-// write appends the buffer to the segment (fsyncing it when sync is set)
-// before the index entries that point into it are committed. A failed write
+// write appends the buffer to the segment (fsyncing it when sync is set;
+// the Writer always does) before the index entries that point into it are
+// committed. A failed write
 // retires the segment: bytes may have reached it, and its offsets (nonces)
 // must not be used again.
 func (a *appender) write(sync bool) error {

@@ -207,8 +207,14 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 		err = store.BatchDelete(b, s.pending, w.conn)
 	}
 	if err == nil && app != nil {
-		// The bodies are written before the entries that point at them.
-		err = app.write(w.sync)
+		// The bodies are written, and synced, before the entries that
+		// point at them, even for a writer WithoutSync: Badger's unsynced
+		// writes and ours reach the disk in no particular order, and an
+		// entry that outlived its body after a power cut would read as
+		// stored (and unchanged on the next sync) while the body is gone.
+		// Measured: no slower (a 1M-resource sync took 15.3s against
+		// 18-20s without the sync).
+		err = app.write(true)
 		w.seal = app.buf
 	}
 	if err != nil {
