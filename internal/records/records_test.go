@@ -374,6 +374,28 @@ func TestStoreFollowersNeverSkipWhileWritersWrite(t *testing.T) {
 	go func() { results <- follow(Query{Types: []string{"Observation", "Patient"}, PageRecords: 11}) }()
 	wg.Wait()
 	close(done)
+	// Each resource once in the change index, at its newest version, and
+	// its head pointing there (writers plan while others' batches are
+	// still being stored).
+	newest := map[string]int{}
+	for w := range writers {
+		for i := range perWriter {
+			id := fmt.Sprintf("r%d", (i*7+w)%200)
+			newest[id] = max(newest[id], i*writers+w)
+		}
+	}
+	all, _ := list(t, s, "c", Query{})
+	if len(all) != len(newest) {
+		t.Fatalf("change index holds %d entries for %d resources", len(all), len(newest))
+	}
+	for _, r := range all {
+		if r.VersionID != fmt.Sprint(newest[r.ID]) {
+			t.Fatalf("%s stored at version %s, newest written %d", r.ID, r.VersionID, newest[r.ID])
+		}
+		if g, err := s.Get(ctx, "c", "Observation", r.ID); err != nil || g.Seq != r.Seq {
+			t.Fatalf("Get %s = seq %d (%v), listed at %d", r.ID, g.Seq, err, r.Seq)
+		}
+	}
 	for range 2 {
 		got := <-results
 		all, _ := list(t, s, "c", Query{})
@@ -419,14 +441,8 @@ func TestStoreDeleteConnection(t *testing.T) {
 	}
 }
 
-// op is one write of a commit, recorded to be replayed in part.
-type op struct {
-	t   *store.Table[[]byte]
-	key string
-	val []byte
-	del bool
-}
-
+// recorder keeps one commit's writes (op, as the Writer collects them) to
+// replay them in part.
 type recorder struct{ ops []op }
 
 func (r *recorder) put(t *store.Table[[]byte], key string, v []byte) error {
