@@ -300,6 +300,13 @@ func (a *Agent) health(ctx context.Context) map[string]error {
 	return map[string]error{"store": err}
 }
 
+func (a *Agent) recordsBytes() int64 {
+	if a.records == nil {
+		return 0
+	}
+	return a.records.SegmentBytes()
+}
+
 func (a *Agent) status(ctx context.Context) (*agentv1.GetStatusResponse, error) {
 	lsm, vlog := a.db.Size()
 	return &agentv1.GetStatusResponse{
@@ -309,6 +316,7 @@ func (a *Agent) status(ctx context.Context) (*agentv1.GetStatusResponse, error) 
 		Home:      a.opts.Layout.Home,
 		Store: &agentv1.StoreStatus{
 			Path: a.db.Dir(), LsmBytes: lsm, VlogBytes: vlog, Encrypted: true,
+			RecordsPath: a.opts.Layout.RecordsDir, RecordsBytes: a.recordsBytes(),
 		},
 		PluginCount:     int64(a.plugins.Count()),
 		ConnectionCount: int64(a.connectionCount()),

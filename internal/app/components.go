@@ -68,6 +68,9 @@ func (a *Agent) startComponents(ctx context.Context) error {
 		return fmt.Errorf("records: %w", err)
 	}
 	took("records")
+	a.metrics.GaugeFunc("medrelay_records_bytes", "Size of the stored resources' bodies on disk (encrypted segment files).", func() float64 {
+		return float64(a.records.SegmentBytes())
+	})
 	a.puller = pull.New(a.db, a.conns, a.records, a.plugins, a.events, a.log, pull.Options{Interval: a.opts.Config.PatientAccess.PullInterval.Duration})
 	a.syncer = syncs.New(a.db, a.conns, a.plugins, a.records, a.events, a.log, syncs.Options{})
 

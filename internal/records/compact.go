@@ -84,6 +84,7 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 				return st, err
 			}
 			s.segs.forget(s.segs.segPath(conn, id))
+			s.segs.removed(size)
 			st.Removed++
 			st.Reclaimed += size
 		case float64(live[id]) < compactBelow*float64(size):

@@ -179,6 +179,15 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
+// SegmentBytes is the size on disk of the resources' bodies (0 when they
+// are kept in the store's values). The first call walks the directory.
+func (s *Store) SegmentBytes() int64 {
+	if s.segs == nil {
+		return 0
+	}
+	return s.segs.bytes()
+}
+
 // Close closes the segment files. The store's writers must have stopped.
 func (s *Store) Close() error {
 	if s.segs != nil {

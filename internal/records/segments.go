@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/medrelay/medrelay/internal/store"
 )
@@ -45,6 +46,12 @@ type segments struct {
 	mu      sync.Mutex
 	writing map[string]*segFile // connection → segment being appended
 	readers map[string]*reader  // path → open file for reads
+
+	// size is the bytes of every segment: counted on first use (a walk),
+	// then kept up to date by writes and removals (a write during the walk
+	// may be counted twice or not at all: a status figure).
+	sizeOnce sync.Once
+	size     atomic.Int64
 }
 
 // maxSegment is the size at which a connection starts a new segment (a
@@ -205,8 +212,29 @@ func (a *appender) write(sync bool) error {
 		return fmt.Errorf("records: write segment: %w", err)
 	}
 	a.seg.size += int64(len(a.buf))
+	a.g.size.Add(int64(len(a.buf)))
 	return nil
 }
+
+// bytes is the size of every segment on disk.
+func (g *segments) bytes() int64 {
+	g.sizeOnce.Do(func() {
+		var n int64
+		_ = filepath.WalkDir(g.dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && strings.HasSuffix(p, ".seg") {
+				if fi, err := d.Info(); err == nil {
+					n += fi.Size()
+				}
+			}
+			return nil
+		})
+		g.size.Store(n)
+	})
+	return g.size.Load()
+}
+
+// removed counts a segment file gone.
+func (g *segments) removed(n int64) { g.size.Add(-n) }
 
 // retire stops appending to sf.
 func (g *segments) retire(conn string, sf *segFile) {
@@ -396,6 +424,11 @@ func (g *segments) drop(conn string) error {
 		}
 	}
 	g.mu.Unlock()
+	if sizes, err := g.files(conn); err == nil {
+		for _, n := range sizes {
+			g.removed(n)
+		}
+	}
 	return os.RemoveAll(g.connDir(conn))
 }
 

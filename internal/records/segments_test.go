@@ -221,8 +221,23 @@ func TestSegmentsGoWithTheConnection(t *testing.T) {
 	if _, err := s.Get(ctx, "gone", "Patient", "a"); err != nil {
 		t.Fatal(err)
 	}
+	onDisk := func() (n int64) {
+		for _, f := range segFiles(t, dir) {
+			if strings.HasSuffix(f, ".seg") {
+				fi, _ := os.Stat(f)
+				n += fi.Size()
+			}
+		}
+		return n
+	}
+	if got, want := s.SegmentBytes(), onDisk(); got != want || got == 0 {
+		t.Fatalf("SegmentBytes = %d, files hold %d", got, want)
+	}
 	if err := s.DeleteConnection(ctx, "gone"); err != nil {
 		t.Fatal(err)
+	}
+	if got, want := s.SegmentBytes(), onDisk(); got != want {
+		t.Fatalf("after the delete SegmentBytes = %d, files hold %d", got, want)
 	}
 	if _, err := os.Stat(s.segs.connDir("gone")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("segments of a deleted connection: %v", err)

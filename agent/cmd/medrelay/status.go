@@ -40,6 +40,9 @@ func statusCmd(g *globals) *cobra.Command {
 				enc = "encrypted"
 			}
 			t.row("Store", fmt.Sprintf("%s (%s, %s)", s.GetPath(), enc, bytesHuman(s.GetLsmBytes()+s.GetVlogBytes())))
+			if s.GetRecordsPath() != "" {
+				t.row("Records", fmt.Sprintf("%s (%s, %s)", s.GetRecordsPath(), enc, bytesHuman(s.GetRecordsBytes())))
+			}
 			t.row("Plugins", fmt.Sprint(st.GetPluginCount()))
 			t.row("Connections", fmt.Sprint(st.GetConnectionCount()))
 			t.row("You", callerString(st.GetCaller()))

@@ -227,7 +227,7 @@ func TestAdminListener(t *testing.T) {
 	// What docs/administrators.md promises is there.
 	for path, wants := range map[string][]string{
 		"/healthz": {`"status":"OK"`, `"store":"ok"`},
-		"/metrics": {"medrelay_build_info", "medrelay_store_bytes", "medrelay_api_call_duration_seconds", "go_goroutines"},
+		"/metrics": {"medrelay_build_info", "medrelay_store_bytes", "medrelay_records_bytes", "medrelay_api_call_duration_seconds", "go_goroutines"},
 	} {
 		resp, err := http.Get("http://" + m[1] + path)
 		if err != nil {

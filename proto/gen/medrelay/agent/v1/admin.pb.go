@@ -218,11 +218,15 @@ func (x *GetStatusResponse) GetHome() string {
 }
 
 type StoreStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	LsmBytes      int64                  `protobuf:"varint,2,opt,name=lsm_bytes,json=lsmBytes,proto3" json:"lsm_bytes,omitempty"`
-	VlogBytes     int64                  `protobuf:"varint,3,opt,name=vlog_bytes,json=vlogBytes,proto3" json:"vlog_bytes,omitempty"`
-	Encrypted     bool                   `protobuf:"varint,4,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Path      string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	LsmBytes  int64                  `protobuf:"varint,2,opt,name=lsm_bytes,json=lsmBytes,proto3" json:"lsm_bytes,omitempty"`
+	VlogBytes int64                  `protobuf:"varint,3,opt,name=vlog_bytes,json=vlogBytes,proto3" json:"vlog_bytes,omitempty"`
+	Encrypted bool                   `protobuf:"varint,4,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	// Where the stored resources' bodies are (encrypted segment files) and
+	// their size on disk; most of a large agent's bytes.
+	RecordsPath   string `protobuf:"bytes,5,opt,name=records_path,json=recordsPath,proto3" json:"records_path,omitempty"`
+	RecordsBytes  int64  `protobuf:"varint,6,opt,name=records_bytes,json=recordsBytes,proto3" json:"records_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +287,20 @@ func (x *StoreStatus) GetEncrypted() bool {
 		return x.Encrypted
 	}
 	return false
+}
+
+func (x *StoreStatus) GetRecordsPath() string {
+	if x != nil {
+		return x.RecordsPath
+	}
+	return ""
+}
+
+func (x *StoreStatus) GetRecordsBytes() int64 {
+	if x != nil {
+		return x.RecordsBytes
+	}
+	return 0
 }
 
 type Listeners struct {
@@ -688,13 +706,15 @@ const file_medrelay_agent_v1_admin_proto_rawDesc = "" +
 	"\fplugin_count\x18\x06 \x01(\x03R\vpluginCount\x12)\n" +
 	"\x10connection_count\x18\a \x01(\x03R\x0fconnectionCount\x121\n" +
 	"\x06caller\x18\b \x01(\v2\x19.medrelay.agent.v1.CallerR\x06caller\x12\x12\n" +
-	"\x04home\x18\t \x01(\tR\x04home\"{\n" +
+	"\x04home\x18\t \x01(\tR\x04home\"\xc3\x01\n" +
 	"\vStoreStatus\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1b\n" +
 	"\tlsm_bytes\x18\x02 \x01(\x03R\blsmBytes\x12\x1d\n" +
 	"\n" +
 	"vlog_bytes\x18\x03 \x01(\x03R\tvlogBytes\x12\x1c\n" +
-	"\tencrypted\x18\x04 \x01(\bR\tencrypted\"~\n" +
+	"\tencrypted\x18\x04 \x01(\bR\tencrypted\x12!\n" +
+	"\frecords_path\x18\x05 \x01(\tR\vrecordsPath\x12#\n" +
+	"\rrecords_bytes\x18\x06 \x01(\x03R\frecordsBytes\"~\n" +
 	"\tListeners\x12\x16\n" +
 	"\x06socket\x18\x01 \x01(\tR\x06socket\x12\x1b\n" +
 	"\thttp_addr\x18\x02 \x01(\tR\bhttpAddr\x12\x1d\n" +
