@@ -76,6 +76,11 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 		return st, fmt.Errorf("records: compact %s: %w", conn, err)
 	}
 	current := s.segs.current(conn)
+	// A process appends to a segment of its own, so a connection written
+	// after every restart gathers small segments: past manySegments, the
+	// small ones are merged too.
+	many := len(files) > manySegments
+	move := map[uint64]bool{}
 	for id, size := range files {
 		switch {
 		case id == current:
@@ -87,22 +92,32 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 			s.segs.removed(size)
 			st.Removed++
 			st.Reclaimed += size
-		case float64(live[id]) < compactBelow*float64(size):
-			n, err := s.moveOut(ctx, conn, id)
-			if err != nil {
-				return st, fmt.Errorf("records: compact %s: %w", conn, err)
-			}
-			st.Rewritten++
-			st.Moved += n
+		case float64(live[id]) < compactBelow*float64(size), many && size < smallSegment:
+			move[id] = true
 		}
+	}
+	if len(move) > 0 {
+		n, err := s.moveOut(ctx, conn, move)
+		if err != nil {
+			return st, fmt.Errorf("records: compact %s: %w", conn, err)
+		}
+		st.Rewritten += len(move)
+		st.Moved += n
 	}
 	return st, nil
 }
 
-// moveOut copies the referenced bodies of segment seg to the current
-// segment and repoints their change entries, a batch at a time. Callers hold
-// the connection's lock.
-func (s *Store) moveOut(ctx context.Context, conn string, seg uint64) (int, error) {
+// manySegments and smallSegment: a connection with more segments than
+// manySegments has those under smallSegment merged.
+const (
+	manySegments = 8
+	smallSegment = 4 << 20
+)
+
+// moveOut copies the referenced bodies of the segments in segs to the
+// current segment and repoints their change entries, a batch at a time.
+// Callers hold the connection's lock.
+func (s *Store) moveOut(ctx context.Context, conn string, segs map[uint64]bool) (int, error) {
 	type entry struct {
 		key string
 		c   change
@@ -119,7 +134,7 @@ func (s *Store) moveOut(ctx context.Context, conn string, seg uint64) (int, erro
 			if err != nil {
 				return fmt.Errorf("change %s: %w", k, err)
 			}
-			if !c.ext || c.loc.seg != seg {
+			if !c.ext || !segs[c.loc.seg] {
 				return nil
 			}
 			batch = append(batch, entry{key: k, c: c, rec: Record{Type: c.typ, ID: c.id}})

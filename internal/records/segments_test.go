@@ -349,3 +349,62 @@ func filterPrefix(in []string, p string) []string {
 	}
 	return out
 }
+
+// A connection written after many restarts has many small segments (each
+// process appends to its own): compaction merges them, and the records
+// read the same.
+func TestSegmentsCompactMergesSmallSegments(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	open := func() *Store {
+		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	var s *Store
+	for i := range 12 { // a restart before each write: a segment each
+		if s != nil {
+			s.Close()
+		}
+		s = open()
+		put(t, s, "c", res("Observation", fmt.Sprint("o", i), "1", ""))
+	}
+	defer s.Close()
+	count := func() (n int) {
+		for _, f := range segFiles(t, dir) {
+			if strings.HasSuffix(f, ".seg") {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(); n != 12 {
+		t.Fatalf("%d segments after 12 restarts with a write each", n)
+	}
+	before, _ := list(t, s, "c", Query{})
+	if _, err := s.Compact(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Compact(ctx, "c"); err != nil { // deletes the emptied ones
+		t.Fatal(err)
+	}
+	if n := count(); n > 2 {
+		t.Fatalf("%d segments after compaction", n)
+	}
+	after, _ := list(t, s, "c", Query{})
+	if fmt.Sprint(listed(after)) != fmt.Sprint(listed(before)) {
+		t.Fatalf("listed %v, before %v", listed(after), listed(before))
+	}
+	for i, r := range after {
+		if !bytes.Equal(r.JSON, before[i].JSON) {
+			t.Fatalf("%s reads differently after compaction", r.ID)
+		}
+	}
+	if s.SegmentBytes() <= 0 {
+		t.Fatal("no segment bytes counted")
+	}
+}
