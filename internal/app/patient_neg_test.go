@@ -277,6 +277,15 @@ func TestSentinelTokensNotInLogsOrStore(t *testing.T) {
 	}
 	f.waitRecords(t, q.Get("connection_id"))
 	f.app.Connections.RefreshConnection(context.Background(), &agentv1.RefreshConnectionRequest{ConnectionId: q.Get("connection_id")})
+	// Deleting revokes the grant at the source: the revocation (and
+	// what is logged about it) carries the refresh token only to the source.
+	before := f.sb.Stats().Endpoints[sandbox.EndpointRevoke]
+	if _, err := f.app.Connections.DeleteConnection(context.Background(), &agentv1.DeleteConnectionRequest{ConnectionId: q.Get("connection_id")}); err != nil {
+		t.Fatal(err)
+	}
+	if f.sb.Stats().Endpoints[sandbox.EndpointRevoke] == before {
+		t.Error("no revocation request at the source")
+	}
 	if err := f.a.stop(); err != nil {
 		t.Fatal(err)
 	}
