@@ -25,6 +25,21 @@ func segStore(t *testing.T, dir string, key []byte) *Store {
 	return s
 }
 
+// reopener returns a function that opens a new Store over dir's files (one
+// Badger handle for all, as Badger allows one per process): a restart.
+func reopener(t *testing.T, dir string) func() *Store {
+	t.Helper()
+	db := openDB(t, filepath.Join(dir, "store"))
+	t.Cleanup(func() { db.Close() })
+	return func() *Store {
+		s, err := Open(context.Background(), db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
 func segFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	var out []string
@@ -142,17 +157,8 @@ func TestSegmentsRotateAndRestart(t *testing.T) {
 	old := maxSegment
 	maxSegment = 600
 	t.Cleanup(func() { maxSegment = old })
-	ctx := context.Background()
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
-	open := func() *Store {
-		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	open := reopener(t, dir)
 	s := open()
 	var want []string
 	for i := range 20 {
@@ -356,15 +362,7 @@ func filterPrefix(in []string, p string) []string {
 func TestSegmentsCompactMergesSmallSegments(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
-	open := func() *Store {
-		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	open := reopener(t, dir)
 	var s *Store
 	for i := range 12 { // a restart before each write: a segment each
 		if s != nil {
