@@ -203,28 +203,39 @@ func (s *Store) RunCompactor(ctx context.Context, every time.Duration) {
 	}
 }
 
-// CompactAll runs Compact for every connection with segments, logging what
-// it reclaimed and what failed.
-func (s *Store) CompactAll(ctx context.Context) {
+// CompactAll runs Compact for the connections that may have something to
+// reclaim, logging what it reclaimed and what failed: every connection with
+// segments at its first run in this process, then those written since the
+// previous run (garbage and new segments only come from writes). A large
+// connection is scanned whole by Compact, under its lock, so untouched ones
+// are not rescanned every hour. It returns how many connections it looked at.
+func (s *Store) CompactAll(ctx context.Context) int {
 	if s.segs == nil {
-		return
+		return 0
 	}
-	dirs, err := os.ReadDir(s.segs.dir)
-	if err != nil {
-		s.log.Warn("segment compaction: list connections", "err", err)
-		return
-	}
-	for _, d := range dirs {
-		if ctx.Err() != nil {
-			return
-		}
-		b, err := os.ReadFile(filepath.Join(s.segs.dir, d.Name(), connIDFile))
+	var conns []string
+	if !s.segs.compactedOnce.Swap(true) {
+		s.segs.takeWritten() // all of them, below
+		dirs, err := os.ReadDir(s.segs.dir)
 		if err != nil {
-			continue // being created, or not ours
+			s.log.Warn("segment compaction: list connections", "err", err)
+			return 0
 		}
-		conn := string(b)
-		if s.segs.connDir(conn) != filepath.Join(s.segs.dir, d.Name()) {
-			continue
+		for _, d := range dirs {
+			b, err := os.ReadFile(filepath.Join(s.segs.dir, d.Name(), connIDFile))
+			if err != nil {
+				continue // being created, or not ours
+			}
+			if conn := string(b); s.segs.connDir(conn) == filepath.Join(s.segs.dir, d.Name()) {
+				conns = append(conns, conn)
+			}
+		}
+	} else {
+		conns = s.segs.takeWritten()
+	}
+	for i, conn := range conns {
+		if ctx.Err() != nil {
+			return i
 		}
 		st, err := s.Compact(ctx, conn)
 		if err != nil {
@@ -235,4 +246,5 @@ func (s *Store) CompactAll(ctx context.Context) {
 			s.log.Info("segment compaction", "connection", conn, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
 		}
 	}
+	return len(conns)
 }

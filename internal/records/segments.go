@@ -52,6 +52,11 @@ type segments struct {
 	// may be counted twice or not at all: a status figure).
 	sizeOnce sync.Once
 	size     atomic.Int64
+
+	// written: connections whose segments grew since the compactor last
+	// looked (under mu).
+	written       map[string]bool
+	compactedOnce atomic.Bool
 }
 
 // maxSegment is the size at which a connection starts a new segment (a
@@ -96,7 +101,7 @@ func openSegments(db *store.DB, dir string, key []byte) (*segments, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("records: segment directory: %w", err)
 	}
-	return &segments{dir: dir, aead: aead, db: db, writing: map[string]*segFile{}, readers: map[string]*reader{}}, nil
+	return &segments{dir: dir, aead: aead, db: db, writing: map[string]*segFile{}, readers: map[string]*reader{}, written: map[string]bool{}}, nil
 }
 
 // connDir names a connection's directory by a hash of its id: ids are
@@ -213,7 +218,23 @@ func (a *appender) write(sync bool) error {
 	}
 	a.seg.size += int64(len(a.buf))
 	a.g.size.Add(int64(len(a.buf)))
+	a.g.mu.Lock()
+	a.g.written[a.conn] = true
+	a.g.mu.Unlock()
 	return nil
+}
+
+// takeWritten returns and forgets the connections written since the last
+// call.
+func (g *segments) takeWritten() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]string, 0, len(g.written))
+	for c := range g.written {
+		out = append(out, c)
+	}
+	clear(g.written)
+	return out
 }
 
 // bytes is the size of every segment on disk.

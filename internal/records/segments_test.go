@@ -406,3 +406,23 @@ func TestSegmentsCompactMergesSmallSegments(t *testing.T) {
 		t.Fatal("no segment bytes counted")
 	}
 }
+
+// The hourly compactor looks at every connection once, then only at those
+// written since: a large connection nobody writes is not rescanned.
+func TestCompactAllLooksAtWrittenConnections(t *testing.T) {
+	ctx := context.Background()
+	s := segStore(t, t.TempDir(), segKey)
+	for _, c := range []string{"a", "b", "c"} {
+		put(t, s, c, res("Patient", "p", "1", ""))
+	}
+	if n := s.CompactAll(ctx); n != 3 {
+		t.Fatalf("first run looked at %d connections, want all 3", n)
+	}
+	if n := s.CompactAll(ctx); n != 0 {
+		t.Fatalf("nothing written since: looked at %d", n)
+	}
+	put(t, s, "b", res("Patient", "p", "2", ""))
+	if n := s.CompactAll(ctx); n != 1 {
+		t.Fatalf("after writing b: looked at %d, want 1", n)
+	}
+}
