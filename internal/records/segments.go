@@ -288,12 +288,8 @@ func (g *segments) acquire(path string) (*reader, error) {
 		return nil, err
 	}
 	if len(g.readers) >= maxOpenReaders {
-		for p, r := range g.readers {
-			delete(g.readers, p)
-			r.gone = true
-			if r.refs == 0 {
-				r.f.Close()
-			}
+		for p := range g.readers {
+			g.dropReaderLocked(p)
 			break
 		}
 	}
@@ -418,12 +414,20 @@ func (g *segments) current(conn string) uint64 {
 func (g *segments) forget(path string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if r, ok := g.readers[path]; ok {
-		delete(g.readers, path)
-		r.gone = true
-		if r.refs == 0 {
-			r.f.Close()
-		}
+	g.dropReaderLocked(path)
+}
+
+// dropReaderLocked forgets path's read handle; it is closed now, or by the
+// last reader still using it. Callers hold g.mu.
+func (g *segments) dropReaderLocked(path string) {
+	r, ok := g.readers[path]
+	if !ok {
+		return
+	}
+	delete(g.readers, path)
+	r.gone = true
+	if r.refs == 0 {
+		r.f.Close()
 	}
 }
 
@@ -435,13 +439,9 @@ func (g *segments) drop(conn string) error {
 		sf.f.Close()
 	}
 	dir := g.connDir(conn) + string(filepath.Separator)
-	for p, r := range g.readers {
-		if len(p) > len(dir) && p[:len(dir)] == dir {
-			delete(g.readers, p)
-			r.gone = true
-			if r.refs == 0 {
-				r.f.Close()
-			}
+	for p := range g.readers {
+		if strings.HasPrefix(p, dir) {
+			g.dropReaderLocked(p)
 		}
 	}
 	g.mu.Unlock()
@@ -461,11 +461,7 @@ func (g *segments) close() {
 		sf.f.Close()
 		delete(g.writing, c)
 	}
-	for p, r := range g.readers {
-		r.gone = true
-		if r.refs == 0 {
-			r.f.Close()
-		}
-		delete(g.readers, p)
+	for p := range g.readers {
+		g.dropReaderLocked(p)
 	}
 }
