@@ -118,15 +118,12 @@ const (
 // current segment and repoints their change entries, a batch at a time.
 // Callers hold the connection's lock.
 func (s *Store) moveOut(ctx context.Context, conn string, segs map[uint64]bool) (int, error) {
-	type entry struct {
-		key string
-		c   change
-		rec Record
-	}
 	moved := 0
 	after := ""
 	for {
-		var batch []entry
+		var keys []string
+		var recs []Record
+		var cs []change
 		size := 0
 		err := s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/", After: after}, func(k string, v []byte) error {
 			after = k
@@ -137,8 +134,8 @@ func (s *Store) moveOut(ctx context.Context, conn string, segs map[uint64]bool) 
 			if !c.ext || !segs[c.loc.seg] {
 				return nil
 			}
-			batch = append(batch, entry{key: k, c: c, rec: Record{Type: c.typ, ID: c.id}})
-			if size += int(c.loc.n); size >= 4<<20 || len(batch) >= 5000 {
+			keys, recs, cs = append(keys, k), append(recs, Record{Type: c.typ, ID: c.id}), append(cs, c)
+			if size += int(c.loc.n); size >= 4<<20 || len(keys) >= 5000 {
 				return store.ErrStopScan
 			}
 			return nil
@@ -146,42 +143,39 @@ func (s *Store) moveOut(ctx context.Context, conn string, segs map[uint64]bool) 
 		if err != nil {
 			return moved, err
 		}
-		if len(batch) == 0 {
+		if len(keys) == 0 {
 			return moved, nil
 		}
-		recs := make([]Record, len(batch))
-		cs := make([]change, len(batch))
-		for i := range batch {
-			recs[i], cs[i] = batch[i].rec, batch[i].c
-		}
-		bodies := make([][]byte, len(batch))
+		bodies := make([][]byte, len(keys))
 		if err := s.readBodies(conn, recs, cs, func(i int, b []byte) { bodies[i] = b }); err != nil {
 			return moved, err
 		}
+		// As in Writer.send: the copies are written and synced before
+		// any entry pointing at them goes to the store.
 		app := s.segs.appender(conn, nil)
-		b := s.db.NewBatch()
+		var ops opList
 		var vals []byte
-		for i := range batch {
-			c := batch[i].c
+		for i := range cs {
+			c := cs[i]
 			if c.loc, err = app.add(c.typ, c.id, bodies[i]); err != nil {
-				b.Cancel()
 				return moved, err
 			}
 			start := len(vals)
 			vals = c.appendHeader(vals)
-			if err := store.BatchPut(b, s.changes, batch[i].key, vals[start:len(vals):len(vals)]); err != nil {
-				b.Cancel()
-				return moved, err
-			}
+			ops.put(s.changes, keys[i], vals[start:len(vals):len(vals)])
 		}
 		if err := app.write(true); err != nil {
+			return moved, err
+		}
+		b := s.db.NewBatch()
+		if err := ops.apply(b); err != nil {
 			b.Cancel()
 			return moved, err
 		}
 		if err := b.Flush(true); err != nil {
 			return moved, err
 		}
-		moved += len(batch)
+		moved += len(keys)
 	}
 }
 
