@@ -150,7 +150,7 @@ func (s *scanner) resource() (Header, error) {
 	if !sawType {
 		return Header{}, errors.New("no resourceType")
 	}
-	if !validType(h.Type) {
+	if !ValidType(h.Type) {
 		return Header{}, fmt.Errorf("resourceType %q is not a FHIR resource type name", clip(h.Type))
 	}
 	if !sawID {
@@ -540,8 +540,9 @@ func parseInstant(v string) time.Time {
 	return t.UTC()
 }
 
-// validType: a FHIR resource type name ([A-Z][A-Za-z]*).
-func validType(t string) bool {
+// ValidType reports whether t is a well-formed FHIR resource type name
+// ([A-Z][A-Za-z]*).
+func ValidType(t string) bool {
 	if len(t) == 0 || len(t) > maxTypeLen || t[0] < 'A' || t[0] > 'Z' {
 		return false
 	}
@@ -567,9 +568,6 @@ func ValidID(id string) bool {
 	}
 	return true
 }
-
-// ValidType reports whether t is a well-formed FHIR resource type name.
-func ValidType(t string) bool { return validType(t) }
 
 // clip shortens a value quoted in an error.
 func clip(v string) string {

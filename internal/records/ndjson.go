@@ -342,5 +342,5 @@ func splitRef(u string) (typ, id string, ok bool) {
 		return "", "", false
 	}
 	typ, id = parts[n-2], parts[n-1]
-	return typ, id, validType(typ) && ValidID(id)
+	return typ, id, ValidType(typ) && ValidID(id)
 }

@@ -315,7 +315,7 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 	if err := checkConn(conn); err != nil {
 		return Record{}, err
 	}
-	if !validType(typ) {
+	if !ValidType(typ) {
 		return Record{}, fmt.Errorf("%w: %q", ErrBadType, clip(typ))
 	}
 	if !ValidID(id) {
@@ -415,7 +415,7 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 	}
 	var types []string
 	for _, t := range q.Types {
-		if !validType(t) {
+		if !ValidType(t) {
 			return q.After, fmt.Errorf("%w: %q", ErrBadType, clip(t))
 		}
 		if !slices.Contains(types, t) {

@@ -81,7 +81,7 @@ func (w *Writer) Put(raw []byte) (Header, error) {
 // known (zero otherwise): a put whose meta.lastUpdated is not after it is
 // then stale, and the tombstone is stale if the stored copy is newer.
 func (w *Writer) Delete(typ, id string, at time.Time) error {
-	if !validType(typ) {
+	if !ValidType(typ) {
 		return fmt.Errorf("%w: %q", ErrBadType, clip(typ))
 	}
 	if !ValidID(id) {
