@@ -1,6 +1,7 @@
 package pluginhost
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -336,9 +338,13 @@ func (p *plugin) startError(err error) error {
 
 func firstLine(s string) string { return strings.SplitN(s, "\n", 2)[0] }
 
+// clip cuts s to at most n bytes, not inside a UTF-8 sequence.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }
@@ -463,16 +469,16 @@ func (r *lineRing) Write(b []byte) (int, error) {
 	defer r.mu.Unlock()
 	r.partial = append(r.partial, b...)
 	for {
-		i := strings.IndexByte(string(r.partial), '\n')
+		i := bytes.IndexByte(r.partial, '\n')
 		if i < 0 {
 			break
 		}
-		line := strings.TrimRight(string(r.partial[:i]), "\r")
+		line := stderrLine(r.partial[:i])
 		r.partial = r.partial[i+1:]
 		if line == "" {
 			continue
 		}
-		r.buf = append(r.buf, clip(line, 500))
+		r.buf = append(r.buf, line)
 		if len(r.buf) > r.n {
 			r.buf = r.buf[len(r.buf)-r.n:]
 		}
@@ -487,10 +493,17 @@ func (r *lineRing) lines() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := append([]string(nil), r.buf...)
-	if len(r.partial) > 0 {
-		out = append(out, string(r.partial))
+	if line := stderrLine(r.partial); line != "" {
+		out = append(out, line)
 	}
 	return out
+}
+
+// stderrLine makes one line of a plugin's stderr fit to show: the lines
+// reach administrators in proto strings, which must be valid UTF-8, and a
+// plugin writes whatever bytes it likes.
+func stderrLine(b []byte) string {
+	return clip(strings.ToValidUTF8(strings.TrimRight(string(b), "\r"), "\uFFFD"), 500)
 }
 
 func (r *lineRing) reset() {
