@@ -90,8 +90,8 @@ func hostStatus(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
-	for k, c := range hostCodes {
-		if errors.Is(err, k) {
+	if kind, _, ok := errdefs.Classify(err); ok {
+		if c, ok := hostCodes[kind]; ok {
 			return status.Error(c, err.Error())
 		}
 	}
