@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -558,18 +557,6 @@ func decodeCursor(s string) (index.Cursor, error) {
 		return index.Cursor{}, fmt.Errorf("%w", ErrBadCursor)
 	}
 	return index.Cursor{Score: float32(f), Key: key}, nil
-}
-
-// Lists returns the imported lists, by id.
-func (c *Catalog) Lists() []ListInfo {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]ListInfo, 0, len(c.lists))
-	for _, l := range c.lists {
-		out = append(out, *l)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
 }
 
 // Len is the number of sources.

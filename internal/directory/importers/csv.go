@@ -186,7 +186,7 @@ func parseMedicaid(l *List, recs []csvRecord, progress Progress) {
 		}
 		e := Entry{Row: r.line, Name: name, Aliases: []string{state + " Medicaid Patient Access"}, Kind: KindPayer,
 			Vendor: medicaidVendors[strings.ToLower(field(r.fields, 2))], Endpoints: []Endpoint{{URL: u}}}
-		if st := stateCode(state); st != "" {
+		if st := StateCode(state); st != "" {
 			e.Locations = []Location{{State: st}}
 		}
 		l.Entries = append(l.Entries, e)
@@ -286,7 +286,7 @@ func parseSMA(l *List, recs []csvRecord, progress Progress) {
 		}
 		e := Entry{Row: r.line, Name: name, Aliases: []string{state + " Medicaid Patient Access"}, Kind: KindPayer,
 			Endpoints: []Endpoint{{URL: base, FHIRVersion: smaVersion(field(r.fields, cols.fhirVersion))}}}
-		if st := stateCode(state); st != "" {
+		if st := StateCode(state); st != "" {
 			e.Locations = []Location{{State: st}}
 		}
 		s := &Setup{

@@ -144,11 +144,9 @@ func walkArray(ctx context.Context, dec *json.Decoder, fn func(i int, raw json.R
 	return err
 }
 
-// countArray estimates the number of elements for progress (cheap: counts
-// objects opening at depth 1 of the array by scanning once).
+// countTopLevel estimates the number of rows for a progress bar by counting
+// the occurrences of a field every row has (cheaper than decoding).
 func countTopLevel(data []byte, key string) int {
-	// A cheap approximation is fine for a progress bar: count the occurrences
-	// of a field every element has.
 	return bytes.Count(data, []byte(key))
 }
 
@@ -213,7 +211,7 @@ func parseLantern(ctx context.Context, data []byte, fileName string, progress Pr
 				e.Locations = []Location{{PostalCode: zip}}
 			}
 			if dev.medicaid {
-				if st := stateCode(strings.TrimSuffix(name, " Medicaid")); st != "" {
+				if st := StateCode(strings.TrimSuffix(name, " Medicaid")); st != "" {
 					e.Locations = []Location{{State: st}}
 				}
 			}

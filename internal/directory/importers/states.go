@@ -42,8 +42,6 @@ func StateCode(s string) string {
 	return stateNames[strings.ToLower(cleanText(s))]
 }
 
-func stateCode(s string) string { return StateCode(s) }
-
 // zip3 ranges: the first three digits of a ZIP code name the state (USPS
 // sectional centers). A handful of prefixes cross state lines; the table
 // follows the majority.

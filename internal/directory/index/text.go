@@ -45,9 +45,6 @@ var stopWords = map[string]bool{
 	"dba": true, "by": true, "on": true, "to": true, "lp": true, "llp": true,
 }
 
-// Expand returns the long form of an abbreviation, or "".
-func Expand(tok string) string { return abbreviations[tok] }
-
 // fold maps a rune to its lower-case ASCII base letter when it has one.
 func fold(r rune) rune {
 	if r < utf8.RuneSelf {
