@@ -66,9 +66,6 @@ func Listen(path string, o ListenOptions) (net.Listener, error) {
 	return l, nil
 }
 
-// Dial connects to the socket (used by tests; apps use agent/client).
-func Dial(path string) (net.Conn, error) { return net.Dial("unix", path) }
-
 func peerOf(c net.Conn) (Peer, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {

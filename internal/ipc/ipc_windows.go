@@ -37,9 +37,6 @@ func Listen(path string, o ListenOptions) (net.Listener, error) {
 	return l, nil
 }
 
-// Dial connects to the pipe.
-func Dial(path string) (net.Conn, error) { return winio.DialPipe(path, nil) }
-
 // peerOf cannot read a uid on Windows; the pipe's ACL admits only
 // administrators and the configured group, and apps must present a token.
 func peerOf(c net.Conn) (Peer, error) { return Peer{Known: false, UID: -1, GID: -1, PID: -1}, nil }
