@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -272,14 +271,4 @@ func getJSON(ctx context.Context, hc *http.Client, u string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s answered HTTP %d", ErrBadResponse, hostOf(u), resp.StatusCode)
 	}
 	return b, nil
-}
-
-// hasAll reports whether every element of want is in have.
-func hasAll(have, want []string) bool {
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			return false
-		}
-	}
-	return true
 }

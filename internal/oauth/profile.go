@@ -44,25 +44,3 @@ func ProfileFromPlugin(p *pluginv1.AuthProfile) Profile {
 	}
 	return out
 }
-
-// StaticEndpoints are the endpoints a profile names itself
-// (DISCOVERY_STATIC, or overrides of what discovery found).
-func StaticEndpoints(p *pluginv1.AuthProfile) Endpoints {
-	return Endpoints{AuthorizeURL: p.GetAuthorizeUrl(), TokenURL: p.GetTokenUrl(), RevokeURL: p.GetRevokeUrl()}
-}
-
-// Override returns e with the non-empty URLs of o in place of its own.
-func (e Endpoints) Override(o Endpoints) Endpoints {
-	for _, f := range []struct {
-		dst *string
-		v   string
-	}{
-		{&e.AuthorizeURL, o.AuthorizeURL}, {&e.TokenURL, o.TokenURL}, {&e.RevokeURL, o.RevokeURL},
-		{&e.IntrospectURL, o.IntrospectURL}, {&e.JWKSURL, o.JWKSURL}, {&e.Issuer, o.Issuer},
-	} {
-		if f.v != "" {
-			*f.dst = f.v
-		}
-	}
-	return e
-}

@@ -341,14 +341,9 @@ var grantExpiryLayouts = []string{"2006-01-02 15:04:05Z07:00", "2006-01-02 15:04
 
 func parseGrantExpiry(v string) (time.Time, error) {
 	v = strings.TrimSpace(v)
-	var first error
 	for _, l := range grantExpiryLayouts {
-		t, err := time.Parse(l, v)
-		if err == nil {
+		if t, err := time.Parse(l, v); err == nil {
 			return t, nil
-		}
-		if first == nil {
-			first = err
 		}
 	}
 	return time.Time{}, errors.New("not a date")
