@@ -114,11 +114,10 @@ func (e *Engine) downloads(plugin string) int {
 	return min(n, e.o.MaxDownloads)
 }
 
-// download stores every file not stored yet, several at once. It reports
-// whether any file moved forward, and the first error.
-func (e *Engine) download(ctx context.Context, j *Job, c connections.Connection, lv *live) (bool, error) {
-	m := j.Manifest
-	progress := make([]FileProgress, len(m.Files))
+// storedProgress reads the committed progress of every file of j's
+// manifest (zero for a file not started).
+func (e *Engine) storedProgress(ctx context.Context, j *Job) ([]FileProgress, error) {
+	progress := make([]FileProgress, len(j.Manifest.Files))
 	err := e.files.Scan(ctx, store.ScanOptions{Prefix: j.ID + "/"}, func(k string, p FileProgress) error {
 		var idx int
 		if _, err := fmt.Sscanf(k[len(j.ID)+1:], "%d", &idx); err == nil && idx >= 0 && idx < len(progress) {
@@ -126,6 +125,13 @@ func (e *Engine) download(ctx context.Context, j *Job, c connections.Connection,
 		}
 		return nil
 	})
+	return progress, err
+}
+
+// download stores every file not stored yet, several at once. It reports
+// whether any file moved forward, and the first error.
+func (e *Engine) download(ctx context.Context, j *Job, c connections.Connection, lv *live) (bool, error) {
+	progress, err := e.storedProgress(ctx, j)
 	if err != nil {
 		return false, err
 	}

@@ -467,15 +467,8 @@ func (e *Engine) view(ctx context.Context, j Job, withFiles bool) (View, error) 
 	case j.Totals != nil && !withFiles:
 		v.Totals = *j.Totals
 	case j.Manifest != nil:
-		progress = make([]FileProgress, len(j.Manifest.Files))
-		err := e.files.Scan(ctx, store.ScanOptions{Prefix: j.ID + "/"}, func(k string, p FileProgress) error {
-			var idx int
-			if _, err := fmt.Sscanf(k[len(j.ID)+1:], "%d", &idx); err == nil && idx >= 0 && idx < len(progress) {
-				progress[idx] = p
-			}
-			return nil
-		})
-		if err != nil {
+		var err error
+		if progress, err = e.storedProgress(ctx, &j); err != nil {
 			return v, err
 		}
 		if j.Totals != nil {
