@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -127,23 +128,10 @@ func (c *Call) do(ctx context.Context, req *http.Request, auth bool) (*http.Resp
 
 func setAuth(req *http.Request, tok Token) {
 	typ := tok.TokenType
-	if typ == "" || equalFold(typ, "bearer") {
+	if typ == "" || strings.EqualFold(typ, "bearer") {
 		typ = "Bearer"
 	}
 	req.Header.Set("Authorization", typ+" "+tok.AccessToken)
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i]|0x20, b[i]|0x20
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 func drain(resp *http.Response) {
