@@ -194,19 +194,11 @@ func relativeRef(ref string) (string, bool) {
 	if len(parts) != 2 && !(len(parts) == 4 && parts[2] == "_history") {
 		return "", false
 	}
+	// The same rules as Read's: a reference Read would refuse (a type
+	// over 64 letters) must not fail the whole call that follows it.
 	typ, id := parts[0], parts[1]
-	if typ == "" || id == "" || typ[0] < 'A' || typ[0] > 'Z' || len(id) > 64 {
+	if !validType(typ) || !validID(id) {
 		return "", false
-	}
-	for _, r := range typ {
-		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z') {
-			return "", false
-		}
-	}
-	for _, r := range id {
-		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
-			return "", false
-		}
 	}
 	return typ + "/" + id, true
 }

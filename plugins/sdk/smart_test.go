@@ -241,3 +241,37 @@ func TestReferencesToOtherServersAreNotFollowed(t *testing.T) {
 		}
 	}
 }
+
+// A reference that Read would refuse (here a type longer than 64 letters)
+// is not followed, rather than failing the search that found it.
+func TestReferenceReadWouldRefuseIsSkipped(t *testing.T) {
+	long := strings.Repeat("X", 70)
+	fhir := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fhir/Observation":
+			fmt.Fprintf(w, `{"resourceType":"Bundle","type":"searchset","entry":[{"resource":{"resourceType":"Observation","id":"o1",`+
+				`"subject":{"reference":"Patient/p1"},"focus":[{"reference":%q}]}}]}`, long+"/x")
+		case "/fhir/Patient/p1":
+			io.WriteString(w, `{"resourceType":"Patient","id":"p1"}`)
+		default:
+			t.Errorf("unexpected request %s", r.URL.Path)
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer fhir.Close()
+	s := &SMART{Name: "t"}
+	call := NewCall(Connection{ID: "c", FHIRBase: fhir.URL + "/fhir"}, fixedToken("tok"), NewClient(), nil)
+	var got []string
+	err := s.Search(context.Background(), call, SearchRequest{ResourceType: "Observation", IncludeReferences: true}, func(p Page) error {
+		for _, r := range p.Resources {
+			got = append(got, r.Type+"/"+r.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("search: %v", err)
+	}
+	if strings.Join(got, ",") != "Observation/o1,Patient/p1" {
+		t.Fatalf("resources %v", got)
+	}
+}
