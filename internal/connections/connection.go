@@ -31,9 +31,6 @@ const (
 	Revoked       State = "revoked"        // removed by the app or the source
 )
 
-// Usable reports whether data calls may be made.
-func (s State) Usable() bool { return s == Active }
-
 // Terminal states never change again.
 func (s State) Terminal() bool { return s == Failed || s == Expired || s == Revoked }
 

@@ -124,8 +124,9 @@ func (m *Manager) refreshLocked(ctx context.Context, c Connection, tok tokens) (
 		m.applyGrant(c, g, now)
 	})
 	if err != nil {
-		// The source rotated the token but we could not store it. Keep it
-		// in memory so this process can still use it; log loudly.
+		// The source may have rotated the refresh token and we could not
+		// store the new one. The new access token is not handed out (custody
+		// hands out only what is stored); log loudly.
 		m.log.Error("refreshed token not stored", "connection", c.ID, "err", err)
 		return "", time.Time{}, err
 	}

@@ -134,7 +134,7 @@ func New(ctx context.Context, db *store.DB, ev *events.Log, ep TokenEndpoint, lo
 		o(m)
 	}
 	m.policy.defaults()
-	m.sched = newScheduler(m)
+	m.sched = newScheduler()
 	if err := m.loadIndex(ctx); err != nil {
 		return nil, fmt.Errorf("connections: load: %w", err)
 	}
@@ -486,7 +486,7 @@ func (m *Manager) deleteLocal(ctx context.Context, id, reason string) (Connectio
 	if terr != nil && !errors.Is(terr, store.ErrNotFound) {
 		return c, tokens{}, terr
 	}
-	if c.State != Revoked && !c.State.Terminal() {
+	if !c.State.Terminal() {
 		c, err = m.transitionLocked(ctx, id, Revoked, cmp.Or(reason, "deleted by the app"), nil, func(c *Connection) {
 			c.HasRefreshToken, c.NextRefreshAt = false, time.Time{}
 		})

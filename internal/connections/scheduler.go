@@ -11,8 +11,6 @@ import (
 // next refresh time and hands due ones to a few workers. It is rebuilt from
 // the store at start, so schedules survive restarts.
 type scheduler struct {
-	m *Manager
-
 	mu    sync.Mutex
 	h     refreshHeap
 	pos   map[string]*item
@@ -41,8 +39,8 @@ func (h *refreshHeap) Pop() any {
 	return it
 }
 
-func newScheduler(m *Manager) *scheduler {
-	return &scheduler{m: m, pos: map[string]*item{}, wake: make(chan struct{}, 1), queue: make(chan string, 1024)}
+func newScheduler() *scheduler {
+	return &scheduler{pos: map[string]*item{}, wake: make(chan struct{}, 1), queue: make(chan string, 1024)}
 }
 
 // consider (re)schedules c according to its NextRefreshAt, or drops it when
