@@ -150,6 +150,37 @@ func countTopLevel(data []byte, key string) int {
 	return bytes.Count(data, []byte(key))
 }
 
+// eachRow reads the array under key of data's top-level object (other keys
+// are skipped), counting rows and reporting progress; a row that does not
+// decode into T is rejected and the rest read on. countKey is a field every
+// row has, for the progress total.
+func eachRow[T any](ctx context.Context, data []byte, key, countKey string, l *List, progress Progress, fn func(row int, r T)) error {
+	total := countTopLevel(data, countKey)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	err := walkObject(dec, func(k string) error {
+		if k != key {
+			var skip json.RawMessage
+			return dec.Decode(&skip)
+		}
+		return walkArray(ctx, dec, func(i int, raw json.RawMessage) error {
+			row := i + 1
+			l.Rows++
+			progress(row, total)
+			var r T
+			if err := json.Unmarshal(raw, &r); err != nil {
+				l.reject(row, "", "", "malformed row: %s", jsonErr(err))
+				return nil
+			}
+			fn(row, r)
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %s", ErrMalformed, jsonErr(err))
+	}
+	return nil
+}
+
 func jsonErr(err error) string {
 	if err == io.ErrUnexpectedEOF {
 		return "truncated JSON"
@@ -171,56 +202,39 @@ func parseLantern(ctx context.Context, data []byte, fileName string, progress Pr
 	dev := lanternDeveloper(baseName(fileName))
 	l.Vendor = dev.vendor
 	var nameless []Entry
-	total := countTopLevel(data, `"URL"`)
-	dec := json.NewDecoder(bytes.NewReader(data))
-	err := walkObject(dec, func(key string) error {
-		if key != "Endpoints" {
-			var skip json.RawMessage
-			return dec.Decode(&skip)
+	err := eachRow(ctx, data, "Endpoints", `"URL"`, l, progress, func(row int, r lanternRow) {
+		name := cleanText(r.OrganizationName)
+		if dev.medicaid && name != "" {
+			name = medicaidName(name)
 		}
-		return walkArray(ctx, dec, func(i int, raw json.RawMessage) error {
-			row := i + 1
-			l.Rows++
-			progress(row, total)
-			var r lanternRow
-			if err := json.Unmarshal(raw, &r); err != nil {
-				l.reject(row, "", "", "malformed row: %s", jsonErr(err))
-				return nil
+		u, err := NormalizeBaseURL(r.URL)
+		if name == "" {
+			if err == nil {
+				nameless = append(nameless, Entry{Row: row, Kind: dev.kind, Vendor: dev.vendor, Endpoints: []Endpoint{{URL: u}}})
 			}
-			name := cleanText(r.OrganizationName)
-			if dev.medicaid && name != "" {
-				name = medicaidName(name)
+			l.reject(row, "", "", "no organization name")
+			return
+		}
+		if err != nil {
+			l.reject(row, "", name, "%v: %q", err, strings.TrimSpace(r.URL))
+			return
+		}
+		e := Entry{Row: row, Name: name, Kind: dev.kind, Vendor: dev.vendor, Endpoints: []Endpoint{{URL: u}}}
+		if npi := strings.TrimSpace(r.NPIID); npi != "" {
+			e.NPI = []string{npi}
+		}
+		if zip := strings.TrimSpace(r.OrganizationZipCode); zip != "" {
+			e.Locations = []Location{{PostalCode: zip}}
+		}
+		if dev.medicaid {
+			if st := StateCode(strings.TrimSuffix(name, " Medicaid")); st != "" {
+				e.Locations = []Location{{State: st}}
 			}
-			u, err := NormalizeBaseURL(r.URL)
-			if name == "" {
-				if err == nil {
-					nameless = append(nameless, Entry{Row: row, Kind: dev.kind, Vendor: dev.vendor, Endpoints: []Endpoint{{URL: u}}})
-				}
-				l.reject(row, "", "", "no organization name")
-				return nil
-			}
-			if err != nil {
-				l.reject(row, "", name, "%v: %q", err, strings.TrimSpace(r.URL))
-				return nil
-			}
-			e := Entry{Row: row, Name: name, Kind: dev.kind, Vendor: dev.vendor, Endpoints: []Endpoint{{URL: u}}}
-			if npi := strings.TrimSpace(r.NPIID); npi != "" {
-				e.NPI = []string{npi}
-			}
-			if zip := strings.TrimSpace(r.OrganizationZipCode); zip != "" {
-				e.Locations = []Location{{PostalCode: zip}}
-			}
-			if dev.medicaid {
-				if st := StateCode(strings.TrimSuffix(name, " Medicaid")); st != "" {
-					e.Locations = []Location{{State: st}}
-				}
-			}
-			l.Entries = append(l.Entries, e)
-			return nil
-		})
+		}
+		l.Entries = append(l.Entries, e)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErr(err))
+		return nil, err
 	}
 	// A developer that publishes one or two endpoints without organization
 	// names is publishing its own service (a payer's API, a product's shared
@@ -370,42 +384,25 @@ type cernerLegacyRow struct {
 
 func parseCernerLegacy(ctx context.Context, data []byte, progress Progress) (*List, error) {
 	l := &List{Format: FormatCernerLegacy, Vendor: "oraclehealth"}
-	total := countTopLevel(data, `"baseUrl"`)
-	dec := json.NewDecoder(bytes.NewReader(data))
-	err := walkObject(dec, func(key string) error {
-		if key != "endpoints" {
-			var skip json.RawMessage
-			return dec.Decode(&skip)
+	err := eachRow(ctx, data, "endpoints", `"baseUrl"`, l, progress, func(row int, r cernerLegacyRow) {
+		name := cleanText(r.Name)
+		if name == "" {
+			l.reject(row, "", "", "no organization name")
+			return
 		}
-		return walkArray(ctx, dec, func(i int, raw json.RawMessage) error {
-			row := i + 1
-			l.Rows++
-			progress(row, total)
-			var r cernerLegacyRow
-			if err := json.Unmarshal(raw, &r); err != nil {
-				l.reject(row, "", "", "malformed row: %s", jsonErr(err))
-				return nil
-			}
-			name := cleanText(r.Name)
-			if name == "" {
-				l.reject(row, "", "", "no organization name")
-				return nil
-			}
-			u, err := NormalizeBaseURL(r.BaseURL)
-			if err != nil {
-				l.reject(row, "", name, "%v: %q", err, strings.TrimSpace(r.BaseURL))
-				return nil
-			}
-			l.Entries = append(l.Entries, Entry{
-				Row: row, Name: name, Vendor: "oraclehealth",
-				Endpoints: []Endpoint{{URL: u}},
-				Sandbox:   strings.EqualFold(r.Type, "sandbox") || strings.EqualFold(r.Type, "test"),
-			})
-			return nil
+		u, err := NormalizeBaseURL(r.BaseURL)
+		if err != nil {
+			l.reject(row, "", name, "%v: %q", err, strings.TrimSpace(r.BaseURL))
+			return
+		}
+		l.Entries = append(l.Entries, Entry{
+			Row: row, Name: name, Vendor: "oraclehealth",
+			Endpoints: []Endpoint{{URL: u}},
+			Sandbox:   strings.EqualFold(r.Type, "sandbox") || strings.EqualFold(r.Type, "test"),
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErr(err))
+		return nil, err
 	}
 	return l, nil
 }
