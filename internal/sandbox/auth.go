@@ -773,13 +773,17 @@ func (s *Sandbox) handleIntrospect(w http.ResponseWriter, r *http.Request, t *te
 	}
 	tok := form.Get("token")
 	now := s.now()
+	// revoked and used change under t.mu (revoke, refresh, RevokePatient):
+	// read them under it too.
 	t.mu.Lock()
 	at, isAT := t.access[tok]
 	rt, isRT := t.refresh[tok]
+	atLive := isAT && (at.fam == nil || !at.fam.revoked)
+	rtLive := isRT && !rt.used && !rt.fam.revoked
 	t.mu.Unlock()
 	resp := map[string]any{"active": false}
 	switch {
-	case isAT && now.Before(at.exp) && (at.fam == nil || !at.fam.revoked):
+	case atLive && now.Before(at.exp):
 		resp = map[string]any{"active": true, "scope": at.scope, "client_id": at.client, "exp": at.exp.Unix(),
 			"token_type": "Bearer", "iss": t.fhirBase()}
 		if at.patient != "" {
@@ -790,7 +794,7 @@ func (s *Sandbox) handleIntrospect(w http.ResponseWriter, r *http.Request, t *te
 			resp["sub"] = strings.ReplaceAll(at.fam.fhirUser, "/", "-")
 			resp["iat"] = at.fam.issuedAt.Unix()
 		}
-	case isRT && !rt.used && !rt.fam.revoked:
+	case rtLive:
 		resp = map[string]any{"active": true, "scope": rt.fam.scope, "client_id": rt.fam.client, "token_type": "refresh_token"}
 	}
 	writeJSON(w, http.StatusOK, "", resp)
