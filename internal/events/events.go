@@ -107,6 +107,10 @@ type Option func(*Log)
 // WithRetention keeps events this long (default 30 days).
 func WithRetention(d time.Duration) Option { return func(l *Log) { l.retention = d } }
 
+// Retention is how long events are kept; records that describe events
+// (webhook attempts) are kept as long.
+func (l *Log) Retention() time.Duration { return l.retention }
+
 // New opens the event log kept in db.
 func New(db *store.DB, logger *slog.Logger, opts ...Option) *Log {
 	l := &Log{

@@ -302,7 +302,7 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 			return true
 		}
 		p.LastFailureAt, p.LastError = at.Time, at.describe()
-		if attempts > len(m.schedule) {
+		if attempts > len(DefaultSchedule) {
 			p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts}
 			if !m.record(ctx, w, at, *p) {
 				return false
@@ -312,7 +312,7 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 				fmt.Sprintf("event %d (%s) failed %d attempts since %s; last: %s", e.Seq, e.Type, attempts, first.UTC().Format(time.RFC3339), at.describe()), &at)
 			return false
 		}
-		next = m.clock.Now().Add(m.schedule[attempts-1])
+		next = m.clock.Now().Add(DefaultSchedule[attempts-1])
 		at.NextAt = next
 		p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts, NextAt: next}
 		if !m.record(ctx, w, at, *p) {
@@ -435,7 +435,7 @@ func (m *Manager) putAttemptTx(tx *store.Txn, at Attempt) error {
 		return err
 	}
 	key := at.EndpointID + "/" + seqKey(at.EventSeq) + "/" + seqKey(n)
-	return m.attempts.PutTx(tx, key, at, store.WithTTL(m.attemptTTL))
+	return m.attempts.PutTx(tx, key, at, store.WithTTL(m.events.Retention()))
 }
 
 // DisabledData is the data of a webhook.endpoint_disabled event.

@@ -186,9 +186,6 @@ func WithClock(c Clock) Option { return func(m *Manager) { m.clock = c } }
 // WithTimeout sets the per-attempt timeout (default 5s).
 func WithTimeout(d time.Duration) Option { return func(m *Manager) { m.timeout = d } }
 
-// WithSchedule replaces DefaultSchedule.
-func WithSchedule(s []time.Duration) Option { return func(m *Manager) { m.schedule = s } }
-
 // WithAllowPublicHTTP allows plain-http URLs that reach public addresses.
 func WithAllowPublicHTTP(allow bool) Option { return func(m *Manager) { m.allowPublicHTTP = allow } }
 
@@ -198,19 +195,12 @@ func WithSource(s string) Option { return func(m *Manager) { m.source = s } }
 // WithUserAgent sets the User-Agent of deliveries.
 func WithUserAgent(ua string) Option { return func(m *Manager) { m.userAgent = ua } }
 
-// WithResolver replaces the DNS resolver used to check plain-http hosts.
-func WithResolver(r *net.Resolver) Option { return func(m *Manager) { m.resolver = r } }
-
 // WithAppCheck tells the manager whether an app may still receive events;
 // the endpoints of an app that may not (revoked) are disabled instead of
 // delivering.
 func WithAppCheck(active func(ctx context.Context, appID string) bool) Option {
 	return func(m *Manager) { m.appActive = active }
 }
-
-// WithAttemptRetention sets how long attempts are kept (default 30 days,
-// like events).
-func WithAttemptRetention(d time.Duration) Option { return func(m *Manager) { m.attemptTTL = d } }
 
 // Manager owns the endpoints and their delivery workers.
 type Manager struct {
@@ -225,12 +215,9 @@ type Manager struct {
 
 	clock           Clock
 	timeout         time.Duration
-	schedule        []time.Duration
 	allowPublicHTTP bool
 	source          string
 	userAgent       string
-	resolver        *net.Resolver
-	attemptTTL      time.Duration
 
 	httpsClient, httpClient *http.Client
 
@@ -264,23 +251,20 @@ type liveConfig struct {
 // log. Call Start to start delivering and Stop before closing the store.
 func New(db *store.DB, log *events.Log, logger *slog.Logger, opts ...Option) *Manager {
 	m := &Manager{
-		db:         db,
-		events:     log,
-		log:        logger.With("component", "webhooks"),
-		endpoints:  store.NewTable[Endpoint](db, store.Webhooks),
-		secrets:    store.NewTable[secretSet](db, store.WebhookSecrets),
-		progress:   store.NewTable[Progress](db, store.WebhookProgress),
-		attempts:   store.NewTable[Attempt](db, store.WebhookAttempts),
-		clock:      wallClock{},
-		timeout:    5 * time.Second,
-		schedule:   DefaultSchedule,
-		source:     "medrelay",
-		userAgent:  "medrelay-webhooks",
-		resolver:   net.DefaultResolver,
-		attemptTTL: 30 * 24 * time.Hour,
-		workers:    map[string]*worker{},
-		byApp:      map[string][]*worker{},
-		live:       map[string]*liveConfig{},
+		db:        db,
+		events:    log,
+		log:       logger.With("component", "webhooks"),
+		endpoints: store.NewTable[Endpoint](db, store.Webhooks),
+		secrets:   store.NewTable[secretSet](db, store.WebhookSecrets),
+		progress:  store.NewTable[Progress](db, store.WebhookProgress),
+		attempts:  store.NewTable[Attempt](db, store.WebhookAttempts),
+		clock:     wallClock{},
+		timeout:   5 * time.Second,
+		source:    "medrelay",
+		userAgent: "medrelay-webhooks",
+		workers:   map[string]*worker{},
+		byApp:     map[string][]*worker{},
+		live:      map[string]*liveConfig{},
 	}
 	for _, o := range opts {
 		o(m)
@@ -409,7 +393,7 @@ func (m *Manager) Create(ctx context.Context, appID string, req CreateRequest) (
 	if appID == "" {
 		return Endpoint{}, "", ErrNoApp
 	}
-	u, err := validateURL(ctx, strings.TrimSpace(req.URL), m.allowPublicHTTP, m.resolver)
+	u, err := validateURL(ctx, strings.TrimSpace(req.URL), m.allowPublicHTTP, net.DefaultResolver)
 	if err != nil {
 		return Endpoint{}, "", err
 	}
