@@ -664,7 +664,6 @@ func (s *Sandbox) writeTokenResponse(w http.ResponseWriter, t *tenant, fam *fami
 		t.refresh[rt] = nt
 		if prev != nil {
 			prev.successor = nt
-			fam.rotations++
 		}
 		t.mu.Unlock()
 	}

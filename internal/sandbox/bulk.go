@@ -753,7 +753,7 @@ func (s *Sandbox) serveFile(w http.ResponseWriter, r *http.Request, t *tenant, j
 		return
 	}
 	if drop {
-		s.countFault(t.name, EndpointExportFile, "drop")
+		s.countFault(EndpointExportFile, "drop")
 		_ = write(&rangeWriter{w: w, left: fs.dropAfter})
 		_ = http.NewResponseController(w).Flush()
 		panic(http.ErrAbortHandler) // cut the connection mid-file

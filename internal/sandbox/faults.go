@@ -234,7 +234,7 @@ func (s *Sandbox) begin(w http.ResponseWriter, r *http.Request, t *tenant, endpo
 		if !fire {
 			continue
 		}
-		s.countFault(tn, endpoint, strconv.Itoa(f.Status))
+		s.countFault(endpoint, strconv.Itoa(f.Status))
 		if f.RetryAfter > 0 {
 			if f.RetryAfterHTTPDate {
 				w.Header().Set("Retry-After", s.now().Add(time.Duration(f.RetryAfter)*time.Second).UTC().Format(http.TimeFormat))

@@ -173,7 +173,6 @@ func (s *Sandbox) handleRead(w http.ResponseWriter, r *http.Request, t *tenant, 
 
 // filter is a parsed search: the resource headers it matches.
 type filter struct {
-	types        map[synth.Type]bool
 	patients     []int // nil = every patient
 	ids          map[string]bool
 	lastUpdated  []dateBound

@@ -33,7 +33,7 @@ type Sandbox struct {
 	faults  []*faultState
 	jtis    map[string]time.Time // client assertion jti -> exp, replay cache
 	exports map[string]*exportJob
-	stats   statsData
+	stats   Stats
 	done    chan struct{}
 }
 
@@ -53,7 +53,7 @@ func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 		tenants: map[string]*tenant{},
 		jtis:    map[string]time.Time{},
 		exports: map[string]*exportJob{},
-		stats:   newStatsData(),
+		stats:   newStats(),
 		done:    make(chan struct{}),
 		client:  &http.Client{Timeout: 10 * time.Second},
 	}

@@ -1,5 +1,7 @@
 package sandbox
 
+import "maps"
+
 // Stats counts requests since start (or the last ResetStats). Token requests
 // are counted both as "token" and as "token:<grant_type>", so a test can
 // assert that exactly one refresh happened:
@@ -12,9 +14,7 @@ type Stats struct {
 	Faults    map[string]int64            `json:"faults"`    // "endpoint:status" or "export-file:drop" -> injected faults
 }
 
-type statsData = Stats
-
-func newStatsData() Stats {
+func newStats() Stats {
 	return Stats{Endpoints: map[string]int64{}, Tenants: map[string]map[string]int64{},
 		Clients: map[string]map[string]int64{}, Faults: map[string]int64{}}
 }
@@ -60,7 +60,7 @@ func (s *Sandbox) countSub(t *tenant, name, clientID string) {
 	}
 }
 
-func (s *Sandbox) countFault(tenant, endpoint, kind string) {
+func (s *Sandbox) countFault(endpoint, kind string) {
 	s.mu.Lock()
 	s.stats.Faults[endpoint+":"+kind]++
 	s.mu.Unlock()
@@ -70,27 +70,13 @@ func (s *Sandbox) countFault(tenant, endpoint, kind string) {
 func (s *Sandbox) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := newStatsData()
-	out.Total = s.stats.Total
-	for k, v := range s.stats.Endpoints {
-		out.Endpoints[k] = v
-	}
-	for k, v := range s.stats.Faults {
-		out.Faults[k] = v
-	}
+	out := Stats{Total: s.stats.Total, Endpoints: maps.Clone(s.stats.Endpoints), Faults: maps.Clone(s.stats.Faults),
+		Tenants: make(map[string]map[string]int64, len(s.stats.Tenants)), Clients: make(map[string]map[string]int64, len(s.stats.Clients))}
 	for k, m := range s.stats.Tenants {
-		c := map[string]int64{}
-		for a, b := range m {
-			c[a] = b
-		}
-		out.Tenants[k] = c
+		out.Tenants[k] = maps.Clone(m)
 	}
 	for k, m := range s.stats.Clients {
-		c := map[string]int64{}
-		for a, b := range m {
-			c[a] = b
-		}
-		out.Clients[k] = c
+		out.Clients[k] = maps.Clone(m)
 	}
 	return out
 }
@@ -98,6 +84,6 @@ func (s *Sandbox) Stats() Stats {
 // ResetStats zeroes the counters (POST {base}/admin/stats/reset).
 func (s *Sandbox) ResetStats() {
 	s.mu.Lock()
-	s.stats = newStatsData()
+	s.stats = newStats()
 	s.mu.Unlock()
 }

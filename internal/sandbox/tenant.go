@@ -17,7 +17,6 @@ import (
 type tenant struct {
 	s    *Sandbox
 	name string
-	cfg  TenantConfig
 	prof *profile
 	data *synth.Dataset
 
@@ -59,7 +58,6 @@ type family struct {
 	issuedAt  time.Time
 	offline   bool
 	nonce     string
-	rotations int
 }
 
 type authCode struct {
@@ -110,7 +108,7 @@ func newTenant(s *Sandbox, tc TenantConfig) *tenant {
 		n = s.cfg.Patients
 	}
 	t := &tenant{
-		s: s, name: tc.Name, cfg: tc, prof: p,
+		s: s, name: tc.Name, prof: p,
 		data:        synth.New(s.cfg.Seed, n),
 		rotate:      p.RotateRefresh,
 		atLifetime:  p.AccessTokenLifetime,
@@ -186,7 +184,7 @@ func (s *Sandbox) RegisterClient(tenantName string, c ClientConfig) error {
 			return fmt.Errorf("%w: jwks: %w", ErrBadClient, err)
 		}
 		for _, k := range set.Keys {
-			if k.IsPublic() == false || k.KeyID == "" {
+			if !k.IsPublic() || k.KeyID == "" {
 				return fmt.Errorf("%w: jwks keys must be public and carry a kid", ErrBadClient)
 			}
 		}
