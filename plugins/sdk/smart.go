@@ -582,25 +582,18 @@ func (s *SMART) BulkStatus(ctx context.Context, call *Call, statusURL string) (B
 
 // ParseManifest reads a Bulk Data complete-status body.
 func ParseManifest(b []byte) (*BulkManifest, error) {
+	type file struct {
+		Type  string `json:"type"`
+		URL   string `json:"url"`
+		Count int64  `json:"count"`
+	}
 	var m struct {
 		TransactionTime     string `json:"transactionTime"`
 		Request             string `json:"request"`
 		RequiresAccessToken bool   `json:"requiresAccessToken"`
-		Output              []struct {
-			Type  string `json:"type"`
-			URL   string `json:"url"`
-			Count int64  `json:"count"`
-		} `json:"output"`
-		Deleted []struct {
-			Type  string `json:"type"`
-			URL   string `json:"url"`
-			Count int64  `json:"count"`
-		} `json:"deleted"`
-		Error []struct {
-			Type  string `json:"type"`
-			URL   string `json:"url"`
-			Count int64  `json:"count"`
-		} `json:"error"`
+		Output              []file `json:"output"`
+		Deleted             []file `json:"deleted"`
+		Error               []file `json:"error"`
 	}
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: bulk manifest: %v", ErrBadResponse, err)
