@@ -125,7 +125,7 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 	// closes only after the workers stop).
 	defer func() {
 		if dirty || len(w.unsaved) > 0 {
-			m.flush(context.WithoutCancel(ctx), w, p)
+			m.flush(w, p)
 		}
 	}()
 	for {
@@ -164,7 +164,7 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 			case through > p.Cursor:
 				// Only events of types it does not take were pruned.
 				p.Cursor = through
-				m.flush(ctx, w, p)
+				m.flush(w, p)
 				continue
 			}
 		}
@@ -217,9 +217,8 @@ func (m *Manager) run(ctx context.Context, w *worker) {
 		case <-wait:
 			idle.Stop()
 		case <-flushNow:
-			if m.flush(ctx, w, p) {
-				dirty = false
-			}
+			m.flush(w, p)
+			dirty = false
 			select {
 			case <-ctx.Done():
 				return
@@ -297,7 +296,7 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 			p.LastSuccessAt = at.Time
 			w.unsaved = append(w.unsaved, at)
 			if len(w.unsaved) >= flushEvery {
-				return m.flush(ctx, w, *p)
+				m.flush(w, *p)
 			}
 			return true
 		}
@@ -341,10 +340,9 @@ func (m *Manager) record(ctx context.Context, w *worker, at Attempt, p Progress)
 // flush hands the unsaved attempts and the progress to the saver, without
 // waiting: deliveries never wait on the store. Not synced: losing them in a
 // power cut means deliveries are made again, which at-least-once allows.
-func (m *Manager) flush(_ context.Context, w *worker, p Progress) bool {
+func (m *Manager) flush(w *worker, p Progress) {
 	m.save(saveReq{id: w.id, attempts: w.unsaved, progress: &p})
 	w.unsaved = nil
-	return true
 }
 
 // saveReq is a write for the saver; one with only done is a barrier.

@@ -306,7 +306,10 @@ func (m *Manager) Start(ctx context.Context) error {
 			m.startWorker(ep)
 		}
 	}
-	m.log.Info("webhooks started", "endpoints", len(eps), "enabled", len(m.workerIDs()))
+	m.mu.Lock()
+	enabled := len(m.workers)
+	m.mu.Unlock()
+	m.log.Info("webhooks started", "endpoints", len(eps), "enabled", enabled)
 	return nil
 }
 
@@ -331,16 +334,6 @@ func (m *Manager) Stop() {
 	if saves != nil && !closed {
 		<-m.saverDone
 	}
-}
-
-func (m *Manager) workerIDs() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ids := make([]string, 0, len(m.workers))
-	for id := range m.workers {
-		ids = append(ids, id)
-	}
-	return ids
 }
 
 func (m *Manager) setLive(ep Endpoint, sec secretSet) {
