@@ -161,26 +161,21 @@ func (s *Signer) SignAssertion(ctx context.Context, audience string) (string, er
 	return obj.CompactSerialize()
 }
 
-// Algorithm is the JWS algorithm of the credential's active key.
-func (s *Signer) Algorithm() string {
-	s.store.mu.RLock()
-	defer s.store.mu.RUnlock()
-	ks, err := s.store.activeSigner(context.Background(), s.credentialID)
-	if err != nil {
-		return ""
-	}
-	return ks.alg
-}
+// Algorithm is the JWS algorithm of the credential's active key ("" if none).
+func (s *Signer) Algorithm() string { return s.active().alg }
 
 // KeyID is the kid of the credential's active key ("" if none).
-func (s *Signer) KeyID() string {
+func (s *Signer) KeyID() string { return s.active().kid }
+
+// active is the credential's active key, or a zero keySigner if it has none.
+func (s *Signer) active() keySigner {
 	s.store.mu.RLock()
 	defer s.store.mu.RUnlock()
 	ks, err := s.store.activeSigner(context.Background(), s.credentialID)
 	if err != nil {
-		return ""
+		return keySigner{}
 	}
-	return ks.kid
+	return *ks
 }
 
 // activeSigner returns the parsed active key of a credential. Callers hold
