@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"sync"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -24,11 +23,8 @@ type directoryService struct {
 
 var _ agentv1.DirectoryServiceServer = (*directoryService)(nil)
 
-// Import stream errors.
-var (
-	ErrImportProtocol = errdefs.Define(errdefs.InvalidArgument, "IMPORT_PROTOCOL", "the first message must be start (url or file_name), then only chunks")
-	ErrImportSize     = errdefs.Define(errdefs.ResourceExhausted, "IMPORT_TOO_LARGE", "the list is too large")
-)
+// ErrImportProtocol: the import stream's messages came out of order.
+var ErrImportProtocol = errdefs.Define(errdefs.InvalidArgument, "IMPORT_PROTOCOL", "the first message must be start (url or file_name), then only chunks")
 
 func (s *directoryService) Search(ctx context.Context, req *agentv1.DirectoryServiceSearchRequest) (*agentv1.DirectoryServiceSearchResponse, error) {
 	cursor, err := decodePageToken(req.GetPageToken())
@@ -79,13 +75,9 @@ func (s *directoryService) Import(stream agentv1.DirectoryService_ImportServer) 
 	if start == nil || (start.GetUrl() == "") == (start.GetFileName() == "") {
 		return fmt.Errorf("%w: give either url or file_name", ErrImportProtocol)
 	}
-	// Send is not safe for concurrent use; progress and the summary are
-	// serialised. The catalog already reports progress every few hundred
-	// rows, not per row.
-	var sendMu sync.Mutex
+	// The catalog reports progress on this goroutine, every few hundred
+	// rows, so these sends never race the summary's.
 	send := func(p directory.ImportProgress) {
-		sendMu.Lock()
-		defer sendMu.Unlock()
 		_ = stream.Send(&agentv1.DirectoryServiceImportResponse{Part: &agentv1.DirectoryServiceImportResponse_Progress{
 			Progress: &agentv1.ImportProgress{Phase: p.Phase, Done: p.Done, Total: p.Total}}})
 	}
@@ -111,7 +103,7 @@ func (s *directoryService) Import(stream agentv1.DirectoryService_ImportServer) 
 				return fmt.Errorf("%w", ErrImportProtocol)
 			}
 			if buf.Len()+len(chunk) > directory.MaxFetchBytes {
-				return fmt.Errorf("%w: more than %d bytes", ErrImportSize, directory.MaxFetchBytes)
+				return fmt.Errorf("%w: more than %d bytes", directory.ErrImportTooLarge, directory.MaxFetchBytes)
 			}
 			buf.Write(chunk)
 			send(directory.ImportProgress{Phase: "receive", Done: int64(buf.Len()), Total: start.GetSize()})
@@ -122,8 +114,6 @@ func (s *directoryService) Import(stream agentv1.DirectoryService_ImportServer) 
 	if err != nil {
 		return err
 	}
-	sendMu.Lock()
-	defer sendMu.Unlock()
 	return stream.Send(&agentv1.DirectoryServiceImportResponse{Part: &agentv1.DirectoryServiceImportResponse_Summary{Summary: summaryProto(sum)}})
 }
 

@@ -230,6 +230,7 @@ func pathBase(p string) string {
 }
 
 // Import imports a list given as bytes (uploaded by the CLI or an app).
+// Like ImportURL, it calls progress on the caller's goroutine.
 func (c *Catalog) Import(ctx context.Context, data []byte, opts ImportOptions, progress func(ImportProgress)) (*Summary, error) {
 	if progress == nil {
 		progress = func(ImportProgress) {}
