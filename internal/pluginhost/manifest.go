@@ -1,6 +1,7 @@
 package pluginhost
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -32,7 +33,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 // ParseManifest reads and checks a manifest.
 func ParseManifest(b []byte) (Manifest, error) {
 	var m Manifest
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&m); err != nil {
 		return m, fmt.Errorf("%w: %v", ErrManifest, err)
 	}
