@@ -563,26 +563,9 @@ func splitTypeFilters(v string) []string {
 func (t *tenant) parseTypeFilter(q url.Values) (*filter, error) {
 	f := &filter{practice: -1}
 	for k, vs := range q {
-		switch k {
-		case "category":
-			f.category = vs
-		case "code":
-			f.code = vs
-		case "status", "clinical-status":
-			f.status = vs
-		case "date", "_lastUpdated":
-			for _, v := range vs {
-				b, err := parseDateParam(v)
-				if err != nil {
-					return nil, err
-				}
-				if k == "date" {
-					f.date = append(f.date, b)
-				} else {
-					f.lastUpdated = append(f.lastUpdated, b)
-				}
-			}
-		default:
+		if ok, err := f.addCommon(k, vs); err != nil {
+			return nil, err
+		} else if !ok {
 			return nil, fmt.Errorf("%w: %s in _typeFilter", errBadParam, k)
 		}
 	}

@@ -325,6 +325,34 @@ func (f *filter) match(st *resourceState) bool {
 	return matchesRestrictions(*h, f.restrictions)
 }
 
+// addCommon reads the parameters a search and a _typeFilter share:
+// category, code, status, date and _lastUpdated. ok is false for any other.
+func (f *filter) addCommon(k string, vs []string) (ok bool, err error) {
+	switch k {
+	case "category":
+		f.category = vs
+	case "code":
+		f.code = vs
+	case "status", "clinical-status":
+		f.status = vs
+	case "date", "_lastUpdated":
+		for _, v := range vs {
+			b, err := parseDateParam(v)
+			if err != nil {
+				return true, err
+			}
+			if k == "date" {
+				f.date = append(f.date, b)
+			} else {
+				f.lastUpdated = append(f.lastUpdated, b)
+			}
+		}
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
 // parseSearch reads the supported search parameters; unknown ones are
 // refused with 400 (strict, so clients find out) except _format and paging.
 func (t *tenant) parseSearch(q url.Values, ty synth.Type, at *accessToken) (*filter, error) {
@@ -350,24 +378,6 @@ func (t *tenant) parseSearch(q url.Values, ty synth.Type, at *accessToken) (*fil
 					f.patients = append(f.patients, ref.Patient)
 				}
 			}
-		case "_lastUpdated", "date":
-			for _, v := range vs {
-				b, err := parseDateParam(v)
-				if err != nil {
-					return nil, err
-				}
-				if k == "date" {
-					f.date = append(f.date, b)
-				} else {
-					f.lastUpdated = append(f.lastUpdated, b)
-				}
-			}
-		case "category":
-			f.category = vs
-		case "code":
-			f.code = vs
-		case "status", "clinical-status":
-			f.status = vs
 		case "ah-practice":
 			if t.prof.Practices == 0 {
 				return nil, fmt.Errorf("%w: ah-practice", errBadParam)
@@ -379,7 +389,11 @@ func (t *tenant) parseSearch(q url.Values, ty synth.Type, at *accessToken) (*fil
 			f.practice = n
 		case "_count", "_offset", "_format", "_type", "_since", "_total", "_sort":
 		default:
-			return nil, fmt.Errorf("%w: %s is not supported", errBadParam, k)
+			if ok, err := f.addCommon(k, vs); err != nil {
+				return nil, err
+			} else if !ok {
+				return nil, fmt.Errorf("%w: %s is not supported", errBadParam, k)
+			}
 		}
 	}
 	if at.patient != "" && onlyPatientScopes(at.scopes) && !ty.Shared() {
