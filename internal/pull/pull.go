@@ -79,7 +79,6 @@ type Options struct {
 
 // Puller runs pulls.
 type Puller struct {
-	db      *store.DB
 	states  *store.Table[State]
 	conns   *connections.Manager
 	records *records.Store
@@ -116,7 +115,7 @@ func New(db *store.DB, conns *connections.Manager, recs *records.Store, plugins 
 		o.Now = time.Now
 	}
 	p := &Puller{
-		db: db, states: store.NewTable[State](db, store.PullStates), conns: conns, records: recs,
+		states: store.NewTable[State](db, store.PullStates), conns: conns, records: recs,
 		plugins: plugins, events: ev, log: logger.With("component", "pull"), o: o,
 		queue: make(chan string, 4096), queued: map[string]bool{}, running: map[string]bool{}, nextAt: map[string]time.Time{},
 	}
@@ -274,7 +273,7 @@ func (p *Puller) Pull(ctx context.Context, id string) (Result, error) {
 	}
 
 	res, perr := p.run(ctx, c, st.Since)
-	res.Duration = time.Since(start).Round(time.Millisecond).String()
+	res.Duration = p.o.Now().Sub(start).Round(time.Millisecond).String()
 	if !st.Since.IsZero() {
 		s := st.Since
 		res.Since = &s
