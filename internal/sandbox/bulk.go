@@ -339,7 +339,7 @@ func (j *exportJob) writeErrors(w io.Writer) error {
 	buf := make([]byte, 0, 4096)
 	for _, msg := range j.warnings {
 		buf = append(buf, `{"resourceType":"OperationOutcome","issue":[{"severity":"warning","code":"not-supported","diagnostics":`...)
-		buf = appendJSONString(buf, msg)
+		buf = synth.AppendString(buf, msg)
 		buf = append(buf, "}]}\n"...)
 	}
 	_, err := w.Write(buf)

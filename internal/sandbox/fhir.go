@@ -539,7 +539,7 @@ func (s *Sandbox) writeBundle(w http.ResponseWriter, r *http.Request, t *tenant,
 	self := base + strings.TrimPrefix(r.URL.Path, "/"+t.name+"/fhir")
 	buf := make([]byte, 0, 64<<10)
 	buf = append(buf, `{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":`...)
-	buf = appendJSONString(buf, self+"?"+q.Encode())
+	buf = synth.AppendString(buf, self+"?"+q.Encode())
 	entries := make([]byte, 0, 64<<10)
 	seen, n, more := 0, 0, false
 	t.walk(ov, types, f, func(st *resourceState) bool {
@@ -575,7 +575,7 @@ func (s *Sandbox) writeBundle(w http.ResponseWriter, r *http.Request, t *tenant,
 		nq.Set("_offset", strconv.Itoa(offset+size))
 		nq.Set("_count", strconv.Itoa(size))
 		buf = append(buf, `,{"relation":"next","url":`...)
-		buf = appendJSONString(buf, self+"?"+nq.Encode())
+		buf = synth.AppendString(buf, self+"?"+nq.Encode())
 		buf = append(buf, '}')
 	}
 	buf = append(buf, `],"entry":[`...)
@@ -587,22 +587,6 @@ func (s *Sandbox) writeBundle(w http.ResponseWriter, r *http.Request, t *tenant,
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(buf)
 	}
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, fmt.Sprintf(`\u%04x`, c)...)
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
 }
 
 func (s *Sandbox) capabilityStatement(t *tenant) map[string]any {

@@ -440,6 +440,10 @@ func (d *Dataset) clinical(b []byte, ref Ref, h Header, r *rng, pi *patientInfo)
 	return b
 }
 
+// AppendString appends s as a JSON string (invalid UTF-8 becomes U+FFFD),
+// for callers that write JSON around generated resources.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }
+
 // appendString appends s as a JSON string.
 func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
