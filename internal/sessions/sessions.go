@@ -273,7 +273,7 @@ func (m *Manager) begin(ctx context.Context, s Session, sourceID string) (string
 		}
 		cur.ConnectionID = c.ID
 		return cur, nil
-	}, store.WithTTL(time.Until(s.ExpiresAt)+7*24*time.Hour))
+	}, store.WithTTL(s.ExpiresAt.Sub(m.now())+7*24*time.Hour))
 	if err != nil {
 		return "", err
 	}
