@@ -288,16 +288,21 @@ func grantOf(t *oauth.Token) connections.Grant {
 	}
 }
 
+// audienceOf: a backend connection uses the source's provider-facing
+// endpoints; every other pattern, the patient-facing ones.
+func audienceOf(conn connections.Connection) Audience {
+	if conn.Pattern == connections.Backend {
+		return ForBackend
+	}
+	return ForPatient
+}
+
 // RevokeGrant implements connections.GrantRevoker: revoking the refresh
 // token ends a patient's grant (RFC 7009 §2.1); a backend connection (or
 // one without a refresh token) has its access token revoked. A source
 // without a revocation endpoint: nothing to do.
 func (a *Authorizer) RevokeGrant(ctx context.Context, conn connections.Connection, refresh, access secrets.Value) error {
-	aud := ForPatient
-	if conn.Pattern == connections.Backend {
-		aud = ForBackend
-	}
-	c, _, _, _, err := a.client(ctx, conn.SourceID, conn.CredentialID, aud)
+	c, _, _, _, err := a.client(ctx, conn.SourceID, conn.CredentialID, audienceOf(conn))
 	if err != nil {
 		return err
 	}
@@ -310,11 +315,7 @@ func (a *Authorizer) RevokeGrant(ctx context.Context, conn connections.Connectio
 // Refresh implements connections.TokenEndpoint: a refresh_token grant for
 // patient connections, client_credentials for backend ones.
 func (a *Authorizer) Refresh(ctx context.Context, conn connections.Connection, refresh secrets.Value) (connections.Grant, error) {
-	aud := ForPatient
-	if conn.Pattern == connections.Backend {
-		aud = ForBackend
-	}
-	c, src, _, v, err := a.client(ctx, conn.SourceID, conn.CredentialID, aud)
+	c, src, _, v, err := a.client(ctx, conn.SourceID, conn.CredentialID, audienceOf(conn))
 	if err != nil {
 		return connections.Grant{}, err
 	}
