@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -244,7 +245,7 @@ func (s *Sandbox) validateAuthorize(t *tenant, q url.Values) (req *authRequest, 
 		if req.redirect == "" && len(c.cfg.RedirectURIs) == 1 {
 			req.redirect = c.cfg.RedirectURIs[0]
 		}
-		if !contains(c.cfg.RedirectURIs, req.redirect) {
+		if !slices.Contains(c.cfg.RedirectURIs, req.redirect) {
 			return req, "redirect_uri is not registered for this client", "", ""
 		}
 	} else if u, err := url.Parse(req.redirect); err != nil || !u.IsAbs() {
@@ -293,15 +294,6 @@ func (s *Sandbox) validateAuthorize(t *tenant, q url.Values) (req *authRequest, 
 	}
 	req.scope = granted
 	return req, "", "", ""
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func redirectError(w http.ResponseWriter, r *http.Request, redirect, state, code, desc string, t *tenant) {
@@ -398,7 +390,7 @@ func (s *Sandbox) handleConsent(w http.ResponseWriter, r *http.Request, t *tenan
 	var kept []string
 	chosen := q["scope_item"]
 	for _, f := range strings.Fields(req.scope) {
-		if _, isRes := parseScope(f); !isRes || contains(chosen, f) {
+		if _, isRes := parseScope(f); !isRes || slices.Contains(chosen, f) {
 			kept = append(kept, f)
 		}
 	}
@@ -848,7 +840,7 @@ func (s *Sandbox) serveLaunch(w http.ResponseWriter, r *http.Request, t *tenant)
 		writeOutcome(w, http.StatusBadRequest, "invalid", "launch_url must be an absolute URL")
 		return
 	}
-	if !c.open && len(c.cfg.LaunchURLs) > 0 && !contains(c.cfg.LaunchURLs, launchURL) {
+	if !c.open && len(c.cfg.LaunchURLs) > 0 && !slices.Contains(c.cfg.LaunchURLs, launchURL) {
 		writeOutcome(w, http.StatusBadRequest, "invalid", "launch_url is not registered for this client")
 		return
 	}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,41 +198,16 @@ func (j *exportJob) plan(max int) error {
 
 // wants says whether ref's type and patient are within the export's scope.
 func (j *exportJob) wants(ref synth.Ref) bool {
-	okType := false
-	for _, ty := range j.types {
-		if ty == ref.Type {
-			okType = true
-		}
-	}
-	if !okType {
+	if !slices.Contains(j.types, ref.Type) {
 		return false
 	}
-	if j.patients == nil || ref.Type.Shared() {
-		return true
-	}
-	for _, p := range j.patients {
-		if p == ref.Patient {
-			return true
-		}
-	}
-	return false
+	return j.patients == nil || ref.Type.Shared() || slices.Contains(j.patients, ref.Patient)
 }
 
 func sortRefs(refs []synth.Ref) {
-	less := func(a, b synth.Ref) bool {
-		if a.Type != b.Type {
-			return a.Type < b.Type
-		}
-		if a.Patient != b.Patient {
-			return a.Patient < b.Patient
-		}
-		return a.K < b.K
-	}
-	for i := 1; i < len(refs); i++ {
-		for k := i; k > 0 && less(refs[k], refs[k-1]); k-- {
-			refs[k], refs[k-1] = refs[k-1], refs[k]
-		}
-	}
+	slices.SortFunc(refs, func(a, b synth.Ref) int {
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Patient, b.Patient), cmp.Compare(a.K, b.K))
+	})
 }
 
 // writeFile streams one NDJSON file. It is the sandbox's hot path:

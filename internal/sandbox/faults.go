@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -146,15 +147,7 @@ func (f *Faults) matches(tenant, clientID string) bool {
 }
 
 func (f *Faults) matchesEndpoint(ep string) bool {
-	if len(f.Endpoints) == 0 {
-		return true
-	}
-	for _, e := range f.Endpoints {
-		if e == ep {
-			return true
-		}
-	}
-	return false
+	return len(f.Endpoints) == 0 || slices.Contains(f.Endpoints, ep)
 }
 
 // activeFaults returns the faults matching tenant and client.
