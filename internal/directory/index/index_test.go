@@ -73,13 +73,11 @@ func TestSearchRanking(t *testing.T) {
 	if got := keys(hits); len(got) < 2 || got[0] != "new" || got[1] != "old" {
 		t.Errorf("mercy clinic: %v, want new (active) before old (suspended)", got)
 	}
-	// Exact before edits: "mercy" exactly beats "merci"-like near misses;
-	// every hit matched the word.
-	hits, _ = ix.Search(Query{Text: "mercy"})
-	for _, h := range hits {
-		if h.Matched != 1 {
-			t.Errorf("mercy: %s matched %d words", h.Key, h.Matched)
-		}
+	// Exact before prefix: "care" is the whole word in one name and the
+	// start of another; both are found, the exact one first.
+	small := Build([]Doc{{Key: "prefix", Name: "Careful Clinic"}, {Key: "exact", Name: "Care Clinic"}})
+	if hits, _ := small.Search(Query{Text: "care"}); !slices.Equal(keys(hits), []string{"exact", "prefix"}) {
+		t.Errorf("care: %v, want exact then prefix", keys(hits))
 	}
 	if hits, _ = ix.Search(Query{Text: "mercy", ExcludeSuspended: true}); slices.Contains(keys(hits), "old") {
 		t.Errorf("ExcludeSuspended kept a suspended source: %v", keys(hits))
