@@ -153,9 +153,7 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 	if err := json.Unmarshal(body, &f); err != nil {
 		return nil, fmt.Errorf("%w: the token response is not a JSON object", ErrBadResponse)
 	}
-	m := f.byName()
-	str := func(k string) (string, error) {
-		raw := m[k]
+	str := func(k string, raw json.RawMessage) (string, error) {
 		if len(raw) == 0 || string(raw) == "null" {
 			return "", nil
 		}
@@ -168,21 +166,21 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 	t := &Token{}
 	var err error
 	var at, rt, idt string
-	if at, err = str("access_token"); err != nil {
+	if at, err = str("access_token", f.AccessToken); err != nil {
 		return nil, err
 	}
 	if at == "" {
 		return nil, fmt.Errorf("%w: no access_token", ErrBadResponse)
 	}
-	if rt, err = str("refresh_token"); err != nil {
+	if rt, err = str("refresh_token", f.RefreshToken); err != nil {
 		return nil, err
 	}
-	if idt, err = str("id_token"); err != nil {
+	if idt, err = str("id_token", f.IDToken); err != nil {
 		return nil, err
 	}
 	t.AccessToken, t.RefreshToken, t.IDToken = secrets.Value(at), secrets.Value(rt), secrets.Value(idt)
 	t.RefreshRotated = rt != ""
-	if t.TokenType, err = str("token_type"); err != nil {
+	if t.TokenType, err = str("token_type", f.TokenType); err != nil {
 		return nil, err
 	}
 	switch {
@@ -195,7 +193,7 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 	default:
 		return nil, fmt.Errorf("%w: token_type %q is not Bearer", ErrBadResponse, clean(t.TokenType, 32))
 	}
-	if raw := m["expires_in"]; len(raw) > 0 && string(raw) != "null" {
+	if raw := f.ExpiresIn; len(raw) > 0 && string(raw) != "null" {
 		secs, ok := number(raw)
 		if !ok {
 			return nil, fmt.Errorf("%w: expires_in is not a number", ErrBadResponse)
@@ -207,7 +205,7 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 			t.Expiry = now.Add(time.Duration(secs * float64(time.Second)))
 		}
 	}
-	if raw := m["scope"]; len(raw) > 0 && string(raw) != "null" {
+	if raw := f.Scope; len(raw) > 0 && string(raw) != "null" {
 		var list []string
 		if s, ok := jsonString(raw); ok {
 			t.Scopes = strings.Fields(s)
@@ -226,25 +224,26 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 			t.Scopes = []string{}
 		}
 	}
-	for _, f := range []struct {
+	for _, c := range []struct {
 		key string
+		raw json.RawMessage
 		dst *string
-	}{{"patient", &t.Patient}, {"encounter", &t.Encounter}} {
-		v, err := str(f.key)
+	}{{"patient", f.Patient, &t.Patient}, {"encounter", f.Encounter, &t.Encounter}} {
+		v, err := str(c.key, c.raw)
 		if err != nil {
 			return nil, err
 		}
 		if v != "" && !fhirID.MatchString(v) {
-			return nil, fmt.Errorf("%w: %s is not a FHIR id", ErrBadResponse, f.key)
+			return nil, fmt.Errorf("%w: %s is not a FHIR id", ErrBadResponse, c.key)
 		}
-		*f.dst = v
+		*c.dst = v
 	}
-	if v, err := str("access_grant_expiration"); err == nil && v != "" {
+	if v, err := str("access_grant_expiration", f.GrantExpiration); err == nil && v != "" {
 		t.GrantExpiry, err = parseGrantExpiry(v)
 		if err != nil {
 			return nil, fmt.Errorf("%w: access_grant_expiration %q: %w", ErrBadResponse, clean(v, 40), err)
 		}
-	} else if raw := m["access_grant_expiration"]; len(raw) > 0 && err != nil {
+	} else if raw := f.GrantExpiration; len(raw) > 0 && err != nil {
 		if secs, ok := number(raw); ok && secs > 0 && secs < 1e11 {
 			t.GrantExpiry = time.Unix(int64(secs), 0)
 		} else {
@@ -253,18 +252,18 @@ func parseTokenResponse(status int, body []byte, h http.Header, now time.Time, s
 	}
 	// Launch-context extras are informative: a malformed one is dropped,
 	// never a reason to lose the token.
-	if raw := m["fhirContext"]; len(raw) > 0 {
+	if raw := f.FHIRContext; len(raw) > 0 {
 		var items []ContextItem
 		if json.Unmarshal(raw, &items) == nil {
 			t.FHIRContext = items
 		}
 	}
-	if raw := m["need_patient_banner"]; len(raw) > 0 {
+	if raw := f.NeedPatientBanner; len(raw) > 0 {
 		_ = json.Unmarshal(raw, &t.NeedPatientBanner)
 	}
-	t.SmartStyleURL, _ = str("smart_style_url")
-	t.Intent, _ = str("intent")
-	t.Tenant, _ = str("tenant")
+	t.SmartStyleURL, _ = str("smart_style_url", f.SmartStyleURL)
+	t.Intent, _ = str("intent", f.Intent)
+	t.Tenant, _ = str("tenant", f.Tenant)
 	return t, nil
 }
 
@@ -284,16 +283,6 @@ type tokenFields struct {
 	SmartStyleURL     json.RawMessage `json:"smart_style_url"`
 	Intent            json.RawMessage `json:"intent"`
 	Tenant            json.RawMessage `json:"tenant"`
-}
-
-func (f *tokenFields) byName() map[string]json.RawMessage {
-	return map[string]json.RawMessage{
-		"access_token": f.AccessToken, "refresh_token": f.RefreshToken, "id_token": f.IDToken,
-		"token_type": f.TokenType, "expires_in": f.ExpiresIn, "scope": f.Scope, "patient": f.Patient,
-		"encounter": f.Encounter, "access_grant_expiration": f.GrantExpiration, "fhirContext": f.FHIRContext,
-		"need_patient_banner": f.NeedPatientBanner, "smart_style_url": f.SmartStyleURL, "intent": f.Intent,
-		"tenant": f.Tenant,
-	}
 }
 
 // jsonString decodes a JSON string; plain printable ASCII without escapes
