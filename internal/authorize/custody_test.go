@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 
@@ -125,6 +126,10 @@ func TestConcurrentCallersOneRefreshAtTheSource(t *testing.T) {
 	for tok := range toks {
 		if first == "" {
 			first = tok
+			// All callers failing alike would otherwise pass.
+			if strings.HasPrefix(first, "error: ") {
+				t.Fatalf("callers got no token: %s", first)
+			}
 		}
 		if tok != first {
 			t.Fatalf("callers got different tokens (or errors): %.40q vs %.40q", first, tok)
