@@ -278,3 +278,54 @@ func FuzzParseCapabilityStatement(f *testing.F) {
 		_, _ = ParseCapabilityStatement(b, "https://fhir.example.org/r4")
 	})
 }
+
+// Documented limits of discovery: a server's max-age is held between 5
+// minutes and 7 days, and a redirect from https to plain http elsewhere is
+// not followed.
+func TestDiscoverMaxAgeBoundsAndNoDowngrade(t *testing.T) {
+	var maxAge atomic.Value
+	maxAge.Store("max-age=60")
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fhir/.well-known/smart-configuration":
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", maxAge.Load().(string))
+			w.Write([]byte(strings.ReplaceAll(strings.ReplaceAll(smartConfig, "BASE", "https://x/fhir"), "ISSUER", "https://x")))
+		case "/fhir/metadata":
+			w.Write([]byte(capability))
+		case "/down/.well-known/smart-configuration", "/down/metadata":
+			http.Redirect(w, r, "http://fhir.example.org"+r.URL.Path, http.StatusFound)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	// The agent's own client (its redirect policy), trusting the test server.
+	hc := defaultHTTPClient()
+	hc.Transport.(*http.Transport).TLSClientConfig.RootCAs = srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	c := newCatalog(t, openStore(t), WithHTTPClient(hc), WithClock(func() time.Time { return now }))
+	id := sourceAt(t, c, srv.URL+"/fhir", "Bounded Clinic")
+	for _, tc := range []struct {
+		cc   string
+		want time.Duration
+	}{{"max-age=60", 5 * time.Minute}, {"public, max-age=31536000", 7 * 24 * time.Hour}} {
+		maxAge.Store(tc.cc)
+		e, err := c.Discover(context.Background(), id, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := e.Endpoints[0].Discovery; !d.ExpiresAt.Equal(now.Add(tc.want)) {
+			t.Errorf("Cache-Control %q: expires %v, want now+%v", tc.cc, d.ExpiresAt, tc.want)
+		}
+	}
+
+	id = sourceAt(t, c, srv.URL+"/down", "Downgrade Clinic")
+	e, err := c.Discover(context.Background(), id, true)
+	if !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("redirect to plain http: %v", err)
+	}
+	if msg := strings.Join(e.Endpoints[0].Discovery.Problems, "; "); !strings.Contains(msg, "redirected to plain http (refused)") {
+		t.Errorf("problems %q do not say the redirect was refused", msg)
+	}
+}

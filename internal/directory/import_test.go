@@ -294,3 +294,32 @@ func TestImportURLRevalidatesWithETag(t *testing.T) {
 		t.Fatalf("second fetch: %+v %v (conditional requests %d)", s, err, conditional.Load())
 	}
 }
+
+// Documented search limits: a query over 512 characters is refused, and a
+// page holds at most 200 results whatever the limit asked.
+func TestSearchLimits(t *testing.T) {
+	ctx := context.Background()
+	c := newCatalog(t, openStore(t))
+	var rows [][2]string
+	for i := range 250 {
+		rows = append(rows, [2]string{fmt.Sprintf("https://fhir.example.org/r4/t%d", i), fmt.Sprintf("Lakeside Clinic %d", i)})
+	}
+	if _, err := c.Import(ctx, lanternJSON(rows...), ImportOptions{FileName: "Lakeside_EndpointSources.json"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Search(ctx, SearchParams{Query: strings.Repeat("a", 513)}); !errors.Is(err, ErrBadQuery) {
+		t.Errorf("513-character query: %v, want ErrBadQuery", err)
+	}
+	if _, err := c.Search(ctx, SearchParams{Query: strings.Repeat("a", 512)}); err != nil {
+		t.Errorf("512-character query: %v", err)
+	}
+	for _, q := range []string{"lakeside clinic", ""} {
+		res, err := c.Search(ctx, SearchParams{Query: q, Vendor: "lakeside", Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Hits) != MaxLimit || MaxLimit != 200 || res.Next == "" {
+			t.Errorf("query %q, limit 1000: %d hits (next %q), want a page of 200 and a next page", q, len(res.Hits), res.Next)
+		}
+	}
+}
