@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -606,14 +607,7 @@ func slugify(s string) string {
 func unionStrings(a, b []string) []string {
 	out := append([]string(nil), a...)
 	for _, x := range b {
-		found := false
-		for _, y := range out {
-			if x == y {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(out, x) {
 			out = append(out, x)
 		}
 	}

@@ -106,18 +106,18 @@ func noDowngrade(req *http.Request, via []*http.Request) error {
 	if len(via) >= 5 {
 		return errors.New("too many redirects")
 	}
-	if err := secureURL(req.URL); err != nil {
-		return err
-	}
-	return nil
+	return secureURL(req.URL)
+}
+
+// tlsOrLocal: https, or plain http to this machine only. Lists and
+// discovery are fetched under the same rule.
+func tlsOrLocal(u *url.URL) bool {
+	return u.Scheme == "https" || u.Scheme == "http" && importers.IsLoopback(u.Hostname())
 }
 
 // secureURL refuses plain http except to loopback.
 func secureURL(u *url.URL) error {
-	switch {
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && importers.IsLoopback(u.Hostname()):
+	if tlsOrLocal(u) {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrDiscoveryURL, u.Redacted())

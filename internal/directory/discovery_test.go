@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -162,7 +163,7 @@ func TestDiscoverFollowsLinkedBrandsBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := e.Source
-	if s.ID != id || len(s.Portals) != 1 || s.Portals[0].Name != "Linked MyChart" || s.Logo != "https://b/logo.svg" || !contains(s.Lists, srv.URL+"/brands.json") {
+	if s.ID != id || len(s.Portals) != 1 || s.Portals[0].Name != "Linked MyChart" || s.Logo != "https://b/logo.svg" || !slices.Contains(s.Lists, srv.URL+"/brands.json") {
 		t.Fatalf("source after discovery: %+v", s)
 	}
 }

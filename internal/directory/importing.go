@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -149,7 +150,7 @@ func (c *Catalog) ImportURL(ctx context.Context, raw string, opts ImportOptions,
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("%w: %q is not a URL", ErrImportURL, raw)
 	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && importers.IsLoopback(u.Hostname())) {
+	if !tlsOrLocal(u) {
 		return nil, fmt.Errorf("%w: %q", ErrImportURL, raw)
 	}
 	if opts.ListID == "" {
@@ -376,7 +377,7 @@ func (m *merge) run(ctx context.Context, progress func(ImportProgress)) {
 	// Sources this list named before and does not name now.
 	for _, id := range m.members {
 		s := m.old[id]
-		if m.seen[id] || s == nil || !contains(s.Lists, m.listID) {
+		if m.seen[id] || s == nil || !slices.Contains(s.Lists, m.listID) {
 			continue
 		}
 		n := *s
@@ -423,15 +424,6 @@ func (m *merge) run(ctx context.Context, progress func(ImportProgress)) {
 		}
 	}
 	m.sum.Endpoints = len(eps)
-}
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func remove(list []string, v string) []string {
@@ -679,7 +671,7 @@ func (m *merge) apply(e *importers.Entry) {
 		s.Identifiers.Website = e.Website
 	}
 	s.Sandbox = s.Sandbox || e.Sandbox
-	if !contains(s.Lists, m.listID) {
+	if !slices.Contains(s.Lists, m.listID) {
 		s.Lists = append(append([]string(nil), s.Lists...), m.listID)
 		sort.Strings(s.Lists)
 	}
