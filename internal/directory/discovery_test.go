@@ -179,6 +179,10 @@ func TestDiscoverNonConformant(t *testing.T) {
 		t.Fatalf("want non-conformant, got %v", err)
 	}
 	d := e.Endpoints[0].Discovery
+	// A non-conformant server is asked again after an hour, not a day.
+	if got := d.ExpiresAt.Sub(d.FetchedAt); got != time.Hour {
+		t.Errorf("non-conformant result kept %v, want 1h", got)
+	}
 	msg := strings.Join(d.Problems, "; ")
 	for _, want := range []string{"no token_endpoint", "not a CapabilityStatement"} {
 		if !strings.Contains(msg, want) {
@@ -204,6 +208,10 @@ func TestDiscoverUnreachableAndInsecure(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("unclear error: %v", err)
+	}
+	// An unreachable server is tried again after 15 minutes.
+	if d := e.Endpoints[0].Discovery; d.ExpiresAt.Sub(d.FetchedAt) != 15*time.Minute {
+		t.Errorf("unreachable result kept %v, want 15m", d.ExpiresAt.Sub(d.FetchedAt))
 	}
 
 	// An endpoint on plain http elsewhere is refused without a request
