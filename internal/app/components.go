@@ -80,12 +80,12 @@ func (a *Agent) startComponents(ctx context.Context) error {
 
 	jobCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.jobsCancel = cancel
-	a.job(func() { a.conns.Run(jobCtx) })
-	a.job(func() { a.pruneEvents(jobCtx) })
-	a.job(func() { a.puller.Run(jobCtx) })
-	a.job(func() { a.syncer.Run(jobCtx) })
+	a.jobs.Go(func() { a.conns.Run(jobCtx) })
+	a.jobs.Go(func() { a.pruneEvents(jobCtx) })
+	a.jobs.Go(func() { a.puller.Run(jobCtx) })
+	a.jobs.Go(func() { a.syncer.Run(jobCtx) })
 	// Space of replaced resource bodies (new versions) comes back hourly.
-	a.job(func() { a.records.RunCompactor(jobCtx, time.Hour) })
+	a.jobs.Go(func() { a.records.RunCompactor(jobCtx, time.Hour) })
 
 	// Webhook deliveries are jobs: their workers stop with the others.
 	a.webhooks = webhooks.New(a.db, a.events, a.log,
@@ -99,17 +99,8 @@ func (a *Agent) startComponents(ctx context.Context) error {
 	if err := a.webhooks.Start(jobCtx); err != nil {
 		return err
 	}
-	a.job(func() { <-jobCtx.Done(); a.webhooks.Stop() })
+	a.jobs.Go(func() { <-jobCtx.Done(); a.webhooks.Stop() })
 	return nil
-}
-
-// job runs f in the background until stop.
-func (a *Agent) job(f func()) {
-	a.jobs.Add(1)
-	go func() {
-		defer a.jobs.Done()
-		f()
-	}()
 }
 
 // pruneEvents drops events past their retention, hourly.
