@@ -452,7 +452,7 @@ func (s *Sandbox) newJob(t *tenant, at *accessToken, q url.Values, path, group s
 	}
 	explicit := len(types) > 0
 	if !explicit {
-		for _, ty := range t.types() {
+		for _, ty := range t.served {
 			if j.level != "system" && ty.Shared() {
 				continue
 			}

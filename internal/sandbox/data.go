@@ -109,7 +109,7 @@ func (s *Sandbox) Mutate(req MutateRequest) (MutateResult, error) {
 			types = append(types, ty)
 		}
 	} else {
-		for _, ty := range t.types() {
+		for _, ty := range t.served {
 			if !ty.Shared() {
 				types = append(types, ty)
 			}

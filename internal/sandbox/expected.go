@@ -66,7 +66,7 @@ func (s *Sandbox) ExpectedExport(p ExportParams) (ExportExpectation, error) {
 		types = append(types, ty)
 	}
 	if len(types) == 0 {
-		for _, ty := range t.types() {
+		for _, ty := range t.served {
 			if (p.Level == "" || p.Level == "system") || !ty.Shared() {
 				types = append(types, ty)
 			}

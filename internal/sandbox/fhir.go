@@ -488,7 +488,7 @@ func (s *Sandbox) handleEverything(w http.ResponseWriter, r *http.Request, t *te
 		return
 	}
 	q := r.URL.Query()
-	types := t.types()
+	types := t.served
 	if tv := q.Get("_type"); tv != "" {
 		types = nil
 		for _, n := range strings.Split(tv, ",") {
@@ -591,7 +591,7 @@ func (s *Sandbox) writeBundle(w http.ResponseWriter, r *http.Request, t *tenant,
 
 func (s *Sandbox) capabilityStatement(t *tenant) map[string]any {
 	var resources []map[string]any
-	for _, ty := range t.types() {
+	for _, ty := range t.served {
 		params := []map[string]string{{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}}
 		if !ty.Shared() && ty != synth.Patient {
 			params = append(params, map[string]string{"name": "patient", "type": "reference"},

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -281,13 +282,13 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	return out
 }
 
-// tenantTypes are the synthetic types a tenant serves.
-func (t *tenant) types() []synth.Type {
-	if t.prof.Types == nil {
+// servedTypes are the synthetic types a profile serves (its Types, or all).
+func servedTypes(p *profile) []synth.Type {
+	if p.Types == nil {
 		return synth.AllTypes()
 	}
 	var out []synth.Type
-	for _, n := range t.prof.Types {
+	for _, n := range p.Types {
 		if ty, ok := synth.ParseType(n); ok {
 			out = append(out, ty)
 		}
@@ -295,11 +296,4 @@ func (t *tenant) types() []synth.Type {
 	return out
 }
 
-func (t *tenant) serves(ty synth.Type) bool {
-	for _, x := range t.types() {
-		if x == ty {
-			return true
-		}
-	}
-	return false
-}
+func (t *tenant) serves(ty synth.Type) bool { return slices.Contains(t.served, ty) }

@@ -15,10 +15,11 @@ import (
 
 // tenant is one EHR: its data, clients and issued tokens.
 type tenant struct {
-	s    *Sandbox
-	name string
-	prof *profile
-	data *synth.Dataset
+	s      *Sandbox
+	name   string
+	prof   *profile
+	data   *synth.Dataset
+	served []synth.Type // the types it serves, read-only; looked up on every request, so parsed once
 
 	rotate      bool
 	reuseGrace  time.Duration
@@ -110,6 +111,7 @@ func newTenant(s *Sandbox, tc TenantConfig) *tenant {
 	t := &tenant{
 		s: s, name: tc.Name, prof: p,
 		data:        synth.New(s.cfg.Seed, n),
+		served:      servedTypes(p),
 		rotate:      p.RotateRefresh,
 		atLifetime:  p.AccessTokenLifetime,
 		requiresTok: true,
