@@ -85,6 +85,13 @@ func (f *runFlags) args() ([]string, error) {
 }
 
 // resolve loads the layout and configuration the flags describe.
+// stopTimeout is how long a service manager waits for the agent to stop:
+// its own shutdown deadline and a margin, and never under the 15 s the
+// packaged unit gives.
+func stopTimeout(cfg config.Config) time.Duration {
+	return max(cfg.ShutdownTimeout.Duration+5*time.Second, 15*time.Second)
+}
+
 func (f *runFlags) resolve() (home.Layout, config.Config, error) {
 	layout := home.Default()
 	if f.home != "" {
@@ -168,7 +175,7 @@ func runCmd() *cobra.Command {
 				}
 				return err
 			}
-			return service.Run(runAgent, log, service.Options{StopTimeout: cfg.ShutdownTimeout.Duration + 5*time.Second})
+			return service.Run(runAgent, log, service.Options{StopTimeout: stopTimeout(cfg)})
 		},
 	}
 	f.bind(cmd)
@@ -192,13 +199,18 @@ func serviceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			opts := service.Options{Arguments: runArgs, UserName: userName}
 			if action == "install" {
 				// Fail now, not at the service's first start.
-				if _, _, err := f.resolve(); err != nil {
+				_, cfg, err := f.resolve()
+				if err != nil {
 					return err
 				}
+				// The unit's TimeoutStopSec must outlast the configured
+				// shutdown, or systemd kills a graceful stop.
+				opts.StopTimeout = stopTimeout(cfg)
 			}
-			out, err := service.Control(action, service.Options{Arguments: runArgs, UserName: userName})
+			out, err := service.Control(action, opts)
 			if err != nil {
 				return err
 			}
