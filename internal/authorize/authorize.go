@@ -105,9 +105,13 @@ type Authorizer struct {
 	vendors     Vendors
 	redirectURI string
 	hc          *http.Client
-	log         *slog.Logger
-	ttl         time.Duration
-	now         func() time.Time
+	// idKeys: issuers' ID-token keys, shared by the OAuth clients built
+	// per call (each would otherwise fetch them again on every exchange
+	// and refresh).
+	idKeys *oauth.KeyCache
+	log    *slog.Logger
+	ttl    time.Duration
+	now    func() time.Time
 }
 
 // Options of New.
@@ -133,7 +137,8 @@ func New(db *store.DB, src Sources, creds Credentials, vendors Vendors, logger *
 	return &Authorizer{
 		db: db, pending: store.NewTable[pending](db, store.PendingAuthorizations),
 		sources: src, creds: creds, vendors: vendors, redirectURI: o.RedirectURI, hc: o.HTTPClient,
-		log: logger.With("component", "authorize"), ttl: o.StateTTL, now: o.Now,
+		idKeys: oauth.NewKeyCache(o.HTTPClient, o.Now),
+		log:    logger.With("component", "authorize"), ttl: o.StateTTL, now: o.Now,
 	}
 }
 
@@ -158,7 +163,7 @@ func (a *Authorizer) client(ctx context.Context, sourceID, credentialID string, 
 	}
 	c, err := oauth.New(oauth.ClientConfig{
 		Endpoints: src.Endpoints, FHIRBase: src.FHIRBase, ClientID: cred.ClientID, Auth: cred.Auth,
-		RedirectURI: a.redirectURI, Profile: v.Profile, HTTPClient: a.hc, Now: a.now,
+		RedirectURI: a.redirectURI, Profile: v.Profile, HTTPClient: a.hc, Now: a.now, IDTokenKeys: a.idKeys,
 	})
 	return c, src, cred, v, err
 }

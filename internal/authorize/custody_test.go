@@ -139,3 +139,30 @@ func TestConcurrentCallersOneRefreshAtTheSource(t *testing.T) {
 		t.Fatalf("%d refresh requests at the sandbox, want exactly 1", got)
 	}
 }
+
+// The OAuth client is built per call, but the source's ID-token keys are
+// fetched once: refreshes (each answered with an ID token by the sandbox)
+// reuse the keys the authorization fetched, instead of asking for the
+// openid-configuration and JWKS again every time.
+func TestRefreshReusesIDTokenKeys(t *testing.T) {
+	sb := sandboxtest.Start(t)
+	m, id := authorized(t, sb)
+	before := sb.Stats().Endpoints
+	if before["jwks"] == 0 {
+		t.Fatal("the authorization fetched no JWKS: no ID token to verify, nothing to test")
+	}
+	for range 3 {
+		if _, err := m.Refresh(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := sb.Stats().Endpoints
+	if n := after["token:refresh_token"] - before["token:refresh_token"]; n != 3 {
+		t.Fatalf("%d refresh requests, want 3", n)
+	}
+	for _, ep := range []string{"openid-configuration", "jwks"} {
+		if n := after[ep] - before[ep]; n != 0 {
+			t.Errorf("%d %s requests during 3 refreshes, want 0 (keys cached)", n, ep)
+		}
+	}
+}

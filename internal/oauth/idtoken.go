@@ -194,7 +194,7 @@ const (
 	refetchMin = 30 * time.Second
 )
 
-func (kc *keyCache) get(ctx context.Context, issuer string, force bool) (*jose.JSONWebKeySet, error) {
+func (kc *KeyCache) get(ctx context.Context, issuer string, force bool) (*jose.JSONWebKeySet, error) {
 	kc.mu.Lock()
 	ck := kc.m[issuer]
 	kc.mu.Unlock()
@@ -212,7 +212,7 @@ func (kc *keyCache) get(ctx context.Context, issuer string, force bool) (*jose.J
 	return keys, nil
 }
 
-func (kc *keyCache) fetch(ctx context.Context, issuer string) (*jose.JSONWebKeySet, error) {
+func (kc *KeyCache) fetch(ctx context.Context, issuer string) (*jose.JSONWebKeySet, error) {
 	var oidc struct {
 		Issuer  string `json:"issuer"`
 		JWKSURI string `json:"jwks_uri"`

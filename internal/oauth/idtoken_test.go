@@ -196,6 +196,34 @@ func TestClient_VerifyIDToken(t *testing.T) {
 	}
 }
 
+// Clients that share a KeyCache (internal/authorize builds one client per
+// exchange or refresh) fetch an issuer's keys once between them; clients
+// without one each fetch their own.
+func TestClient_SharedKeyCache(t *testing.T) {
+	is := newIssuer(t, sandboxtest.NewKey(t, "ES384"))
+	shared := oauth.NewKeyCache(nil, nil)
+	for i := range 3 {
+		c := rawClient(t, is.URL, oauth.ClientAuth{}, func(cfg *oauth.ClientConfig) {
+			cfg.Endpoints.Issuer = is.URL + "/fhir"
+			cfg.IDTokenKeys = shared
+		})
+		tok, err := c.Exchange(context.Background(), "code", "verifier")
+		if err != nil || tok.IDTokenErr != nil || tok.FHIRUser != is.URL+"/fhir/Patient/1" {
+			t.Fatalf("client %d: %v %v fhirUser %q", i, err, tok.IDTokenErr, tok.FHIRUser)
+		}
+	}
+	if n := is.count(); n != 1 {
+		t.Fatalf("%d JWKS fetches by three clients sharing a cache, want 1", n)
+	}
+	own := rawClient(t, is.URL, oauth.ClientAuth{}, func(cfg *oauth.ClientConfig) { cfg.Endpoints.Issuer = is.URL + "/fhir" })
+	if tok, err := own.Exchange(context.Background(), "code", "verifier"); err != nil || tok.IDTokenErr != nil {
+		t.Fatalf("own cache: %v %v", err, tok.IDTokenErr)
+	}
+	if n := is.count(); n != 2 {
+		t.Fatalf("%d JWKS fetches after a client with its own cache, want 2", n)
+	}
+}
+
 // testClock is time.Now moved by Advance.
 type testClock struct {
 	mu  sync.Mutex

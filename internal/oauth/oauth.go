@@ -183,6 +183,11 @@ type ClientConfig struct {
 	HTTPClient *http.Client
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
+	// IDTokenKeys caches issuers' ID-token signing keys. A caller that
+	// builds a Client per request shares one KeyCache between them, or
+	// every token response with an ID token costs two more requests
+	// (openid-configuration and JWKS). nil: the client keeps its own.
+	IDTokenKeys *KeyCache
 }
 
 // Sentinel errors. The kinds map to gRPC codes in internal/api.
@@ -221,7 +226,7 @@ type Client struct {
 	now  func() time.Time
 	v2   bool
 	aud  string
-	keys *keyCache
+	keys *KeyCache
 }
 
 // New checks cfg and builds a client. It refuses what cannot work: plain
@@ -293,7 +298,10 @@ func New(cfg ClientConfig) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, now: now, hc: noRedirects(cfg.HTTPClient), v2: useV2(cfg.Profile, cfg.Endpoints)}
 	c.aud = audience(cfg.Profile.AudRule, cfg.FHIRBase)
-	c.keys = newKeyCache(c.httpClient(), now)
+	c.keys = cfg.IDTokenKeys
+	if c.keys == nil {
+		c.keys = NewKeyCache(c.httpClient(), now)
+	}
 	return c, nil
 }
 
@@ -403,14 +411,23 @@ func useV2(p Profile, e Endpoints) bool {
 	return p.ScopesV2
 }
 
-// keyCache keeps JWKS documents (for ID tokens) by URL.
-type keyCache struct {
+// KeyCache keeps issuers' ID-token signing keys (their JWKS), by issuer.
+// Safe for concurrent use; one may serve every Client of a process.
+type KeyCache struct {
 	hc  *http.Client
 	now func() time.Time
 	mu  sync.Mutex
 	m   map[string]*cachedKeys
 }
 
-func newKeyCache(hc *http.Client, now func() time.Time) *keyCache {
-	return &keyCache{hc: hc, now: now, m: map[string]*cachedKeys{}}
+// NewKeyCache returns an empty cache that fetches with hc (nil: a client
+// with a 30 s timeout, TLS 1.2 at least) on the clock now (nil: time.Now).
+func NewKeyCache(hc *http.Client, now func() time.Time) *KeyCache {
+	if hc == nil {
+		hc = defaultHTTPClient
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &KeyCache{hc: hc, now: now, m: map[string]*cachedKeys{}}
 }
