@@ -7,6 +7,7 @@ package authorize_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,9 +15,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/medrelay/medrelay/internal/authorize"
 	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/errdefs"
 	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/oauth"
 	"github.com/medrelay/medrelay/internal/sandbox"
@@ -52,7 +55,7 @@ func (staticVendors) Vendor(context.Context, string) (authorize.Vendor, error) {
 
 // authorized runs a real standalone authorization and returns the manager
 // holding the active connection.
-func authorized(t *testing.T, sb *sandbox.Sandbox) (*connections.Manager, string) {
+func authorized(t *testing.T, sb *sandbox.Sandbox, opts ...connections.Option) (*connections.Manager, string) {
 	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Key: bytes.Repeat([]byte{9}, 32), GCInterval: -1})
@@ -66,7 +69,7 @@ func authorized(t *testing.T, sb *sandbox.Sandbox) (*connections.Manager, string
 	}
 	az := authorize.New(db, staticSources{base: sb.FHIRBase("oraclehealth")}, staticCreds{}, staticVendors{}, quiet, authorize.Options{RedirectURI: redirect})
 	ev := events.New(db, quiet)
-	m, err := connections.New(ctx, db, ev, az, quiet)
+	m, err := connections.New(ctx, db, ev, az, quiet, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,4 +168,111 @@ func TestRefreshReusesIDTokenKeys(t *testing.T) {
 			t.Errorf("%d %s requests during 3 refreshes, want 0 (keys cached)", n, ep)
 		}
 	}
+}
+
+// offsetClock is the connections manager's clock: the wall clock moved on by
+// the test, so a backoff window can end without the test waiting for it.
+type offsetClock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *offsetClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *offsetClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
+
+// A source briefly down: while its token endpoint answers 503, the callers
+// of an active connection whose access token has expired cause at most one
+// token request per backoff window; the others fail at once with the same
+// SOURCE_UNAVAILABLE error. An administrator's refresh still goes through,
+// the connection stays active, and after the fault the first call past the
+// window gets a token.
+func TestOutageOneRefreshRequestPerWindow(t *testing.T) {
+	// Issued tokens are already inside the custody skew: every call needs a refresh.
+	sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+	clk := &offsetClock{}
+	const window = 10 * time.Second // then 20 s, 40 s (the cap)
+	m, id := authorized(t, sb, connections.WithClock(clk.Now),
+		connections.WithRefreshPolicy(connections.RefreshPolicy{OnDemandBackoff: window, OnDemandMaxBackoff: 4 * window}))
+	outage := sandbox.Faults{Tenant: "oraclehealth", Status: 503, Endpoints: []string{sandbox.EndpointToken}}
+	if err := sb.SetFaults(outage, sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// A refused request never reaches the grant-type counter: count them all.
+	requests := func() int64 { return sb.Stats().Tenants["oraclehealth"]["token"] }
+	start := requests()
+	wantRequests := func(n int64, when string) {
+		t.Helper()
+		if got := requests() - start; got != n {
+			t.Fatalf("%s: %d token requests at the sandbox, want %d", when, got, n)
+		}
+	}
+	callers := func(n int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for range n {
+			wg.Go(func() {
+				_, _, err := m.AccessToken(context.Background(), id, false)
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if _, reason, _ := errdefs.Classify(err); reason != "SOURCE_UNAVAILABLE" || !strings.Contains(err.Error(), "temporarily_unavailable") {
+				t.Fatalf("a caller got %v (reason %q), want SOURCE_UNAVAILABLE naming the source's answer", err, reason)
+			}
+		}
+	}
+	wantActive := func() {
+		t.Helper()
+		if c, _ := m.Get(context.Background(), id); c.State != connections.Active {
+			t.Fatalf("state %s (%s), want active: an outage is not a lost grant", c.State, c.Reason)
+		}
+	}
+
+	callers(200)
+	wantRequests(1, "200 callers during the outage")
+	callers(200)
+	wantRequests(1, "200 more inside the first window")
+	clk.Advance(window)
+	callers(200)
+	wantRequests(2, "200 callers in the second window")
+	clk.Advance(window)
+	callers(200)
+	wantRequests(2, "halfway through the second window, which is twice as long")
+	wantActive()
+
+	if _, err := m.Refresh(context.Background(), id); !errors.Is(err, connections.ErrUnavailable) {
+		t.Fatalf("explicit refresh during the outage: %v", err)
+	}
+	wantRequests(3, "an explicit refresh")
+	wantActive()
+
+	// The source is back; the next call past the window gets a token.
+	if err := sb.SetFaults(); err != nil {
+		t.Fatal(err)
+	}
+	callers(20)
+	wantRequests(3, "inside the window after the outage")
+	clk.Advance(4 * window)
+	tok, _, err := m.AccessToken(context.Background(), id, false)
+	if err != nil || tok.IsZero() {
+		t.Fatalf("after the outage: %v", err)
+	}
+	wantRequests(4, "the first call after the outage")
+	if _, _, err := m.AccessToken(context.Background(), id, false); err != nil {
+		t.Fatal(err)
+	}
+	wantRequests(4, "a second call with a fresh token")
+	wantActive()
 }

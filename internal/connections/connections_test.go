@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/medrelay/medrelay/internal/connections"
+	"github.com/medrelay/medrelay/internal/errdefs"
 	"github.com/medrelay/medrelay/internal/events"
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/store"
@@ -61,18 +63,19 @@ func (e *endpoint) Refresh(ctx context.Context, c connections.Connection, rt sec
 }
 
 type fixture struct {
-	mu  sync.Mutex
-	now time.Time
-	dir string
-	db  *store.DB
-	ev  *events.Log
-	m   *connections.Manager
-	ep  *endpoint
+	mu   sync.Mutex
+	now  time.Time
+	opts []connections.Option
+	dir  string
+	db   *store.DB
+	ev   *events.Log
+	m    *connections.Manager
+	ep   *endpoint
 }
 
-func newFixture(t *testing.T, ep *endpoint) *fixture {
+func newFixture(t *testing.T, ep *endpoint, opts ...connections.Option) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), ep: ep, now: time.Now()}
+	f := &fixture{dir: t.TempDir(), ep: ep, now: time.Now(), opts: opts}
 	f.open(t)
 	t.Cleanup(func() { f.db.Close() })
 	return f
@@ -86,7 +89,7 @@ func (f *fixture) open(t *testing.T) {
 	}
 	f.db = db
 	f.ev = events.New(db, quiet)
-	f.m, err = connections.New(context.Background(), db, f.ev, f.ep, quiet, connections.WithClock(f.clock))
+	f.m, err = connections.New(context.Background(), db, f.ev, f.ep, quiet, append([]connections.Option{connections.WithClock(f.clock)}, f.opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +269,109 @@ func TestTransientFailureKeepsStateAndBacksOff(t *testing.T) {
 	if got.State != connections.Active || got.RefreshFailures != 1 || !got.NextRefreshAt.After(time.Now()) {
 		t.Fatalf("after transient: %+v", got)
 	}
+}
+
+// A source briefly down: callers that need a refresh of an active
+// connection ask it once per backoff window, and the others fail at once with
+// the same SOURCE_UNAVAILABLE error. The window (default 1 s) doubles with
+// each failure and ends with a success; an explicit Refresh is not held
+// back; the connection stays active and only real attempts count as failures.
+func TestTransientFailureHoldsOnDemandRefreshesBack(t *testing.T) {
+	ctx := context.Background()
+	ep := &endpoint{life: time.Hour, fail: errors.New("503 from token endpoint")}
+	f := newFixture(t, ep)
+	c := f.active(t, -time.Minute)
+
+	callers := func(n int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for range n {
+			wg.Go(func() {
+				_, _, err := f.m.AccessToken(ctx, c.ID, false)
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if _, reason, _ := errdefs.Classify(err); !errors.Is(err, connections.ErrUnavailable) || reason != "SOURCE_UNAVAILABLE" {
+				t.Fatalf("a caller got %v (reason %q), want SOURCE_UNAVAILABLE", err, reason)
+			}
+			if !strings.Contains(err.Error(), "503 from token endpoint") {
+				t.Fatalf("the error does not say what failed: %v", err)
+			}
+		}
+	}
+	wantCalls := func(n int64, when string) {
+		t.Helper()
+		if got := ep.calls.Load(); got != n {
+			t.Fatalf("%s: %d requests at the source, want %d", when, got, n)
+		}
+	}
+	wantState := func(failures int) {
+		t.Helper()
+		got, _ := f.m.Get(ctx, c.ID)
+		if got.State != connections.Active || got.RefreshFailures != failures {
+			t.Fatalf("state %s with %d failures, want active with %d", got.State, got.RefreshFailures, failures)
+		}
+	}
+
+	callers(50)
+	wantCalls(1, "50 callers during the outage")
+	wantState(1)
+	f.advance(999 * time.Millisecond)
+	callers(50)
+	wantCalls(1, "inside the first 1 s window")
+	wantState(1) // calls held back are not failures of their own
+	f.advance(time.Millisecond)
+	callers(50)
+	wantCalls(2, "after the first window")
+	wantState(2)
+	f.advance(time.Second)
+	callers(50)
+	wantCalls(2, "1 s into the second window, which lasts 2 s")
+	f.advance(time.Second)
+	callers(50)
+	wantCalls(3, "after the second window")
+	wantState(3)
+
+	// An administrator's refresh goes through, and fails like any attempt.
+	if _, err := f.m.Refresh(ctx, c.ID); !errors.Is(err, connections.ErrUnavailable) {
+		t.Fatalf("explicit refresh: %v", err)
+	}
+	wantCalls(4, "explicit refresh inside the window")
+	wantState(4)
+
+	// The source is back; callers are still held back until the window
+	// (8 s after a fourth failure) ends, then one refresh serves them all.
+	ep.mu.Lock()
+	ep.fail = nil
+	ep.mu.Unlock()
+	callers(10)
+	wantCalls(4, "inside the fourth window")
+	f.advance(8 * time.Second)
+	tok, _, err := f.m.AccessToken(ctx, c.ID, false)
+	if err != nil || tok.Reveal() != "at-1" {
+		t.Fatalf("after the outage: %q %v", tok.Reveal(), err)
+	}
+	wantCalls(5, "after the outage")
+	wantState(0)
+
+	// A success ends the backoff: the next outage starts at 1 s again.
+	ep.mu.Lock()
+	ep.fail = errors.New("503 from token endpoint")
+	ep.mu.Unlock()
+	f.advance(time.Minute)
+	if _, _, err := f.m.AccessToken(ctx, c.ID, true); !errors.Is(err, connections.ErrUnavailable) {
+		t.Fatalf("rejected token during the second outage: %v", err)
+	}
+	wantCalls(6, "the second outage's first failure")
+	f.advance(time.Second)
+	if _, _, err := f.m.AccessToken(ctx, c.ID, true); !errors.Is(err, connections.ErrUnavailable) {
+		t.Fatalf("second outage: %v", err)
+	}
+	wantCalls(7, "1 s after the second outage's first failure")
 }
 
 func TestExpiryWithoutRefreshTokenAndAtGrantEnd(t *testing.T) {

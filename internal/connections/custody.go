@@ -24,6 +24,14 @@ type cachedToken struct {
 // rotated the refresh token, and dropping the response would lose it.
 const refreshTimeout = 30 * time.Second
 
+// heldBack records a transient refresh failure: until the window ends,
+// calls that need a new token get err again instead of asking the source.
+// It lives in memory only: a restart costs at most one more request.
+type heldBack struct {
+	until time.Time
+	err   error
+}
+
 // rejectGrace: when a plugin reports the token rejected, a token issued this
 // recently is assumed to be a newer one than the plugin used.
 const rejectGrace = 5 * time.Second
@@ -83,6 +91,13 @@ func (m *Manager) tokenLocked(ctx context.Context, id string, rejected, early bo
 	if c.State == RefreshFailed && !early && now.Before(c.NextRefreshAt) {
 		return "", time.Time{}, fmt.Errorf("%w: %s: %s", ErrRefreshLater, id, c.Reason)
 	}
+	if v, ok := m.held.Load(id); ok && !early {
+		// The source failed moments ago: every caller during an outage
+		// asking again would be a storm, and would fail the same way.
+		if h := v.(heldBack); now.Before(h.until) {
+			return "", time.Time{}, fmt.Errorf("%w (backing off: the source is asked again after %s)", h.err, h.until.UTC().Format(time.RFC3339))
+		}
+	}
 	return m.refreshLocked(ctx, c, tok)
 }
 
@@ -130,6 +145,7 @@ func (m *Manager) refreshLocked(ctx context.Context, c Connection, tok tokens) (
 		m.log.Error("refreshed token not stored", "connection", c.ID, "err", err)
 		return "", time.Time{}, err
 	}
+	m.held.Delete(c.ID)
 	m.cache.Store(c.ID, cachedToken{token: g.AccessToken, expiry: g.Expiry, version: nt.Version})
 	m.log.Debug("token refreshed", "connection", c.ID, "expires", g.Expiry, "next", updated.NextRefreshAt)
 	return g.AccessToken, g.Expiry, nil
@@ -144,6 +160,7 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 		cur, err := m.toks.Get(ctx, c.ID)
 		if err == nil && cur.Version != used.Version {
 			m.log.Info("refresh token changed while refreshing; using the newer one", "connection", c.ID)
+			m.held.Delete(c.ID)
 			m.cache.Store(c.ID, cachedToken{token: cur.Access, expiry: cur.Expiry, version: cur.Version})
 			return nil
 		}
@@ -175,7 +192,13 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 		m.log.Error("record refresh failure", "connection", c.ID, "err", terr)
 	}
 	m.log.Warn("token refresh failed; will retry", "connection", c.ID, "failures", failures, "retry_in", backoff, "err", cause)
-	return fmt.Errorf("%w: %s: %v", ErrUnavailable, c.ID, cause)
+	err := fmt.Errorf("%w: %s: %v", ErrUnavailable, c.ID, cause)
+	window := m.policy.OnDemandBackoff << min(failures-1, 16)
+	if window > m.policy.OnDemandMaxBackoff || window <= 0 {
+		window = m.policy.OnDemandMaxBackoff
+	}
+	m.held.Store(c.ID, heldBack{until: now.Add(window), err: err})
+	return err
 }
 
 // refreshNow is the background refresher's entry: refresh early, or mark

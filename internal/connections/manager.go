@@ -56,6 +56,7 @@ type Manager struct {
 	index map[string]indexEntry
 
 	cache   sync.Map // id → cachedToken
+	held    sync.Map // id → heldBack: on-demand refreshes held back after a transient failure
 	sched   *scheduler
 	onState []func(Connection, State)
 }
@@ -83,6 +84,14 @@ type RefreshPolicy struct {
 	// Backoff after a transient failure: Backoff × 2^failures, capped at
 	// MaxBackoff (defaults 30s, 1h).
 	Backoff, MaxBackoff time.Duration
+	// OnDemandBackoff: after a transient failure, callers that need a new
+	// token fail at once with that failure's error for this long instead of
+	// each asking the source again (a source briefly down would otherwise
+	// get one request per caller). The window doubles with each further
+	// failure up to OnDemandMaxBackoff and ends with a success; an explicit
+	// Refresh and the background refresher are not held back (defaults 1s,
+	// 30s).
+	OnDemandBackoff, OnDemandMaxBackoff time.Duration
 }
 
 func (p *RefreshPolicy) defaults() {
@@ -104,6 +113,13 @@ func (p *RefreshPolicy) defaults() {
 	if p.MaxBackoff <= 0 {
 		p.MaxBackoff = time.Hour
 	}
+	if p.OnDemandBackoff <= 0 {
+		p.OnDemandBackoff = time.Second
+	}
+	if p.OnDemandMaxBackoff <= 0 {
+		p.OnDemandMaxBackoff = 30 * time.Second
+	}
+	p.OnDemandMaxBackoff = max(p.OnDemandMaxBackoff, p.OnDemandBackoff)
 }
 
 // Option configures a Manager.
@@ -495,6 +511,7 @@ func (m *Manager) deleteLocal(ctx context.Context, id, reason string) (Connectio
 		}
 	}
 	m.cache.Delete(id)
+	m.held.Delete(id)
 	if err := m.toks.Delete(ctx, id, store.Synced()); err != nil {
 		return c, tokens{}, err
 	}
