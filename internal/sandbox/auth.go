@@ -563,27 +563,21 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 		reason = "unknown refresh token"
 	case tok.fam.client != ca.client.cfg.ClientID:
 		reason = "refresh token was issued to another client"
-	case tok.fam.revoked:
-		reason = "the grant has been revoked"
-	case tok.superseded:
-		reason = "refresh token was replaced after a retry"
-	case tok.used && t.reuseGrace > 0 && now.Sub(tok.rotatedAt) <= t.reuseGrace && tok.successor != nil && !tok.successor.used:
-		// A retry: the client never used what we rotated to, so it most
-		// likely never received it. Replace that token instead of revoking.
-		tok.successor.superseded = true
-		fam, prev = tok.fam, tok
-	case tok.used:
-		// Reuse of a rotated token: assume theft, revoke the whole family.
-		tok.fam.revoked = true
-		reason = "refresh token reuse detected; the grant is revoked"
-	case !tok.exp.IsZero() && now.After(tok.exp):
-		reason = "refresh token expired"
-	case !tok.fam.grantExp.IsZero() && now.After(tok.fam.grantExp):
-		reason = "the grant has expired"
 	default:
-		fam = tok.fam
-		if t.rotate {
-			tok.used, tok.rotatedAt, prev = true, now, tok
+		var v refreshVerdict
+		switch v, reason = t.judgeRefresh(tok, now); v {
+		case refreshRetry:
+			// Replace what we rotated to instead of revoking.
+			tok.successor.superseded = true
+			fam, prev = tok.fam, tok
+		case refreshReuse:
+			// Assume theft: revoke the whole family.
+			tok.fam.revoked = true
+		case refreshAccepted:
+			fam = tok.fam
+			if t.rotate {
+				tok.used, tok.rotatedAt, prev = true, now, tok
+			}
 		}
 	}
 	t.mu.Unlock()
@@ -604,6 +598,39 @@ func (s *Sandbox) tokenFromRefresh(w http.ResponseWriter, t *tenant, ca *clientA
 		return
 	}
 	s.writeTokenResponse(w, t, fam, ca, prev)
+}
+
+// refreshVerdict is what the token endpoint does with a refresh token.
+type refreshVerdict int
+
+const (
+	refreshRefused  refreshVerdict = iota // invalid_grant
+	refreshAccepted                       // a refresh (rotating the token when the tenant rotates)
+	refreshRetry                          // a rotated token presented again within the reuse grace
+	refreshReuse                          // a rotated token presented again otherwise: theft
+)
+
+// judgeRefresh decides, under t.mu, whether the token endpoint accepts tok
+// now, with the reason when it does not. Introspection asks it too, so the
+// two never disagree about a refresh token.
+func (t *tenant) judgeRefresh(tok *refreshToken, now time.Time) (refreshVerdict, string) {
+	switch {
+	case tok.fam.revoked:
+		return refreshRefused, "the grant has been revoked"
+	case tok.superseded:
+		return refreshRefused, "refresh token was replaced after a retry"
+	case tok.used && t.reuseGrace > 0 && now.Sub(tok.rotatedAt) <= t.reuseGrace && tok.successor != nil && !tok.successor.used:
+		// The client never used what we rotated to, so it most likely never
+		// received it (it crashed before storing it).
+		return refreshRetry, ""
+	case tok.used:
+		return refreshReuse, "refresh token reuse detected; the grant is revoked"
+	case !tok.exp.IsZero() && now.After(tok.exp):
+		return refreshRefused, "refresh token expired"
+	case !tok.fam.grantExp.IsZero() && now.After(tok.fam.grantExp):
+		return refreshRefused, "the grant has expired"
+	}
+	return refreshAccepted, ""
 }
 
 func (s *Sandbox) tokenFromClientCredentials(w http.ResponseWriter, t *tenant, ca *clientAuth, form url.Values) {
@@ -764,13 +791,19 @@ func (s *Sandbox) handleIntrospect(w http.ResponseWriter, r *http.Request, t *te
 	}
 	tok := form.Get("token")
 	now := s.now()
-	// revoked and used change under t.mu (revoke, refresh, RevokePatient):
-	// read them under it too.
+	// revoked, used and superseded change under t.mu (revoke, refresh,
+	// RevokePatient): read them under it too.
 	t.mu.Lock()
 	at, isAT := t.access[tok]
 	rt, isRT := t.refresh[tok]
 	atLive := isAT && (at.fam == nil || !at.fam.revoked)
-	rtLive := isRT && !rt.used && !rt.fam.revoked
+	rtLive := false
+	if isRT {
+		// Active exactly when the token endpoint would take it (a retry
+		// within the reuse grace included).
+		v, _ := t.judgeRefresh(rt, now)
+		rtLive = v == refreshAccepted || v == refreshRetry
+	}
 	t.mu.Unlock()
 	resp := map[string]any{"active": false}
 	switch {

@@ -570,3 +570,95 @@ func TestRefreshReuseGrace(t *testing.T) {
 		t.Fatalf("retry after the grace: %v", err)
 	}
 }
+
+// smart-2.2-client #270: introspection (RFC 7662) says a refresh token is
+// active exactly when the token endpoint would accept it. After rotation the
+// old token is inactive, unless the tenant's reuse grace is open and its
+// successor unused (the token endpoint takes it as a retry); a token replaced
+// by such a retry, one past the grace, or one whose grant ended is inactive.
+func TestIntrospectRefreshTokensAsTheTokenEndpointWouldAccept(t *testing.T) {
+	clk := &clock{}
+	s := sandboxtest.Start(t, sandboxtest.WithClients(secretApp), withClock(clk),
+		sandboxtest.WithTenants(sandbox.TenantConfig{Name: "generic", Profile: "generic"}, sandbox.TenantConfig{Name: "bluebutton", Profile: "bluebutton"},
+			sandbox.TenantConfig{Name: "graceful", Profile: "generic", RefreshReuseGrace: sandbox.Duration(30 * time.Second)}))
+	active := func(tenant, rt string) bool {
+		t.Helper()
+		resp, body := postForm(t, discover(t, s, tenant).Introspect, url.Values{"token": {rt}}, "conf-app", "s3cret")
+		if resp.StatusCode != 200 {
+			t.Fatalf("introspect: HTTP %d %v", resp.StatusCode, body)
+		}
+		if body["active"] == true && body["token_type"] != "refresh_token" {
+			t.Fatalf("introspect a refresh token: %v", body)
+		}
+		return body["active"] == true
+	}
+	refresher := func(conf *oauth2.Config) func(string) *oauth2.Token {
+		return func(rt string) *oauth2.Token {
+			t.Helper()
+			tok, err := conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt, Expiry: time.Now().Add(-time.Minute)}).Token()
+			if err != nil {
+				t.Fatalf("refresh: %v", err)
+			}
+			return tok
+		}
+	}
+
+	// No grace: the rotated token is dead at once.
+	conf := oauthConf(t, s, "generic", "conf-app", "s3cret", patientScopes)
+	refresh := refresher(conf)
+	tok := standalone(t, s, "generic", conf)
+	if !active("generic", tok.RefreshToken) {
+		t.Fatal("a new refresh token is inactive")
+	}
+	rotated := refresh(tok.RefreshToken)
+	if active("generic", tok.RefreshToken) || !active("generic", rotated.RefreshToken) {
+		t.Fatalf("after rotation: old active=%v, new active=%v; want false, true",
+			active("generic", tok.RefreshToken), active("generic", rotated.RefreshToken))
+	}
+
+	// With a 30 s grace.
+	conf = oauthConf(t, s, "graceful", "conf-app", "s3cret", patientScopes)
+	refresh = refresher(conf)
+	tok = standalone(t, s, "graceful", conf)
+	lost := refresh(tok.RefreshToken) // the client "crashes" before storing it
+	if !active("graceful", tok.RefreshToken) {
+		t.Fatal("inside the grace, with its successor unused, the old token is refused by introspection but accepted by the token endpoint")
+	}
+	retry := refresh(tok.RefreshToken)
+	if active("graceful", lost.RefreshToken) {
+		t.Fatal("a token superseded by a retry is active")
+	}
+	next := refresh(retry.RefreshToken) // retry's token rotated; its successor unused
+	if active("graceful", tok.RefreshToken) {
+		t.Fatal("the first token is active although its successor was used")
+	}
+	if !active("graceful", retry.RefreshToken) || !active("graceful", next.RefreshToken) {
+		t.Fatal("inside the grace: rotated token or its successor inactive")
+	}
+	clk.Advance(31 * time.Second)
+	if active("graceful", retry.RefreshToken) {
+		t.Fatal("a rotated token is active past the grace")
+	}
+	if !active("graceful", next.RefreshToken) {
+		t.Fatal("the current token is inactive")
+	}
+	// What introspection said, the token endpoint does.
+	if _, err := conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: lost.RefreshToken, Expiry: time.Now().Add(-time.Minute)}).Token(); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("superseded token at the token endpoint: %v", err)
+	}
+	refresh(next.RefreshToken)
+
+	// A grant past its end (Blue Button's access_grant_expiration).
+	conf = oauthConf(t, s, "bluebutton", "conf-app", "s3cret", patientScopes)
+	tok = standalone(t, s, "bluebutton", conf)
+	if !active("bluebutton", tok.RefreshToken) {
+		t.Fatal("bluebutton refresh token inactive")
+	}
+	clk.Advance(14 * 30 * 24 * time.Hour)
+	if active("bluebutton", tok.RefreshToken) {
+		t.Fatal("a refresh token of an ended grant is active")
+	}
+	if _, err := conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: tok.RefreshToken, Expiry: time.Now().Add(-time.Minute)}).Token(); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("ended grant at the token endpoint: %v", err)
+	}
+}
