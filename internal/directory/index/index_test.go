@@ -3,6 +3,7 @@ package index
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -169,4 +170,59 @@ func FuzzSearch(f *testing.F) {
 			}
 		}
 	})
+}
+
+// score returns the score of key's hit for q, or 0 when it is not found.
+func score(ix *Index, q, key string) float32 {
+	hits, _ := ix.Search(Query{Text: q, Limit: 100})
+	for _, h := range hits {
+		if h.Key == key {
+			return h.Score
+		}
+	}
+	return 0
+}
+
+// While the last word is being typed, a term one edit from it as a whole
+// word is a better match than a completion of a prefix one edit from it:
+// "clinc" is "clinic" misspelled, and only the start of "clinicians"
+// misspelled (issue 5: fewer edits first, whole words before prefixes).
+func TestSearchWholeWordTypoBeforePrefixWithTypo(t *testing.T) {
+	// The keys put the wrong answer first on a tie.
+	ix := Build([]Doc{{Key: "a", Name: "Clinicians Group"}, {Key: "b", Name: "Clinic Group"}})
+	for _, q := range []string{"clinc", "group clinc", "clinc group"} {
+		whole, prefix := score(ix, q, "b"), score(ix, q, "a")
+		if whole == 0 || prefix == 0 {
+			t.Errorf("%q: both must be found (clinic %v, clinicians %v)", q, whole, prefix)
+			continue
+		}
+		if whole <= prefix {
+			t.Errorf("%q: Clinic Group scores %v, Clinicians Group %v; the whole-word typo must rank first", q, whole, prefix)
+		}
+	}
+}
+
+// A term the query word is an exact prefix of is a prefix match without an
+// edit even when the prefix step's most-frequent completions leave it out
+// and the typo walk reaches it through a shorter prefix one edit away.
+func TestSearchZeroEditPrefixBeyondTopCompletions(t *testing.T) {
+	// 96 frequent completions of "clinici" push the rare "clinicia" out of
+	// the prefix step's list.
+	var words []string
+	for i := range maxCompletions {
+		words = append(words, fmt.Sprintf("clinicianx%c%c", 'a'+i/26, 'a'+i%26))
+	}
+	all := strings.Join(words, " ")
+	ix := Build([]Doc{
+		{Key: "f1", Name: all}, {Key: "f2", Name: all},
+		{Key: "a", Name: "Clinixia"}, // "clinixi": one substitution from "clinici"
+		{Key: "b", Name: "Clinicia"}, // starts with "clinici"
+	})
+	exact, edit := score(ix, "clinici", "b"), score(ix, "clinici", "a")
+	if exact == 0 || edit == 0 {
+		t.Fatalf("both must be found (clinicia %v, clinixia %v)", exact, edit)
+	}
+	if exact <= edit {
+		t.Errorf("clinici: Clinicia scores %v, Clinixia %v; the prefix without an edit must rank first", exact, edit)
+	}
 }

@@ -271,7 +271,7 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 			if tl == len(p) {
 				continue
 			}
-			add(t, qPrefixMin+qPrefixRange*float32(len(p))/float32(tl))
+			add(t, prefixQuality(len(p), tl))
 		}
 		if p == qt.raw {
 			break
@@ -288,6 +288,10 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 			switch {
 			case d == 0 && !prefix:
 				add(t, qExact)
+			case d == 0:
+				// The word as typed starts t: a completion the prefix step
+				// left out of its most frequent ones.
+				add(t, prefixQuality(n, ix.termLen(t)))
 			case prefix:
 				add(t, qPrefixEdit)
 			case d == 1:
@@ -306,11 +310,28 @@ func (ix *Index) candidates(s *scratch, qt queryToken, last bool, out []candidat
 
 func (ix *Index) termLen(t int32) int { return int(ix.tlen[t]) }
 
+// prefixQuality is the quality of a term of tl letters that starts with the
+// n letters typed: the more of it typed, the better.
+func prefixQuality(n, tl int) float32 {
+	return qPrefixMin + qPrefixRange*float32(n)/float32(tl)
+}
+
 // fuzzy walks the trie with a Damerau-Levenshtein (optimal string
 // alignment) row per level, computing only the diagonal band a path within
 // maxD edits can use, and pruning branches whose best cell exceeds maxD.
-// With prefixOK, a node whose path is within maxD of the whole word also
-// yields its subtree as prefix matches.
+//
+// With prefixOK (the last word, still being typed), a node whose path is
+// within maxD of the whole word also makes the terms below it completions
+// at that distance. Each term is emitted once, with its best match: the
+// lower distance, and at equal distance the whole word over a completion
+// (a term's prefixes are the nodes above it, walked before it, so both
+// distances are known when its node is reached). The walk goes on below
+// the first such node as far as the band allows, so that "clinic" is found
+// as one edit from "clinc" although "clin" is already a prefix one edit
+// away; past the band, the subtree is listed as completions. The
+// completions of one such subtree are its first maxCompletions terms in
+// trie order; a whole-word match past them is still emitted (the band
+// bounds those).
 func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit func(t int32, d int, prefix bool)) {
 	m := len(word)
 	inf := int8(maxD + 1)
@@ -318,8 +339,28 @@ func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit fu
 	for j := range row0 {
 		row0[j] = min(int8(j), inf)
 	}
-	var walk func(ni, depth int, prevLabel byte)
-	walk = func(ni, depth int, prevLabel byte) {
+	// left is what remains of the current subtree's completions; subtrees
+	// of completions never nest, so one counter serves the walk.
+	left := 0
+	// complete lists the terms under ni as completions at distance pd.
+	var complete func(ni int, pd int8)
+	complete = func(ni int, pd int8) {
+		nd := ix.trie[ni]
+		if nd.term >= 0 {
+			if left == 0 {
+				return
+			}
+			left--
+			emit(nd.term, int(pd), true)
+		}
+		for k := 0; k < int(nd.n) && left > 0; k++ {
+			complete(int(nd.first)+k, pd)
+		}
+	}
+	// pd is the lowest distance of an ancestor's path to the word when
+	// that ancestor counts as a prefix, inf when none does.
+	var walk func(ni, depth int, prevLabel byte, pd int8)
+	walk = func(ni, depth int, prevLabel byte, pd int8) {
 		if depth+1 >= len(s.rows) {
 			return
 		}
@@ -350,31 +391,49 @@ func (ix *Index) fuzzy(s *scratch, word string, maxD int, prefixOK bool, emit fu
 			cur[hi+1] = inf
 		}
 		if rowMin > inf-1 {
-			return
-		}
-		d := int(inf)
-		if hi == m {
-			d = int(cur[m])
-		}
-		if nd.term >= 0 && d <= maxD {
-			emit(nd.term, d, false)
-		}
-		if prefixOK && d <= maxD && d > 0 && i >= m-1 {
-			s.terms = ix.descendants(ni, s.terms[:0], maxCompletions)
-			for _, t := range s.terms {
-				if t != nd.term {
-					emit(t, d, true)
-				}
+			// Nothing below is within maxD of the word, as a whole or as a
+			// prefix: what is left are completions of an ancestor, if any.
+			if pd < inf {
+				complete(ni, pd)
 			}
 			return
 		}
+		d := inf
+		if hi == m {
+			d = cur[m]
+		}
+		below := pd
+		if prefixOK && i >= m-1 && d < pd {
+			if pd == inf {
+				left = maxCompletions
+			}
+			below = d
+		}
+		if nd.term >= 0 {
+			// Every term of a subtree of completions uses up one of its
+			// maxCompletions, however it matches: the completions are the
+			// subtree's first terms in trie order, whatever the typos.
+			inList := below < inf && left > 0
+			if inList {
+				left--
+			}
+			switch {
+			case d < inf && d <= pd:
+				emit(nd.term, int(d), false)
+			case inList:
+				emit(nd.term, int(pd), true)
+			case d < inf:
+				// Past the bound of completions, still a typo of the word.
+				emit(nd.term, int(d), false)
+			}
+		}
 		for k := 0; k < int(nd.n); k++ {
-			walk(int(nd.first)+k, depth+1, c)
+			walk(int(nd.first)+k, depth+1, c, below)
 		}
 	}
 	root := ix.trie[0]
 	for k := 0; k < int(root.n); k++ {
-		walk(int(root.first)+k, 0, 0)
+		walk(int(root.first)+k, 0, 0, inf)
 	}
 }
 
