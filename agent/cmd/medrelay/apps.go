@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -16,23 +19,18 @@ func appsCmd(g *globals) *cobra.Command {
 		Short: "Create an app and print its token (shown once)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Apps.CreateApp(cmd.Context(), &agentv1.CreateAppRequest{Name: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "Created app %s (%s).\n\n", resp.GetApp().GetName(), resp.GetApp().GetId())
-			fmt.Fprintf(out, "Token (shown once; the agent keeps only its hash):\n\n  %s\n\n", resp.GetToken())
-			fmt.Fprintf(out, "Give it to the app as MEDRELAY_APP_TOKEN, or pass it with client.WithAppToken.\n")
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Apps.CreateApp(ctx, &agentv1.CreateAppRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Created app %s (%s).\n\n", resp.GetApp().GetName(), resp.GetApp().GetId())
+					fmt.Fprintf(out, "Token (shown once; the agent keeps only its hash):\n\n  %s\n\n", resp.GetToken())
+					fmt.Fprintf(out, "Give it to the app as MEDRELAY_APP_TOKEN, or pass it with client.WithAppToken.\n")
+					return nil
+				})
+			})
 		},
 	}
 
@@ -42,31 +40,27 @@ func appsCmd(g *globals) *cobra.Command {
 		Short: "List apps",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			var apps []*agentv1.App
-			token := ""
-			for {
-				resp, err := c.Apps.ListApps(cmd.Context(), &agentv1.ListAppsRequest{IncludeRevoked: all, PageSize: 500, PageToken: token})
-				if err != nil {
-					return err
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				var apps []*agentv1.App
+				token := ""
+				for {
+					resp, err := c.Apps.ListApps(ctx, &agentv1.ListAppsRequest{IncludeRevoked: all, PageSize: 500, PageToken: token})
+					if err != nil {
+						return err
+					}
+					apps = append(apps, resp.GetApps()...)
+					if token = resp.GetNextPageToken(); token == "" {
+						break
+					}
 				}
-				apps = append(apps, resp.GetApps()...)
-				if token = resp.GetNextPageToken(); token == "" {
-					break
-				}
-			}
-			if g.json {
-				return printJSON(cmd, &agentv1.ListAppsResponse{Apps: apps})
-			}
-			t := newTable(cmd.OutOrStdout(), "ID", "NAME", "TOKEN", "CREATED", "LAST SEEN", "REVOKED")
-			for _, a := range apps {
-				t.row(a.GetId(), a.GetName(), a.GetTokenPrefix()+"…", ago(a.GetCreatedAt()), ago(a.GetLastSeenAt()), ago(a.GetRevokedAt()))
-			}
-			return t.flush()
+				return g.printResult(cmd, &agentv1.ListAppsResponse{Apps: apps}, func(out io.Writer) error {
+					t := newTable(out, "ID", "NAME", "TOKEN", "CREATED", "LAST SEEN", "REVOKED")
+					for _, a := range apps {
+						t.row(a.GetId(), a.GetName(), a.GetTokenPrefix()+"…", ago(a.GetCreatedAt()), ago(a.GetLastSeenAt()), ago(a.GetRevokedAt()))
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 	list.Flags().BoolVar(&all, "all", false, "include revoked apps")
@@ -76,20 +70,16 @@ func appsCmd(g *globals) *cobra.Command {
 		Short: "Revoke an app: its token stops working at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Apps.RevokeApp(cmd.Context(), &agentv1.RevokeAppRequest{App: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Revoked app %s (%s).\n", resp.GetApp().GetName(), resp.GetApp().GetId())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Apps.RevokeApp(ctx, &agentv1.RevokeAppRequest{App: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Revoked app %s (%s).\n", resp.GetApp().GetName(), resp.GetApp().GetId())
+					return nil
+				})
+			})
 		},
 	}
 	cmd.AddCommand(create, list, revoke)

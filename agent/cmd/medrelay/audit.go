@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -28,35 +31,31 @@ func auditCmd(g *globals) *cobra.Command {
 				}
 				req.Since = timestamppb.New(t)
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			var entries []*agentv1.AuditEntry
-			for {
-				req.PageSize = 500
-				resp, err := c.Admin.ListAudit(cmd.Context(), req)
-				if err != nil {
-					return err
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				var entries []*agentv1.AuditEntry
+				for {
+					req.PageSize = 500
+					resp, err := c.Admin.ListAudit(ctx, req)
+					if err != nil {
+						return err
+					}
+					entries = append(entries, resp.GetEntries()...)
+					req.PageToken = resp.GetNextPageToken()
+					if req.PageToken == "" || (limit > 0 && len(entries) >= limit) {
+						break
+					}
 				}
-				entries = append(entries, resp.GetEntries()...)
-				req.PageToken = resp.GetNextPageToken()
-				if req.PageToken == "" || (limit > 0 && len(entries) >= limit) {
-					break
+				if limit > 0 && len(entries) > limit {
+					entries = entries[:limit]
 				}
-			}
-			if limit > 0 && len(entries) > limit {
-				entries = entries[:limit]
-			}
-			if g.json {
-				return printJSON(cmd, &agentv1.ListAuditResponse{Entries: entries})
-			}
-			t := newTable(cmd.OutOrStdout(), "TIME", "CALLER", "METHOD", "CONNECTION", "PATIENT", "OUTCOME")
-			for _, e := range entries {
-				t.row(e.GetTime().AsTime().Local().Format(time.DateTime), auditCaller(e.GetCaller()), e.GetMethod(), e.GetConnectionId(), e.GetPatientRef(), e.GetOutcome())
-			}
-			return t.flush()
+				return g.printResult(cmd, &agentv1.ListAuditResponse{Entries: entries}, func(out io.Writer) error {
+					t := newTable(out, "TIME", "CALLER", "METHOD", "CONNECTION", "PATIENT", "OUTCOME")
+					for _, e := range entries {
+						t.row(e.GetTime().AsTime().Local().Format(time.DateTime), auditCaller(e.GetCaller()), e.GetMethod(), e.GetConnectionId(), e.GetPatientRef(), e.GetOutcome())
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 	list.Flags().StringVar(&since, "since", "", "only entries after this time: RFC 3339 (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration ago (24h)")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -77,6 +78,28 @@ func (g *globals) dial(ctx context.Context) (*client.Client, error) {
 		opts = append(opts, client.WithAppToken(g.appToken))
 	}
 	return client.Dial(ctx, opts...)
+}
+
+// withClient dials the agent as the flags say, runs fn with the command's
+// context and closes the connection. Errors come back unchanged: main
+// explains them and picks the exit code.
+func (g *globals) withClient(cmd *cobra.Command, fn func(ctx context.Context, c *client.Client) error) error {
+	ctx := cmd.Context()
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(ctx, c)
+}
+
+// printResult prints an answer: the message as JSON with --json, else what
+// human writes to the command's output for people.
+func (g *globals) printResult(cmd *cobra.Command, m proto.Message, human func(out io.Writer) error) error {
+	if g.json {
+		return printJSON(cmd, m)
+	}
+	return human(cmd.OutOrStdout())
 }
 
 // printJSON writes a proto message as JSON with the proto field names.
