@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -100,27 +102,22 @@ used any more.`,
 			if cmd.Flags().Changed("scopes") {
 				req.Scopes, req.ReplaceScopes = splitScopes(scopes), true
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Credentials.SetCredential(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			cr := resp.GetCredential()
-			fmt.Fprintf(out, "Credential %s for %s: client %s, %s.\n", cr.GetId(), credTarget(cr), cr.GetClientId(), methodText(cr))
-			fmt.Fprintf(out, "\nRegister with the vendor:\n  redirect URI  %s\n", resp.GetRegistration().GetRedirectUri())
-			if cr.GetAuthMethod() == agentv1.ClientAuthMethod_CLIENT_AUTH_METHOD_PRIVATE_KEY_JWT {
-				fmt.Fprintf(out, "  JWKS URL      %s\n", resp.GetRegistration().GetJwksUrl())
-				fmt.Fprintf(out, "  (or paste the key set printed by `medrelay credentials jwks`)\n")
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Credentials.SetCredential(ctx, req)
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					cr := resp.GetCredential()
+					fmt.Fprintf(out, "Credential %s for %s: client %s, %s.\n", cr.GetId(), credTarget(cr), cr.GetClientId(), methodText(cr))
+					fmt.Fprintf(out, "\nRegister with the vendor:\n  redirect URI  %s\n", resp.GetRegistration().GetRedirectUri())
+					if cr.GetAuthMethod() == agentv1.ClientAuthMethod_CLIENT_AUTH_METHOD_PRIVATE_KEY_JWT {
+						fmt.Fprintf(out, "  JWKS URL      %s\n", resp.GetRegistration().GetJwksUrl())
+						fmt.Fprintf(out, "  (or paste the key set printed by `medrelay credentials jwks`)\n")
+					}
+					return nil
+				})
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -204,45 +201,42 @@ func credListCmd(g *globals) *cobra.Command {
 		Short: "List credentials, and the redirect URI and JWKS URL to register with vendors",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Credentials.ListCredentials(cmd.Context(), &agentv1.ListCredentialsRequest{})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			if len(resp.GetCredentials()) == 0 {
-				fmt.Fprintln(out, "No credentials yet. Add one with `medrelay credentials set SOURCE|--vendor V --client-id ID ...`.")
-			} else {
-				t := newTable(out, "ID", "FOR", "CLIENT ID", "AUTH", "KEY", "SCOPES", "UPDATED")
-				for _, cr := range resp.GetCredentials() {
-					key := ""
-					if len(cr.GetKeyIds()) > 0 {
-						key = cr.GetKeyIds()[0]
-						if len(key) > 12 {
-							key = key[:12] + "…"
-						}
-						if n := len(cr.GetKeyIds()) - 1; n > 0 {
-							key += fmt.Sprintf(" (+%d retiring)", n)
-						}
-					}
-					t.row(cr.GetId(), credTarget(cr), cr.GetClientId(), methodShort(cr), key, strings.Join(cr.GetScopes(), " "), ago(cr.GetUpdatedAt()))
-				}
-				if err := t.flush(); err != nil {
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Credentials.ListCredentials(ctx, &agentv1.ListCredentialsRequest{})
+				if err != nil {
 					return err
 				}
-			}
-			fmt.Fprintf(out, "\nRedirect URI to register with each vendor:  %s\n", resp.GetRegistration().GetRedirectUri())
-			fmt.Fprintf(out, "JWKS URL (for private_key_jwt):             %s\n", resp.GetRegistration().GetJwksUrl())
-			return nil
+				return g.printResult(cmd, resp, func(out io.Writer) error { return printCredentials(out, resp) })
+			})
 		},
 	}
+}
+
+func printCredentials(out io.Writer, resp *agentv1.ListCredentialsResponse) error {
+	if len(resp.GetCredentials()) == 0 {
+		fmt.Fprintln(out, "No credentials yet. Add one with `medrelay credentials set SOURCE|--vendor V --client-id ID ...`.")
+	} else {
+		t := newTable(out, "ID", "FOR", "CLIENT ID", "AUTH", "KEY", "SCOPES", "UPDATED")
+		for _, cr := range resp.GetCredentials() {
+			key := ""
+			if len(cr.GetKeyIds()) > 0 {
+				key = cr.GetKeyIds()[0]
+				if len(key) > 12 {
+					key = key[:12] + "…"
+				}
+				if n := len(cr.GetKeyIds()) - 1; n > 0 {
+					key += fmt.Sprintf(" (+%d retiring)", n)
+				}
+			}
+			t.row(cr.GetId(), credTarget(cr), cr.GetClientId(), methodShort(cr), key, strings.Join(cr.GetScopes(), " "), ago(cr.GetUpdatedAt()))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "\nRedirect URI to register with each vendor:  %s\n", resp.GetRegistration().GetRedirectUri())
+	fmt.Fprintf(out, "JWKS URL (for private_key_jwt):             %s\n", resp.GetRegistration().GetJwksUrl())
+	return nil
 }
 
 // credRef builds the id/source/vendor reference of delete and rotate: an
@@ -269,20 +263,16 @@ func credDeleteCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Credentials.DeleteCredential(cmd.Context(), &agentv1.DeleteCredentialRequest{Id: id, SourceId: src, Vendor: vendor})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Deleted credential %s for %s.\n", resp.GetCredential().GetId(), credTarget(resp.GetCredential()))
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Credentials.DeleteCredential(ctx, &agentv1.DeleteCredentialRequest{Id: id, SourceId: src, Vendor: vendor})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Deleted credential %s for %s.\n", resp.GetCredential().GetId(), credTarget(resp.GetCredential()))
+					return nil
+				})
+			})
 		},
 	}
 	cmd.Flags().StringVar(&vendor, "vendor", "", "delete the vendor's credential")
@@ -304,21 +294,17 @@ paste the new one (medrelay credentials jwks) before rotating.`,
 			if err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Credentials.RotateCredentialKey(cmd.Context(), &agentv1.RotateCredentialKeyRequest{Id: id, SourceId: src, Vendor: vendor})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			cr := resp.GetCredential()
-			fmt.Fprintf(cmd.OutOrStdout(), "Rotated the key of %s (%s): now signing with %s.\n", cr.GetId(), credTarget(cr), cr.GetKeyIds()[0])
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Credentials.RotateCredentialKey(ctx, &agentv1.RotateCredentialKeyRequest{Id: id, SourceId: src, Vendor: vendor})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					cr := resp.GetCredential()
+					fmt.Fprintf(out, "Rotated the key of %s (%s): now signing with %s.\n", cr.GetId(), credTarget(cr), cr.GetKeyIds()[0])
+					return nil
+				})
+			})
 		},
 	}
 	cmd.Flags().StringVar(&vendor, "vendor", "", "rotate the vendor's credential")
@@ -331,25 +317,21 @@ func credJWKSCmd(g *globals) *cobra.Command {
 		Short: "Print the public key set (JWKS) to register with vendors that take it pasted",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Credentials.GetJWKS(cmd.Context(), &agentv1.GetJWKSRequest{})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			var buf bytes.Buffer
-			if err := json.Indent(&buf, []byte(resp.GetJwks()), "", "  "); err != nil {
-				return fmt.Errorf("the agent sent a key set that is not JSON: %w", err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), buf.String())
-			fmt.Fprintf(cmd.ErrOrStderr(), "Served at %s\n", resp.GetJwksUrl())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Credentials.GetJWKS(ctx, &agentv1.GetJWKSRequest{})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					var buf bytes.Buffer
+					if err := json.Indent(&buf, []byte(resp.GetJwks()), "", "  "); err != nil {
+						return fmt.Errorf("the agent sent a key set that is not JSON: %w", err)
+					}
+					fmt.Fprintln(out, buf.String())
+					fmt.Fprintf(cmd.ErrOrStderr(), "Served at %s\n", resp.GetJwksUrl())
+					return nil
+				})
+			})
 		},
 	}
 }
