@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -40,26 +43,22 @@ source's credential with its key) for Bulk Data syncs.`,
 			if len(args) == 1 {
 				req.SourceId = args[0]
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Sessions.CreateSession(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			s := resp.GetSession()
-			mode := "picker"
-			if s.GetSourceId() != "" {
-				mode = "direct to " + s.GetSourceId()
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Session %s (%s), open until %s.\nSend the patient to:\n\n  %s\n",
-				s.GetId(), mode, s.GetExpiresAt().AsTime().Local().Format("15:04:05"), s.GetUrl())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Sessions.CreateSession(ctx, req)
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					s := resp.GetSession()
+					mode := "picker"
+					if s.GetSourceId() != "" {
+						mode = "direct to " + s.GetSourceId()
+					}
+					fmt.Fprintf(out, "Session %s (%s), open until %s.\nSend the patient to:\n\n  %s\n",
+						s.GetId(), mode, s.GetExpiresAt().AsTime().Local().Format("15:04:05"), s.GetUrl())
+					return nil
+				})
+			})
 		},
 	}
 	f := cmd.Flags()

@@ -622,26 +622,26 @@ func exportRecords(ctx context.Context, c *client.Client, conn string, types []s
 
 // connectBackend creates a backend connection (connect --backend).
 func connectBackend(cmd *cobra.Command, g *globals, source string, scopes []string) error {
-	c, err := g.dial(cmd.Context())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	resp, err := c.Connections.CreateBackendConnection(cmd.Context(), &agentv1.CreateBackendConnectionRequest{SourceId: source, Scopes: splitList(scopes)})
-	if err != nil {
-		return err
-	}
-	conn := resp.GetConnection()
-	if g.json {
-		if err := printJSON(cmd, resp); err != nil {
+	return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+		resp, err := c.Connections.CreateBackendConnection(ctx, &agentv1.CreateBackendConnectionRequest{SourceId: source, Scopes: splitList(scopes)})
+		if err != nil {
 			return err
 		}
-	} else if conn.GetState() == agentv1.ConnectionState_CONNECTION_STATE_ACTIVE {
-		fmt.Fprintf(cmd.OutOrStdout(), "Connection %s to %s is active (scopes %s); the agent renews its token before it expires.\n"+
-			"Sync it with: medrelay sync start %s --wait\n", conn.GetId(), conn.GetSourceId(), strings.Join(conn.GetScopes(), " "), conn.GetId())
-	}
-	if conn.GetState() != agentv1.ConnectionState_CONNECTION_STATE_ACTIVE {
-		return fmt.Errorf("connection %s %s: %s", conn.GetId(), stateName(conn.GetState()), conn.GetReason())
-	}
-	return nil
+		conn := resp.GetConnection()
+		active := conn.GetState() == agentv1.ConnectionState_CONNECTION_STATE_ACTIVE
+		err = g.printResult(cmd, resp, func(out io.Writer) error {
+			if active {
+				fmt.Fprintf(out, "Connection %s to %s is active (scopes %s); the agent renews its token before it expires.\n"+
+					"Sync it with: medrelay sync start %s --wait\n", conn.GetId(), conn.GetSourceId(), strings.Join(conn.GetScopes(), " "), conn.GetId())
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !active {
+			return fmt.Errorf("connection %s %s: %s", conn.GetId(), stateName(conn.GetState()), conn.GetReason())
+		}
+		return nil
+	})
 }
