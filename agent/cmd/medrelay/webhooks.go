@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -34,26 +36,21 @@ redeliver for every app.`,
 			if all == (len(types) > 0) {
 				return fmt.Errorf("choose the events to deliver: --events a,b or --all")
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.CreateWebhook(cmd.Context(), &agentv1.CreateWebhookRequest{
-				Url: args[0], Description: description, EventTypes: types, AllEvents: all,
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.CreateWebhook(ctx, &agentv1.CreateWebhookRequest{
+					Url: args[0], Description: description, EventTypes: types, AllEvents: all,
+				})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					w := resp.GetWebhook()
+					fmt.Fprintf(out, "Created webhook %s → %s (%s).\n\n", w.GetId(), w.GetUrl(), eventTypes(w))
+					fmt.Fprintf(out, "Signing secret (shown once; verify the Medrelay-Signature header with it):\n\n  %s\n\n", resp.GetSecret())
+					fmt.Fprintf(out, "See docs/webhooks.md for verifying in Go, Python, Node and Java.\n")
+					return nil
+				})
 			})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			w := resp.GetWebhook()
-			fmt.Fprintf(out, "Created webhook %s → %s (%s).\n\n", w.GetId(), w.GetUrl(), eventTypes(w))
-			fmt.Fprintf(out, "Signing secret (shown once; verify the Medrelay-Signature header with it):\n\n  %s\n\n", resp.GetSecret())
-			fmt.Fprintf(out, "See docs/webhooks.md for verifying in Go, Python, Node and Java.\n")
-			return nil
 		},
 	}
 	add.Flags().StringSliceVar(&types, "events", nil, "event types to deliver, comma-separated (e.g. connection.state_changed,session.completed)")
@@ -65,24 +62,20 @@ redeliver for every app.`,
 		Short: "List endpoints",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.ListWebhooks(cmd.Context(), &agentv1.ListWebhooksRequest{})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			t := newTable(cmd.OutOrStdout(), "ID", "APP", "URL", "EVENTS", "STATE", "DELIVERED", "LAST SUCCESS", "PENDING")
-			for _, w := range resp.GetWebhooks() {
-				d := w.GetDelivery()
-				t.row(w.GetId(), w.GetAppId(), w.GetUrl(), eventTypes(w), webhookState(w), strconv.FormatUint(d.GetDelivered(), 10), ago(d.GetLastSuccessAt()), pendingText(d))
-			}
-			return t.flush()
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.ListWebhooks(ctx, &agentv1.ListWebhooksRequest{})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					t := newTable(out, "ID", "APP", "URL", "EVENTS", "STATE", "DELIVERED", "LAST SUCCESS", "PENDING")
+					for _, w := range resp.GetWebhooks() {
+						d := w.GetDelivery()
+						t.row(w.GetId(), w.GetAppId(), w.GetUrl(), eventTypes(w), webhookState(w), strconv.FormatUint(d.GetDelivered(), 10), ago(d.GetLastSuccessAt()), pendingText(d))
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 
@@ -91,54 +84,17 @@ redeliver for every app.`,
 		Short: "Show an endpoint, where its delivery stands, and its latest attempts",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.GetWebhook(cmd.Context(), &agentv1.GetWebhookRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			ats, err := c.Webhooks.ListWebhookAttempts(cmd.Context(), &agentv1.ListWebhookAttemptsRequest{Id: args[0], PageSize: 10})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			w, d := resp.GetWebhook(), resp.GetWebhook().GetDelivery()
-			kv := newTable(out, "FIELD", "VALUE")
-			kv.row("id", w.GetId())
-			kv.row("app", w.GetAppId())
-			kv.row("url", w.GetUrl())
-			kv.row("description", w.GetDescription())
-			kv.row("events", eventTypes(w))
-			kv.row("state", webhookState(w))
-			if w.GetState() == agentv1.Webhook_STATE_DISABLED {
-				kv.row("disabled", ago(w.GetDisabledAt()))
-				kv.row("reason", w.GetDisabledReason())
-			}
-			kv.row("created", ago(w.GetCreatedAt()))
-			kv.row("secret rotated", ago(w.GetSecretRotatedAt()))
-			if p := w.GetPreviousSecretUntil(); p != nil && p.AsTime().After(time.Now()) {
-				kv.row("previous secret signs until", p.AsTime().Local().Format(time.DateTime))
-			}
-			kv.row("delivered through event", d.GetCursor())
-			kv.row("delivered", strconv.FormatUint(d.GetDelivered(), 10))
-			kv.row("last success", ago(d.GetLastSuccessAt()))
-			kv.row("last failure", ago(d.GetLastFailureAt()))
-			kv.row("last error", d.GetLastError())
-			kv.row("pending", pendingText(d))
-			if err := kv.flush(); err != nil {
-				return err
-			}
-			if len(ats.GetAttempts()) > 0 {
-				fmt.Fprintln(out, "\nLatest attempts:")
-				return attemptsTable(out, ats.GetAttempts())
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.GetWebhook(ctx, &agentv1.GetWebhookRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				ats, err := c.Webhooks.ListWebhookAttempts(ctx, &agentv1.ListWebhookAttemptsRequest{Id: args[0], PageSize: 10})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error { return printWebhook(out, resp.GetWebhook(), ats.GetAttempts()) })
+			})
 		},
 	}
 
@@ -147,20 +103,16 @@ redeliver for every app.`,
 		Short: "Remove an endpoint (its pending deliveries and attempt history go with it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.DeleteWebhook(cmd.Context(), &agentv1.DeleteWebhookRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Removed webhook %s (%s).\n", resp.GetWebhook().GetId(), resp.GetWebhook().GetUrl())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.DeleteWebhook(ctx, &agentv1.DeleteWebhookRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Removed webhook %s (%s).\n", resp.GetWebhook().GetId(), resp.GetWebhook().GetUrl())
+					return nil
+				})
+			})
 		},
 	}
 
@@ -169,23 +121,18 @@ redeliver for every app.`,
 		Short: "Give an endpoint a new signing secret (the previous one signs too for 24 hours)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.RotateWebhookSecret(cmd.Context(), &agentv1.RotateWebhookSecretRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "New signing secret for %s (shown once):\n\n  %s\n\n", resp.GetWebhook().GetId(), resp.GetSecret())
-			fmt.Fprintf(out, "Until %s deliveries carry a signature with the previous secret too; switch the receiver before then.\n",
-				resp.GetWebhook().GetPreviousSecretUntil().AsTime().Local().Format(time.DateTime))
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.RotateWebhookSecret(ctx, &agentv1.RotateWebhookSecretRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "New signing secret for %s (shown once):\n\n  %s\n\n", resp.GetWebhook().GetId(), resp.GetSecret())
+					fmt.Fprintf(out, "Until %s deliveries carry a signature with the previous secret too; switch the receiver before then.\n",
+						resp.GetWebhook().GetPreviousSecretUntil().AsTime().Local().Format(time.DateTime))
+					return nil
+				})
+			})
 		},
 	}
 
@@ -196,28 +143,22 @@ redeliver for every app.`,
 		Short: "List an endpoint's delivery attempts, newest first",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			req := &agentv1.ListWebhookAttemptsRequest{Id: args[0], EventId: eventID}
-			var all []*agentv1.WebhookAttempt
-			for {
-				req.PageSize = int32(min(max(limit-len(all), 1), 500))
-				resp, err := c.Webhooks.ListWebhookAttempts(cmd.Context(), req)
-				if err != nil {
-					return err
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				var all []*agentv1.WebhookAttempt
+				for {
+					req.PageSize = int32(min(max(limit-len(all), 1), 500))
+					resp, err := c.Webhooks.ListWebhookAttempts(ctx, req)
+					if err != nil {
+						return err
+					}
+					all = append(all, resp.GetAttempts()...)
+					if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" || len(all) >= limit {
+						break
+					}
 				}
-				all = append(all, resp.GetAttempts()...)
-				if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" || len(all) >= limit {
-					break
-				}
-			}
-			if g.json {
-				return printJSON(cmd, &agentv1.ListWebhookAttemptsResponse{Attempts: all})
-			}
-			return attemptsTable(cmd.OutOrStdout(), all)
+				return g.printResult(cmd, &agentv1.ListWebhookAttemptsResponse{Attempts: all}, func(out io.Writer) error { return attemptsTable(out, all) })
+			})
 		},
 	}
 	attempts.Flags().StringVar(&eventID, "event", "", "only the attempts of this event id")
@@ -229,27 +170,23 @@ redeliver for every app.`,
 		Short: "Send an event again now, once (to --endpoint, or to every enabled endpoint that takes it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.RedeliverWebhookEvent(cmd.Context(), &agentv1.RedeliverWebhookEventRequest{EventId: args[0], WebhookId: endpoint})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			if len(resp.GetAttempts()) == 0 {
-				fmt.Fprintln(cmd.OutOrStdout(), "No enabled endpoint takes this event (name one with --endpoint).")
-				return nil
-			}
-			t := newTable(cmd.OutOrStdout(), "WEBHOOK", "EVENT", "RESULT", "LATENCY", "RESPONSE")
-			for _, a := range resp.GetAttempts() {
-				t.row(a.GetWebhookId(), a.GetEventId(), attemptResult(a), a.GetLatency().AsDuration().Round(time.Millisecond).String(), clip(a.GetResponse(), 60))
-			}
-			return t.flush()
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.RedeliverWebhookEvent(ctx, &agentv1.RedeliverWebhookEventRequest{EventId: args[0], WebhookId: endpoint})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					if len(resp.GetAttempts()) == 0 {
+						fmt.Fprintln(out, "No enabled endpoint takes this event (name one with --endpoint).")
+						return nil
+					}
+					t := newTable(out, "WEBHOOK", "EVENT", "RESULT", "LATENCY", "RESPONSE")
+					for _, a := range resp.GetAttempts() {
+						t.row(a.GetWebhookId(), a.GetEventId(), attemptResult(a), a.GetLatency().AsDuration().Round(time.Millisecond).String(), clip(a.GetResponse(), 60))
+					}
+					return t.flush()
+				})
+			})
 		},
 	}
 	redeliver.Flags().StringVar(&endpoint, "endpoint", "", "only to this webhook id (even if disabled or not subscribed to the type)")
@@ -269,20 +206,16 @@ redeliver for every app.`,
 			case fromNow:
 				req.Resume = agentv1.EnableWebhookRequest_RESUME_NOW
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.EnableWebhook(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Enabled webhook %s; delivering after event %s.\n", resp.GetWebhook().GetId(), resp.GetWebhook().GetDelivery().GetCursor())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.EnableWebhook(ctx, req)
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Enabled webhook %s; delivering after event %s.\n", resp.GetWebhook().GetId(), resp.GetWebhook().GetDelivery().GetCursor())
+					return nil
+				})
+			})
 		},
 	}
 	enable.Flags().BoolVar(&fromOldest, "from-oldest-retained", false, "accept that pruned events are lost and resume with the oldest retained one")
@@ -293,25 +226,57 @@ redeliver for every app.`,
 		Short: "Stop deliveries to an endpoint until it is enabled again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Webhooks.DisableWebhook(cmd.Context(), &agentv1.DisableWebhookRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Disabled webhook %s; events keep accumulating for it (enable to resume).\n", resp.GetWebhook().GetId())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Webhooks.DisableWebhook(ctx, &agentv1.DisableWebhookRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					fmt.Fprintf(out, "Disabled webhook %s; events keep accumulating for it (enable to resume).\n", resp.GetWebhook().GetId())
+					return nil
+				})
+			})
 		},
 	}
 
 	cmd.AddCommand(add, list, show, remove, rotate, attempts, redeliver, enable, disable)
 	return cmd
+}
+
+// printWebhook shows an endpoint, where its delivery stands, and its
+// latest attempts.
+func printWebhook(out io.Writer, w *agentv1.Webhook, attempts []*agentv1.WebhookAttempt) error {
+	d := w.GetDelivery()
+	kv := newTable(out, "FIELD", "VALUE")
+	kv.row("id", w.GetId())
+	kv.row("app", w.GetAppId())
+	kv.row("url", w.GetUrl())
+	kv.row("description", w.GetDescription())
+	kv.row("events", eventTypes(w))
+	kv.row("state", webhookState(w))
+	if w.GetState() == agentv1.Webhook_STATE_DISABLED {
+		kv.row("disabled", ago(w.GetDisabledAt()))
+		kv.row("reason", w.GetDisabledReason())
+	}
+	kv.row("created", ago(w.GetCreatedAt()))
+	kv.row("secret rotated", ago(w.GetSecretRotatedAt()))
+	if p := w.GetPreviousSecretUntil(); p != nil && p.AsTime().After(time.Now()) {
+		kv.row("previous secret signs until", p.AsTime().Local().Format(time.DateTime))
+	}
+	kv.row("delivered through event", d.GetCursor())
+	kv.row("delivered", strconv.FormatUint(d.GetDelivered(), 10))
+	kv.row("last success", ago(d.GetLastSuccessAt()))
+	kv.row("last failure", ago(d.GetLastFailureAt()))
+	kv.row("last error", d.GetLastError())
+	kv.row("pending", pendingText(d))
+	if err := kv.flush(); err != nil {
+		return err
+	}
+	if len(attempts) > 0 {
+		fmt.Fprintln(out, "\nLatest attempts:")
+		return attemptsTable(out, attempts)
+	}
+	return nil
 }
 
 func eventTypes(w *agentv1.Webhook) string {
