@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -44,38 +45,33 @@ func sourcesSearchCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				q = args[0]
 			}
-			cl, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			resp, err := cl.Directory.Search(cmd.Context(), &agentv1.DirectoryServiceSearchRequest{
-				Query: q, Vendor: vendor, Kind: kind, State: state, PostalCodePrefix: zip,
-				ExcludeSuspended: active, PageSize: int32(limit), PageToken: page,
+			return g.withClient(cmd, func(ctx context.Context, cl *client.Client) error {
+				resp, err := cl.Directory.Search(ctx, &agentv1.DirectoryServiceSearchRequest{
+					Query: q, Vendor: vendor, Kind: kind, State: state, PostalCodePrefix: zip,
+					ExcludeSuspended: active, PageSize: int32(limit), PageToken: page,
+				})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					if len(resp.GetResults()) == 0 {
+						fmt.Fprintln(out, "No sources found.")
+						return nil
+					}
+					t := newTable(out, "NAME", "VENDOR", "KIND", "WHERE", "STATUS", "ID")
+					for _, r := range resp.GetResults() {
+						s := r.GetSource()
+						t.row(s.GetName(), s.GetVendor(), kindName(s.GetKind()), where(s), statusName(s.GetStatus()), s.GetId())
+					}
+					if err := t.flush(); err != nil {
+						return err
+					}
+					if next := resp.GetNextPageToken(); next != "" {
+						fmt.Fprintf(out, "\nMore results: add --page %s\n", next)
+					}
+					return nil
+				})
 			})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			if len(resp.GetResults()) == 0 {
-				fmt.Fprintln(out, "No sources found.")
-				return nil
-			}
-			t := newTable(out, "NAME", "VENDOR", "KIND", "WHERE", "STATUS", "ID")
-			for _, r := range resp.GetResults() {
-				s := r.GetSource()
-				t.row(s.GetName(), s.GetVendor(), kindName(s.GetKind()), where(s), statusName(s.GetStatus()), s.GetId())
-			}
-			if err := t.flush(); err != nil {
-				return err
-			}
-			if next := resp.GetNextPageToken(); next != "" {
-				fmt.Fprintf(out, "\nMore results: add --page %s\n", next)
-			}
-			return nil
 		},
 	}
 	f := c.Flags()
@@ -95,20 +91,16 @@ func sourcesShowCmd(g *globals) *cobra.Command {
 		Short: "Show a source: endpoints, portals, locations, setup requirements, discovery",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			resp, err := cl.Directory.Get(cmd.Context(), &agentv1.DirectoryServiceGetRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			printSource(cmd.OutOrStdout(), resp.GetSource())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *client.Client) error {
+				resp, err := cl.Directory.Get(ctx, &agentv1.DirectoryServiceGetRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					printSource(out, resp.GetSource())
+					return nil
+				})
+			})
 		},
 	}
 }
@@ -120,25 +112,20 @@ func sourcesDiscoverCmd(g *globals) *cobra.Command {
 		Short: "Fetch the source's .well-known/smart-configuration and metadata",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			resp, err := cl.Directory.Discover(cmd.Context(), &agentv1.DirectoryServiceDiscoverRequest{Id: args[0], Force: force})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			out := cmd.OutOrStdout()
-			s := resp.GetSource()
-			fmt.Fprintf(out, "%s (%s)\n", s.GetName(), s.GetId())
-			for _, ep := range s.GetEndpoints() {
-				printDiscovery(out, ep)
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, cl *client.Client) error {
+				resp, err := cl.Directory.Discover(ctx, &agentv1.DirectoryServiceDiscoverRequest{Id: args[0], Force: force})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					s := resp.GetSource()
+					fmt.Fprintf(out, "%s (%s)\n", s.GetName(), s.GetId())
+					for _, ep := range s.GetEndpoints() {
+						printDiscovery(out, ep)
+					}
+					return nil
+				})
+			})
 		},
 	}
 	c.Flags().BoolVar(&force, "force", false, "fetch again even if the kept results have not expired")
@@ -185,59 +172,55 @@ name) updates it; sources no longer in it become suspended.`,
 				start.FileName = filepath.Base(args[0])
 				start.Size = st.Size()
 			}
-			cl, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			stream, err := cl.Directory.Import(ctx)
-			if err != nil {
-				return err
-			}
-			sendErr := make(chan error, 1)
-			// io.EOF from Send means the agent already ended the call (a
-			// refusal, say): its status comes from Recv below.
-			if err := stream.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
-				return err
-			} else if err != nil {
-				sendErr <- nil
-			} else {
-				go func() {
-					sendErr <- sendFile(stream, file)
-				}()
-			}
-			pr := newProgress(cmd.ErrOrStderr())
-			var sum *agentv1.ImportSummary
-			for {
-				resp, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
+			return g.withClient(cmd, func(ctx context.Context, cl *client.Client) error {
+				ctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				stream, err := cl.Directory.Import(ctx)
 				if err != nil {
-					pr.done()
 					return err
 				}
-				if p := resp.GetProgress(); p != nil {
-					pr.update(p)
+				sendErr := make(chan error, 1)
+				// io.EOF from Send means the agent already ended the call (a
+				// refusal, say): its status comes from Recv below.
+				if err := stream.Send(&agentv1.DirectoryServiceImportRequest{Part: &agentv1.DirectoryServiceImportRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				} else if err != nil {
+					sendErr <- nil
+				} else {
+					go func() {
+						sendErr <- sendFile(stream, file)
+					}()
 				}
-				if s := resp.GetSummary(); s != nil {
-					sum = s
+				pr := newProgress(cmd.ErrOrStderr())
+				var sum *agentv1.ImportSummary
+				for {
+					resp, err := stream.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						pr.done()
+						return err
+					}
+					if p := resp.GetProgress(); p != nil {
+						pr.update(p)
+					}
+					if s := resp.GetSummary(); s != nil {
+						sum = s
+					}
 				}
-			}
-			pr.done()
-			if err := <-sendErr; err != nil {
-				return err
-			}
-			if sum == nil {
-				return errors.New("the agent ended the import without a summary")
-			}
-			if g.json {
-				return printJSON(cmd, sum)
-			}
-			printSummary(cmd.OutOrStdout(), sum, allRejected)
-			return nil
+				pr.done()
+				if err := <-sendErr; err != nil {
+					return err
+				}
+				if sum == nil {
+					return errors.New("the agent ended the import without a summary")
+				}
+				return g.printResult(cmd, sum, func(out io.Writer) error {
+					printSummary(out, sum, allRejected)
+					return nil
+				})
+			})
 		},
 	}
 	f := c.Flags()
