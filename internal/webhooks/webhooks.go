@@ -221,7 +221,7 @@ type Manager struct {
 
 	httpsClient, httpClient *http.Client
 
-	// opMu serialises changes of an endpoint's state by callers (enable,
+	// opMu serialises changes of endpoints by callers (create, enable,
 	// disable, delete, rotate). Workers never take it.
 	opMu sync.Mutex
 
@@ -397,6 +397,10 @@ func (m *Manager) Create(ctx context.Context, appID string, req CreateRequest) (
 	if len(req.Description) > 500 {
 		return Endpoint{}, "", fmt.Errorf("%w: description longer than 500 characters", ErrBadURL)
 	}
+	// Counting and storing under one lock: registrations arriving together
+	// would otherwise each count below the limit and all be stored.
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
 	n := 0
 	if err := m.endpoints.Scan(ctx, store.ScanOptions{}, func(_ string, ep Endpoint) error {
 		if ep.AppID == appID {

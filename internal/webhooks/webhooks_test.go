@@ -539,20 +539,29 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	}
 }
 
+// A receiver that never answers is abandoned when the timeout passes: the
+// server sees its request cancelled, and the attempt is a failure saying
+// "timeout". The timeout is injected (100 ms); that the default is the
+// documented 5 s is read in timeout_internal_test.go, never waited for.
 func TestTimeoutIsAFailedAttempt(t *testing.T) {
 	e := newEnv(t, webhooks.WithTimeout(100*time.Millisecond))
 	hang := make(chan struct{})
-	t.Cleanup(func() { close(hang) })
+	var abandoned atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // the server notices a gone client only once the body is read
 		select {
 		case <-hang:
 		case <-r.Context().Done():
+			abandoned.Add(1)
 		}
 	}))
 	t.Cleanup(srv.Close)
+	// Runs before srv.Close (cleanups run last first), which waits for the
+	// handler: a delivery that never lets go fails the test, not hangs it.
+	t.Cleanup(func() { close(hang) })
 	ep, _ := e.create("app", srv.URL)
 	e.append("app", events.SessionCompleted, nil)
+	eventually(t, "the receiver to see its request abandoned", func() bool { return abandoned.Load() >= 1 })
 	// Two attempts (the first retry is immediate), then a wait.
 	eventually(t, "two timed-out attempts", func() bool {
 		ats, _, _ := e.m.Attempts(context.Background(), webhooks.Access{All: true}, ep.ID, 0, 10, "")
