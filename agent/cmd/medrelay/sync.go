@@ -74,36 +74,33 @@ func syncStartCmd(g *globals) *cobra.Command {
 			if every > 0 {
 				req.Every = durationpb.New(every)
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Sync.StartSync(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			s := resp.GetSync()
-			if g.json && !wait {
-				return printJSON(cmd, resp)
-			}
-			if !g.json {
-				what := "everything"
-				if s.GetSince() != nil {
-					what = "changes since " + s.GetSince().AsTime().Local().Format(time.RFC3339)
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Sync.StartSync(ctx, req)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Sync %s queued (%s export, %s).\n", s.GetId(), levelName(s.GetLevel()), what)
-				if sc := resp.GetSchedule(); sc != nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "Schedule %s: again %s after each sync ends.\n", sc.GetId(), sc.GetEvery().AsDuration())
+				s := resp.GetSync()
+				if g.json && !wait {
+					return printJSON(cmd, resp)
 				}
-			}
-			if !wait {
 				if !g.json {
-					fmt.Fprintf(cmd.OutOrStdout(), "Follow it with: medrelay sync watch %s\n", s.GetId())
+					what := "everything"
+					if s.GetSince() != nil {
+						what = "changes since " + s.GetSince().AsTime().Local().Format(time.RFC3339)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "Sync %s queued (%s export, %s).\n", s.GetId(), levelName(s.GetLevel()), what)
+					if sc := resp.GetSchedule(); sc != nil {
+						fmt.Fprintf(cmd.OutOrStdout(), "Schedule %s: again %s after each sync ends.\n", sc.GetId(), sc.GetEvery().AsDuration())
+					}
 				}
-				return nil
-			}
-			return watchSync(cmd, g, c, s.GetId())
+				if !wait {
+					if !g.json {
+						fmt.Fprintf(cmd.OutOrStdout(), "Follow it with: medrelay sync watch %s\n", s.GetId())
+					}
+					return nil
+				}
+				return watchSync(cmd, g, c, s.GetId())
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -137,20 +134,16 @@ func syncStatusCmd(g *globals) *cobra.Command {
 		Short: "Show a sync and its progress",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Sync.GetSync(cmd.Context(), &agentv1.GetSyncRequest{SyncId: args[0], Files: files})
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			printSync(cmd.OutOrStdout(), resp.GetSync())
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Sync.GetSync(ctx, &agentv1.GetSyncRequest{SyncId: args[0], Files: files})
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					printSync(out, resp.GetSync())
+					return nil
+				})
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&files, "files", false, "show each file's progress")
@@ -252,48 +245,47 @@ func syncListCmd(g *globals) *cobra.Command {
 				}
 				req.States = append(req.States, agentv1.SyncState(v))
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Sync.ListSyncs(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			t := newTable(cmd.OutOrStdout(), "ID", "STATE", "CONNECTION", "EXPORT", "RESOURCES", "FILES", "CREATED", "ERROR")
-			for _, s := range resp.GetSyncs() {
-				state := syncStateName(s.GetState())
-				if s.GetState() == agentv1.SyncState_SYNC_STATE_RUNNING {
-					state += "/" + phaseName(s.GetPhase())
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Sync.ListSyncs(ctx, req)
+				if err != nil {
+					return err
 				}
-				t.row(s.GetId(), state, s.GetConnectionId(), levelName(s.GetLevel()), fmt.Sprint(s.GetResources()),
-					fmt.Sprintf("%d/%d", s.GetFilesDone(), s.GetFilesTotal()), ago(s.GetCreatedAt()), s.GetError())
-			}
-			if err := t.flush(); err != nil {
-				return err
-			}
-			if len(resp.GetSchedules()) > 0 {
-				fmt.Fprintln(cmd.OutOrStdout())
-				t := newTable(cmd.OutOrStdout(), "SCHEDULE", "CONNECTION", "EVERY", "NEXT", "LAST SYNC")
-				for _, s := range resp.GetSchedules() {
-					next := "after the running sync"
-					if s.GetNextAt() != nil {
-						next = s.GetNextAt().AsTime().Local().Format(time.DateTime)
-					}
-					t.row(s.GetId(), s.GetConnectionId(), s.GetEvery().AsDuration().String(), next, s.GetLastSyncId())
-				}
-				return t.flush()
-			}
-			return nil
+				return g.printResult(cmd, resp, func(out io.Writer) error { return printSyncList(out, resp) })
+			})
 		},
 	}
 	cmd.Flags().StringVar(&conn, "connection", "", "only this connection's syncs")
 	cmd.Flags().StringSliceVar(&states, "state", nil, "only these states")
 	return cmd
+}
+
+// printSyncList shows syncs, newest first, and the schedules.
+func printSyncList(out io.Writer, resp *agentv1.ListSyncsResponse) error {
+	t := newTable(out, "ID", "STATE", "CONNECTION", "EXPORT", "RESOURCES", "FILES", "CREATED", "ERROR")
+	for _, s := range resp.GetSyncs() {
+		state := syncStateName(s.GetState())
+		if s.GetState() == agentv1.SyncState_SYNC_STATE_RUNNING {
+			state += "/" + phaseName(s.GetPhase())
+		}
+		t.row(s.GetId(), state, s.GetConnectionId(), levelName(s.GetLevel()), fmt.Sprint(s.GetResources()),
+			fmt.Sprintf("%d/%d", s.GetFilesDone(), s.GetFilesTotal()), ago(s.GetCreatedAt()), s.GetError())
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if len(resp.GetSchedules()) > 0 {
+		fmt.Fprintln(out)
+		t := newTable(out, "SCHEDULE", "CONNECTION", "EVERY", "NEXT", "LAST SYNC")
+		for _, s := range resp.GetSchedules() {
+			next := "after the running sync"
+			if s.GetNextAt() != nil {
+				next = s.GetNextAt().AsTime().Local().Format(time.DateTime)
+			}
+			t.row(s.GetId(), s.GetConnectionId(), s.GetEvery().AsDuration().String(), next, s.GetLastSyncId())
+		}
+		return t.flush()
+	}
+	return nil
 }
 
 func syncCancelCmd(g *globals) *cobra.Command {
@@ -310,25 +302,21 @@ func syncCancelCmd(g *globals) *cobra.Command {
 			if req.SyncId == "" && req.ScheduleId == "" {
 				return errors.New("name a sync, or a schedule with --schedule")
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Sync.CancelSync(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd, resp)
-			}
-			if s := resp.GetSchedule(); s != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "Schedule %s removed.\n", s.GetId())
-			}
-			if s := resp.GetSync(); s != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "Sync %s is %s.\n", s.GetId(), syncStateName(s.GetState()))
-			}
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Sync.CancelSync(ctx, req)
+				if err != nil {
+					return err
+				}
+				return g.printResult(cmd, resp, func(out io.Writer) error {
+					if s := resp.GetSchedule(); s != nil {
+						fmt.Fprintf(out, "Schedule %s removed.\n", s.GetId())
+					}
+					if s := resp.GetSync(); s != nil {
+						fmt.Fprintf(out, "Sync %s is %s.\n", s.GetId(), syncStateName(s.GetState()))
+					}
+					return nil
+				})
+			})
 		},
 	}
 	cmd.Flags().StringVar(&schedule, "schedule", "", "remove this schedule")
@@ -341,12 +329,9 @@ func syncWatchCmd(g *globals) *cobra.Command {
 		Short: "Follow a sync's progress until it ends",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return watchSync(cmd, g, c, args[0])
+			return g.withClient(cmd, func(_ context.Context, c *client.Client) error {
+				return watchSync(cmd, g, c, args[0])
+			})
 		},
 	}
 }
@@ -510,28 +495,25 @@ func syncExportCmd(g *globals) *cobra.Command {
 			if err := os.MkdirAll(out, 0o750); err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			cursor, counts, err := exportRecords(cmd.Context(), c, args[0], splitList(types), since, out)
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			names := make([]string, 0, len(counts))
-			for n := range counts {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			total := 0
-			for _, n := range names {
-				fmt.Fprintf(w, "  %-28s %d\n", n, counts[n])
-				total += counts[n]
-			}
-			fmt.Fprintf(w, "Wrote %d records to %s. Continue later with --since-cursor %s\n", total, out, cursor)
-			return nil
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				cursor, counts, err := exportRecords(ctx, c, args[0], splitList(types), since, out)
+				if err != nil {
+					return err
+				}
+				w := cmd.OutOrStdout()
+				names := make([]string, 0, len(counts))
+				for n := range counts {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				total := 0
+				for _, n := range names {
+					fmt.Fprintf(w, "  %-28s %d\n", n, counts[n])
+					total += counts[n]
+				}
+				fmt.Fprintf(w, "Wrote %d records to %s. Continue later with --since-cursor %s\n", total, out, cursor)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "directory to write the files into (created if needed)")
