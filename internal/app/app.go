@@ -192,7 +192,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.admin, err = a.metrics.ListenAdmin(o.Config.AdminAddr, a.health, a.log)
+	a.admin, err = a.metrics.ListenAdmin(o.Config.AdminAddr, a.health, o.Config.DebugPprof, a.log)
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w", o.Config.AdminAddr, err)
 	}

@@ -40,6 +40,10 @@ type Config struct {
 	// must travel over https.
 	WebhooksAllowPublicHTTP bool          `toml:"webhooks_allow_public_http"`
 	PatientAccess           PatientAccess `toml:"patient_access"`
+	// DebugPprof serves Go's profiles (/debug/pprof/) on admin_addr, for
+	// finding where memory or CPU goes. Off by default; a heap profile
+	// holds no record contents, but it is only for the machine's admins.
+	DebugPprof bool `toml:"debug_pprof"`
 }
 
 // PatientAccess tunes patient sessions.

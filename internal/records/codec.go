@@ -19,6 +19,8 @@ import (
 // the change key lets a list of some types walk the keys alone (resources
 // live in the value log) and read only the values it returns.
 
+// headKey was the key of the heads table an earlier version kept (see
+// dropLegacyHeads); writers still use it to name a resource within a batch.
 func headKey(conn, typ, id string) string { return conn + "/" + typ + "/" + id }
 
 func changeKey(conn string, seq uint64, typ string) string {
@@ -64,46 +66,14 @@ const (
 
 var errCorrupt = errors.New("records: corrupt stored value")
 
-// head is what the records table holds for one resource: where its latest
-// change is, and enough to decide whether an incoming copy is new.
+// head is a resource's current state: where its latest change is, and
+// enough to decide whether an incoming copy is new.
 type head struct {
 	seq         uint64
 	deleted     bool
 	lastUpdated int64 // Unix nanoseconds; 0 = unknown
 	hash        uint64
 	versionID   string
-}
-
-func (h head) append(b []byte) []byte {
-	b = append(b, formatV1, flags(h.deleted))
-	b = binary.AppendUvarint(b, h.seq)
-	b = binary.AppendVarint(b, h.lastUpdated)
-	b = binary.LittleEndian.AppendUint64(b, h.hash)
-	return append(b, h.versionID...)
-}
-
-func decodeHead(v []byte) (head, error) {
-	var h head
-	if len(v) < 2 || v[0] != formatV1 {
-		return h, errCorrupt
-	}
-	h.deleted = v[1]&flagDeleted != 0
-	v = v[2:]
-	var n int
-	if h.seq, n = binary.Uvarint(v); n <= 0 {
-		return h, errCorrupt
-	}
-	v = v[n:]
-	if h.lastUpdated, n = binary.Varint(v); n <= 0 {
-		return h, errCorrupt
-	}
-	v = v[n:]
-	if len(v) < 8 {
-		return h, errCorrupt
-	}
-	h.hash = binary.LittleEndian.Uint64(v)
-	h.versionID = string(v[8:])
-	return h, nil
 }
 
 // change is one entry of the change index: the resource as it was stored at

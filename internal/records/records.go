@@ -20,9 +20,15 @@
 // commits visible in order, so a reader that has seen sequence n will never
 // later find a change below n: a cursor never skips anything.
 //
+// A resource's current change is found through the connection's key index
+// (keys.go), files of (hash of type/id, sequence) pairs written
+// sequentially beside the segments; its candidates are checked against the
+// change entries, which stay the truth.
+//
 // # Exactly-once ingest
 //
-// Writer.Commit flushes a batch (a Badger WriteBatch, not atomic) laid out
+// Writer.Commit writes and syncs the bodies and the key index entries
+// first, then flushes a batch (a Badger WriteBatch, not atomic) laid out
 // as: a pending marker naming the batch's first sequence, the record
 // changes, the caller's progress marker, and the removal of the pending
 // marker. Badger persists a prefix of what was written, so after a crash
@@ -109,6 +115,10 @@ type Store struct {
 	segs   *segments
 	segDir string
 	segKey []byte
+	// keys finds a resource's change from its type and id (keys.go). The
+	// heads table it replaced is only read to remove what an earlier
+	// version left there.
+	keys *keyIndexes
 
 	locks sync.Map // connection id → *sync.Mutex
 	// deleted holds the connections whose records were deleted while this
@@ -154,6 +164,10 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 		}
 		s.segs = g
 	}
+	s.keys = &keyIndexes{segs: s.segs, log: s.log, byID: map[string]*connKeys{}}
+	if err := s.dropLegacyHeads(ctx); err != nil {
+		return nil, err
+	}
 	type interrupted struct {
 		conn  string
 		first uint64
@@ -188,8 +202,10 @@ func (s *Store) SegmentBytes() int64 {
 	return s.segs.bytes()
 }
 
-// Close closes the segment files. The store's writers must have stopped.
+// Close closes the segment and key index files. The store's writers must
+// have stopped.
 func (s *Store) Close() error {
+	s.keys.close()
 	if s.segs != nil {
 		s.segs.close()
 	}
@@ -223,55 +239,62 @@ func decodePending(v []byte) (uint64, error) { return parseSeqHex(string(v)) }
 // repair just means repairing again. Callers hold the connection's lock (or
 // run before anyone else can write).
 func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
+	ck, err := s.connKeys(ctx, conn)
+	if err != nil {
+		return err
+	}
 	b := s.db.NewBatch()
 	out := batchSink{b}
-	latest := map[string]uint64{} // head key → seq the head points to after this repair
-	err := s.db.View(ctx, func(tx *store.Txn) error {
+	gone := map[uint64]bool{} // changes this repair deletes
+	var cands []uint64
+	err = s.db.View(ctx, func(tx *store.Txn) error {
 		return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/", After: afterSeq(conn, first-1)}, func(k string, v []byte) error {
 			seq, _, err := parseChangeKey(k[len(conn)+1:])
 			if err != nil {
 				return err
 			}
+			if gone[seq] {
+				return nil
+			}
 			c, err := decodeChange(v, nil)
 			if err != nil {
 				return fmt.Errorf("change %s: %w", k, err)
 			}
-			hk := headKey(conn, c.typ, c.id)
-			cur, ok := latest[hk]
-			if !ok {
-				hv, err := s.heads.GetTx(tx, hk)
-				switch {
-				case err == nil:
-					h, err := decodeHead(hv)
+			// Keep the newest stored change of the resource, drop the rest
+			// (the batch wrote the new one and may not have reached the
+			// removal of the one it superseded).
+			if cands, err = ck.lookup(c.typ, c.id, cands); err != nil {
+				return err
+			}
+			keep := seq
+			for _, o := range cands {
+				if o == seq || gone[o] {
+					continue
+				}
+				found, err := s.changes.PeekTx(tx, changeKey(conn, o, c.typ), func(ov []byte) error {
+					oc, err := decodeChange(ov, nil)
 					if err != nil {
-						return fmt.Errorf("head %s: %w", hk, err)
+						return fmt.Errorf("change %d: %w", o, err)
 					}
-					cur = h.seq
-				case errors.Is(err, store.ErrNotFound):
-				default:
-					return err
-				}
-			}
-			switch {
-			case cur > seq:
-				// Superseded later in the batch: drop it.
-				if err := s.deleteChange(out, conn, c.typ, seq); err != nil {
-					return err
-				}
-				return nil
-			case cur < seq:
-				if err := out.put(s.heads, hk, c.head(seq).append(nil)); err != nil {
-					return err
-				}
-				if cur != 0 && cur != c.prev {
-					if err := s.deleteChange(out, conn, c.typ, cur); err != nil {
-						return err
+					if oc.id != c.id {
+						return errOtherKey
 					}
+					return nil
+				})
+				if errors.Is(err, errOtherKey) || err == nil && !found {
+					continue
 				}
-				latest[hk] = seq
-			}
-			if c.prev != 0 {
-				return s.deleteChange(out, conn, c.typ, c.prev)
+				if err != nil {
+					return err
+				}
+				drop := o
+				if o > keep {
+					drop, keep = keep, o
+				}
+				gone[drop] = true
+				if err := s.deleteChange(out, conn, c.typ, drop); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
@@ -288,6 +311,91 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 	}
 	return nil
 }
+
+// errOtherKey: a key index candidate belongs to another resource (a hash
+// shared by two keys).
+var errOtherKey = errors.New("another resource")
+
+// connKeys returns conn's key index, loaded (or rebuilt).
+func (s *Store) connKeys(ctx context.Context, conn string) (*connKeys, error) {
+	ck := s.keys.get(conn)
+	if err := ck.ensure(ctx, s.scanChanges(conn)); err != nil {
+		return nil, err
+	}
+	return ck, nil
+}
+
+// current finds the stored change of (typ, id) in tx: its sequence and
+// the change (found false when the resource was never stored). cands is
+// scratch space, returned for reuse.
+func (s *Store) current(tx *store.Txn, ck *connKeys, typ, id string, cands []uint64) (uint64, change, bool, []uint64, error) {
+	cands, err := ck.lookup(typ, id, cands)
+	if err != nil {
+		return 0, change{}, false, cands, err
+	}
+	for _, seq := range cands {
+		var c change
+		found, err := s.changes.PeekTx(tx, changeKey(ck.conn, seq, typ), func(v []byte) error {
+			var err error
+			if c, err = decodeChange(v, nil); err != nil {
+				return fmt.Errorf("change %d of %s/%s: %w", seq, typ, clip(id), err)
+			}
+			if c.id != id {
+				return errOtherKey
+			}
+			return nil
+		})
+		switch {
+		case errors.Is(err, errOtherKey), err == nil && !found:
+			// Another resource with the same hash, or a change superseded
+			// (or never stored: a batch a crash cut short).
+			continue
+		case err != nil:
+			return 0, c, false, cands, err
+		}
+		// Newest first: the first one stored is the current one.
+		if c.json != nil {
+			c.json = slices.Clone(c.json) // PeekTx's value is only valid inside it
+		}
+		return seq, c, true, cands, nil
+	}
+	return 0, change{}, false, cands, nil
+}
+
+// dropLegacyHeads removes the heads table an earlier version kept (the key
+// index replaced it and is rebuilt from the change entries).
+func (s *Store) dropLegacyHeads(ctx context.Context) error {
+	n := 0
+	for {
+		b := s.db.NewBatch()
+		k := 0
+		err := s.heads.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(key string, _ []byte) error {
+			if k >= 100000 {
+				return errStopScan
+			}
+			k++
+			return store.BatchDelete(b, s.heads, key)
+		})
+		if err != nil && !errors.Is(err, errStopScan) {
+			b.Cancel()
+			return fmt.Errorf("records: remove the old heads table: %w", err)
+		}
+		if k == 0 {
+			b.Cancel()
+			break
+		}
+		if err := b.Flush(true); err != nil {
+			return fmt.Errorf("records: remove the old heads table: %w", err)
+		}
+		n += k
+	}
+	if n > 0 {
+		s.log.Info("removed the heads table of an earlier version; key indexes are rebuilt from the change index", "entries", n)
+	}
+	return nil
+}
+
+var errStopScan = errors.New("stop")
 
 func (s *Store) deleteChange(out sink, conn, typ string, seq uint64) error {
 	return out.del(s.changes, changeKey(conn, seq, typ))
@@ -321,26 +429,26 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 	if !ValidID(id) {
 		return Record{}, fmt.Errorf("%w: %q", ErrBadID, clip(id))
 	}
+	ck, err := s.connKeys(ctx, conn)
+	if err != nil {
+		return Record{}, err
+	}
 	var r Record
 	var c change
-	err := s.db.View(ctx, func(tx *store.Txn) error {
-		hv, err := s.heads.GetTx(tx, headKey(conn, typ, id))
-		if errors.Is(err, store.ErrNotFound) {
+	err = s.db.View(ctx, func(tx *store.Txn) error {
+		seq, cur, found, _, err := s.current(tx, ck, typ, id, nil)
+		if err != nil {
+			return err
+		}
+		if !found {
 			return fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
 		}
-		if err != nil {
-			return err
+		c = cur
+		r = Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
+		if !c.deleted && !c.ext {
+			r.JSON = c.json
 		}
-		h, err := decodeHead(hv)
-		if err != nil {
-			return err
-		}
-		cv, err := s.changes.GetTx(tx, changeKey(conn, h.seq, typ))
-		if err != nil {
-			return fmt.Errorf("records: change %d of %s/%s: %w", h.seq, typ, id, err)
-		}
-		r, c, err = recordOf(h.seq, cv, nil)
-		return err
+		return nil
 	})
 	if err != nil {
 		return r, err
@@ -570,7 +678,7 @@ func (s *Store) Count(ctx context.Context, conn string) (int, error) {
 	if err := checkConn(conn); err != nil {
 		return 0, err
 	}
-	return s.heads.Count(ctx, conn+"/")
+	return s.changes.Count(ctx, conn+"/")
 }
 
 // DeleteConnection removes every record of conn, tombstones and change index
@@ -608,6 +716,7 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 			return fmt.Errorf("records: delete %s: %w", conn, err)
 		}
 	}
+	s.keys.drop(conn)
 	s.deleted.Store(conn, true)
 	s.log.Info("deleted the records of a connection", "connection", conn)
 	return nil

@@ -2,6 +2,7 @@ package records
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,6 +25,8 @@ type Writer struct {
 	seal  []byte            // sealed bodies for the segment (reused)
 	names map[string]string // interned type names
 	heads map[string]head   // heads as changed by the commit in progress
+	pairs []keyPair         // the commit's new key index entries
+	cands []uint64          // scratch for key index lookups
 }
 
 type item struct {
@@ -222,11 +225,20 @@ func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, Counts,
 	// The writes are collected first: the bodies must be stored before
 	// any entry pointing at them reaches the store, and a Badger
 	// WriteBatch commits parts of a large batch while it is filled.
+	ck, err := s.connKeys(ctx, w.conn)
+	if err != nil {
+		return nil, Counts{}, err
+	}
 	var ops opList
 	n, first, err := w.plan(ctx, &ops, app)
 	if err != nil {
 		return nil, n, err
 	}
+	// The key index entries are journaled (and synced) at the same time,
+	// for the same reason: a change the index cannot find would be stored
+	// again as a new one.
+	jerr := make(chan error, 1)
+	go func() { jerr <- ck.journal(w.pairs) }()
 	if app != nil {
 		// Written and synced before the entries that point at them, even
 		// for a writer WithoutSync: Badger's unsynced writes and ours
@@ -237,9 +249,12 @@ func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, Counts,
 		// the sync).
 		err = app.write(true)
 		w.seal = app.buf
-		if err != nil {
-			return nil, n, err
-		}
+	}
+	if err = errors.Join(err, <-jerr); err != nil {
+		return nil, n, err
+	}
+	if err := ck.add(w.pairs); err != nil {
+		return nil, n, err
 	}
 	b := s.db.NewBatch()
 	err = ops.apply(b)
@@ -311,29 +326,31 @@ func (s batchSink) del(t *store.Table[[]byte], key string) error {
 // plan decides what each buffered change does and sends the writes to out
 // (and the bodies to app, when the store keeps them in segments):
 // the pending marker first (if anything is written), then per change the
-// new change entry, the head, and the removal of the superseded change
+// new change entry and the removal of the superseded change
 // (readers and repair rely on that order). It returns the counts and the first sequence used (0:
 // nothing written). Callers hold the connection's lock.
 func (w *Writer) plan(ctx context.Context, out sink, app *appender) (Counts, uint64, error) {
 	var n Counts
 	var first uint64
 	s := w.s
-	err := s.db.View(ctx, func(tx *store.Txn) error {
+	ck, err := s.connKeys(ctx, w.conn)
+	if err != nil {
+		return n, 0, err
+	}
+	w.pairs = w.pairs[:0]
+	err = s.db.View(ctx, func(tx *store.Txn) error {
 		for i := range w.items {
 			it := &w.items[i]
 			hk := headKey(w.conn, it.typ, it.id)
 			cur, found := w.heads[hk]
 			if !found {
-				var err error
-				found, err = s.heads.PeekTx(tx, hk, func(hv []byte) error {
-					var derr error
-					if cur, derr = decodeHead(hv); derr != nil {
-						return fmt.Errorf("head %s: %w", hk, derr)
-					}
-					return nil
-				})
+				seq, c, ok, cands, err := s.current(tx, ck, it.typ, it.id, w.cands)
+				w.cands = cands
 				if err != nil {
 					return err
+				}
+				if ok {
+					cur, found = c.head(seq), true
 				}
 			}
 			switch decide(cur, found, it) {
@@ -378,9 +395,7 @@ func (w *Writer) plan(ctx context.Context, out sink, app *appender) (Counts, uin
 				return err
 			}
 			h := c.head(seq)
-			if err := out.put(s.heads, hk, h.append(nil)); err != nil {
-				return err
-			}
+			w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
 			if found {
 				if err := s.deleteChange(out, w.conn, it.typ, cur.seq); err != nil {
 					return err

@@ -72,6 +72,7 @@ func benchBulk(t *testing.T, resources int) {
 	idle := memOf(e.a.cmd.Process.Pid)
 	var rss peakRSS
 	rss.watch(e.a.cmd.Process.Pid)
+	stopProfiles := profileAgent(t)
 	start := time.Now()
 	var st agentv1.StartSyncResponse
 	if err := protojson.Unmarshal(e.run("--json", "sync", "start", conn.GetId()), &st); err != nil {
@@ -80,6 +81,7 @@ func benchBulk(t *testing.T, resources int) {
 	v := waitSyncFor(t, e, st.GetSync().GetId(), 2*time.Hour)
 	took := time.Since(start)
 	peak := rss.stop()
+	stopProfiles()
 	if v.GetState() != agentv1.SyncState_SYNC_STATE_COMPLETED || v.GetResources() != int64(want.Total) {
 		t.Fatalf("sync %s (%s): %d of %d resources", v.GetState(), v.GetError(), v.GetResources(), want.Total)
 	}
@@ -265,4 +267,48 @@ func memOf(pid int) map[string]int64 {
 		}
 	}
 	return out
+}
+
+// profileAgent saves the agent's CPU profile of the sync and a heap profile
+// a second into /tmp/medrelay-bench-*.prof when MEDRELAY_BENCH_PPROF_ADDR
+// names its admin address (the agent then serves /debug/pprof/ there).
+func profileAgent(t *testing.T) (stop func()) {
+	addr := os.Getenv("MEDRELAY_BENCH_PPROF_ADDR")
+	if addr == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg stdsync.WaitGroup
+	save := func(name, path string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Logf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create("/tmp/medrelay-bench-" + name + ".prof")
+		if err != nil {
+			t.Logf("profile %s: %v", name, err)
+			return
+		}
+		defer f.Close()
+		io.Copy(f, resp.Body)
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		save("cpu", "/debug/pprof/profile?seconds=10")
+	}()
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Second):
+			}
+			save(fmt.Sprintf("heap-%02d", i), "/debug/pprof/heap")
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }

@@ -138,7 +138,11 @@ func newAgentEnv(t *testing.T, sbOpts ...sandboxtest.Option) *agentEnv {
 	if err := os.MkdirAll(e.home, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf("http_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\nplugin_dir = %q\n\n[log]\nlevel = \"info\"\n", filepath.Join(binDir, "plugins"))
+	admin, pprof := "127.0.0.1:0", false
+	if a := os.Getenv("MEDRELAY_BENCH_PPROF_ADDR"); a != "" {
+		admin, pprof = a, true // profiles of the agent (see TestBenchBulk)
+	}
+	cfg := fmt.Sprintf("http_addr = \"127.0.0.1:0\"\nadmin_addr = %q\ndebug_pprof = %t\nplugin_dir = %q\n\n[log]\nlevel = \"info\"\n", admin, pprof, filepath.Join(binDir, "plugins"))
 	if err := os.WriteFile(filepath.Join(e.home, "medrelay.toml"), []byte(cfg), 0o640); err != nil {
 		t.Fatal(err)
 	}

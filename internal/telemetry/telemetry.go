@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,12 +64,18 @@ type AdminServer struct {
 
 // ListenAdmin binds addr (port 0 picks a free port) and returns the server,
 // not yet serving.
-func (m *Metrics) ListenAdmin(addr string, health Health, log *slog.Logger) (*AdminServer, error) {
+// With pprof it also serves Go's profiles under /debug/pprof/.
+func (m *Metrics) ListenAdmin(addr string, health Health, pprof bool, log *slog.Logger) (*AdminServer, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	if pprof {
+		mux.HandleFunc("GET /debug/pprof/", httppprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", httppprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		checks := health(r.Context())

@@ -1,0 +1,904 @@
+package records
+
+import (
+	"cmp"
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// The key index finds a resource's change from its type and id. It used to
+// be a Badger table of heads keyed by connection/type/id; those keys arrive
+// in random order during a bulk sync, and Badger compacted them level after
+// level with table builders that grew with the store (a 1M-resource sync
+// peaked at ~260 MB of live heap, 5M at over 1 GB of RSS, and the head
+// lookup and write were half of the ingest's CPU).
+//
+// The key index is written sequentially instead: per connection, pairs of
+// (hash of type/id, change sequence). New pairs go to an append-only
+// journal (fsynced before the changes they point at reach Badger) and to a
+// map in memory; every keyRunPairs pairs the map is sorted and written as a
+// run, a sealed file of sorted pairs with a Bloom filter and the first hash
+// of each block kept in memory. Runs are merged in the background so a
+// lookup checks a handful of filters. A lookup returns every sequence ever
+// paired with the hash, newest first; the caller takes the first whose
+// change entry still exists and has the same type and id. So the index may
+// hold more than the truth (pairs of superseded changes, of a batch a crash
+// cut short, of another key with the same hash) but never less, and it
+// needs no transaction with Badger.
+//
+// The index is derived data: a connection without one (a store written by
+// an earlier version, an in-memory store, a directory that lost its
+// keys/VERSION file) gets it rebuilt from its change entries on first use.
+//
+// Files are sealed with the segments' key; their ids come from the same
+// store sequence as the segments' and a file is never appended to after a
+// restart, so nonces (file id, offset) are never reused.
+
+// keyRunPairs is how many pairs the in-memory part holds before it is
+// written as a run (a variable for tests). 128k pairs are about 6 MB of map.
+var keyRunPairs = 128 << 10
+
+const (
+	keyBlockPairs = 256 // pairs per sealed block of a run
+	keyPairSize   = 16
+	keyBlockPlain = keyBlockPairs * keyPairSize
+	keyBlockLen   = 4 + keyBlockPlain + 16 // length prefix, sealed block (GCM tag)
+	keyBloomBits  = 10                     // bits per pair
+	keyRunMagic   = "MRKEYS1\n"
+	keyVersion    = "VERSION"
+	keysDirName   = "keys"
+)
+
+var errKeysCorrupt = errors.New("key index file is damaged")
+
+// keyOf hashes a resource's type and id.
+func keyOf(typ, id string) uint64 { return keyHash(typ, id) }
+
+// keyHash is keyOf's hash (a variable so tests can make keys collide).
+var keyHash = xxKey
+
+func xxKey(typ, id string) uint64 {
+	var d xxhash.Digest
+	d.Reset()
+	d.WriteString(typ)
+	d.Write([]byte{'/'})
+	d.WriteString(id)
+	return d.Sum64()
+}
+
+type keyPair struct{ hash, seq uint64 }
+
+// keyIndexes holds the key index of every connection used since start.
+type keyIndexes struct {
+	segs   *segments // nil: in memory only
+	log    *slog.Logger
+	merges sync.WaitGroup
+	mu     sync.Mutex
+	byID   map[string]*connKeys
+}
+
+// connKeys is one connection's key index. mu guards everything; lookups
+// hold it shared while they read run files.
+type connKeys struct {
+	ix   *keyIndexes
+	conn string
+	dir  string // "" in memory only
+
+	mu     sync.RWMutex
+	loaded bool
+	open   map[uint64]uint64   // hash → newest sequence not yet in a run
+	more   map[uint64][]uint64 // hash → older sequences not yet in a run
+	nOpen  int
+	// The journal being appended to (nil until the first append) and the
+	// journals whose pairs are in open but not yet in a run. Guarded by mu
+	// and, while the store is open, by the connection's commit lock.
+	jnl    *os.File
+	jnlID  uint64
+	jnlOff int64
+	olds   []string
+	runs   []*keyRun
+	merge  bool // a merge is running
+	buf    []byte
+}
+
+func (ix *keyIndexes) get(conn string) *connKeys {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ck := ix.byID[conn]
+	if ck == nil {
+		ck = &connKeys{ix: ix, conn: conn}
+		if ix.segs != nil {
+			ck.dir = filepath.Join(ix.segs.connDir(conn), keysDirName)
+		}
+		ix.byID[conn] = ck
+	}
+	return ck
+}
+
+// drop forgets conn's index (its files go with the connection's directory).
+func (ix *keyIndexes) drop(conn string) {
+	ix.mu.Lock()
+	ck := ix.byID[conn]
+	delete(ix.byID, conn)
+	ix.mu.Unlock()
+	if ck != nil {
+		ck.mu.Lock()
+		ck.closeLocked()
+		ck.mu.Unlock()
+	}
+}
+
+// close waits for merges and closes every file. Writers must have stopped.
+func (ix *keyIndexes) close() {
+	ix.merges.Wait()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for _, ck := range ix.byID {
+		ck.mu.Lock()
+		ck.closeLocked()
+		ck.mu.Unlock()
+	}
+	clear(ix.byID)
+}
+
+func (ck *connKeys) closeLocked() {
+	if ck.jnl != nil {
+		ck.jnl.Close()
+		ck.jnl = nil
+	}
+	for _, r := range ck.runs {
+		r.f.Close()
+	}
+	ck.runs = nil
+	ck.loaded = false
+}
+
+func (ck *connKeys) aead() cipher.AEAD { return ck.ix.segs.aead }
+
+func (ck *connKeys) ad() []byte { return append([]byte("keys\x00"), ck.conn...) }
+
+// ensure loads the index, rebuilding it from the change entries with scan
+// when it has none. scan calls add for every (type, id, seq) stored.
+func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, add func(typ, id string, seq uint64)) error) error {
+	ck.mu.RLock()
+	loaded := ck.loaded
+	ck.mu.RUnlock()
+	if loaded {
+		return nil
+	}
+	// ensure runs before a commit touches the journal: under mu alone.
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	if ck.loaded {
+		return nil
+	}
+	ck.open, ck.more, ck.nOpen = map[uint64]uint64{}, map[uint64][]uint64{}, 0
+	if ck.dir != "" {
+		found, err := ck.checkVersion()
+		if err != nil {
+			return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+		}
+		if found {
+			if err := ck.loadFiles(); err != nil {
+				return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+			}
+			ck.loaded = true
+			return nil
+		}
+	}
+	// Rebuild from the change entries.
+	if ck.dir != "" {
+		if err := os.RemoveAll(ck.dir); err != nil {
+			return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+		}
+	}
+	err := scan(ctx, func(typ, id string, seq uint64) { ck.addLocked(keyOf(typ, id), seq) })
+	if err != nil {
+		return fmt.Errorf("records: rebuild the key index of %s: %w", ck.conn, err)
+	}
+	if ck.dir != "" && ck.nOpen > 0 {
+		if err := ck.createDir(); err != nil {
+			return err
+		}
+		if err := ck.sealLocked(); err != nil {
+			return err
+		}
+	}
+	ck.loaded = true
+	return nil
+}
+
+func (ck *connKeys) createDir() error {
+	if err := ck.ix.segs.makeConnDir(ck.conn); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(ck.dir, 0o700); err != nil {
+		return fmt.Errorf("records: key index directory: %w", err)
+	}
+	p := filepath.Join(ck.dir, keyVersion)
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	// VERSION says every stored change is in the index. It holds a value
+	// sealed with the key (a random nonce: written once per connection) so
+	// that a wrong key is a clear error instead of an empty index.
+	v := make([]byte, 12, 12+len(keyVersionCheck)+16)
+	if _, err := rand.Read(v); err != nil {
+		return err
+	}
+	v = ck.aead().Seal(v, v[:12], []byte(keyVersionCheck), ck.ad())
+	if err := writeSynced(p, v); err != nil {
+		return fmt.Errorf("records: key index directory: %w", err)
+	}
+	return syncDir(ck.dir)
+}
+
+const keyVersionCheck = "medrelay key index v1"
+
+// checkVersion reads VERSION (found false: there is none).
+func (ck *connKeys) checkVersion() (found bool, err error) {
+	v, err := os.ReadFile(filepath.Join(ck.dir, keyVersion))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	if len(v) < 12 {
+		return true, fmt.Errorf("%w: %s", errKeysCorrupt, keyVersion)
+	}
+	plain, err := ck.aead().Open(nil, v[:12], v[12:], ck.ad())
+	if err != nil || string(plain) != keyVersionCheck {
+		return true, fmt.Errorf("it does not open (wrong key or corrupted %s)", keyVersion)
+	}
+	return true, nil
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func (ck *connKeys) addLocked(h, seq uint64) {
+	if old, ok := ck.open[h]; ok {
+		if old == seq {
+			return
+		}
+		if seq < old {
+			old, seq = seq, old
+		}
+		ck.more[h] = append(ck.more[h], old)
+	}
+	ck.open[h] = seq
+	ck.nOpen++
+}
+
+// loadFiles reads the runs' filters and replays the journals.
+func (ck *connKeys) loadFiles() error {
+	ents, err := os.ReadDir(ck.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(ck.dir, name)
+		switch {
+		case strings.HasSuffix(name, ".run"):
+			id, err := parseSeqHex(strings.TrimSuffix(name, ".run"))
+			if err != nil {
+				continue
+			}
+			r, err := openKeyRun(p, id, ck.aead(), ck.ad())
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			ck.runs = append(ck.runs, r)
+		case strings.HasSuffix(name, ".jnl"):
+			id, err := parseSeqHex(strings.TrimSuffix(name, ".jnl"))
+			if err != nil {
+				continue
+			}
+			if err := ck.replay(p, id); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			ck.olds = append(ck.olds, p)
+		case strings.HasSuffix(name, ".tmp"):
+			os.Remove(p) // a run or merge a crash cut short
+		}
+	}
+	slices.SortFunc(ck.runs, func(a, b *keyRun) int { return cmp.Compare(a.id, b.id) })
+	if ck.nOpen >= keyRunPairs {
+		return ck.sealLocked()
+	}
+	return nil
+}
+
+// replay adds a journal's pairs. A last record cut short or garbled by a
+// crash ends it: its batch never reached the store (the journal is synced
+// first). A record that does not open before the last one is damage.
+func (ck *connKeys) replay(path string, id uint64) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	aead, ad := ck.aead(), ck.ad()
+	var off int64
+	for len(b) >= 4 {
+		n := int(binary.LittleEndian.Uint32(b))
+		if n > len(b)-4 {
+			break
+		}
+		nonce := nonceOf(id, uint64(off))
+		plain, err := aead.Open(nil, nonce[:], b[4:4+n], ad)
+		if err != nil {
+			if 4+n == len(b) {
+				break
+			}
+			return fmt.Errorf("%w: record at offset %d does not open", errKeysCorrupt, off)
+		}
+		if len(plain)%keyPairSize != 0 {
+			return errKeysCorrupt
+		}
+		for p := plain; len(p) > 0; p = p[keyPairSize:] {
+			ck.addLocked(binary.BigEndian.Uint64(p), binary.BigEndian.Uint64(p[8:]))
+		}
+		b = b[4+n:]
+		off += int64(4 + n)
+	}
+	return nil
+}
+
+// journal appends pairs to the journal and syncs it; add then makes them
+// visible. Callers hold the connection's commit lock (Store.lock), which
+// serialises everything that touches the journal, and journal the pairs
+// before the changes they point at are written to the store.
+func (ck *connKeys) journal(pairs []keyPair) error {
+	if len(pairs) == 0 || ck.dir == "" {
+		return nil
+	}
+	if err := ck.journalLocked(pairs); err != nil {
+		return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+	}
+	return nil
+}
+
+// add makes journaled pairs visible to lookups, and writes a run when the
+// in-memory part is full. Callers hold the connection's commit lock.
+func (ck *connKeys) add(pairs []keyPair) error {
+	if len(pairs) == 0 {
+		return nil
+	}
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	for _, p := range pairs {
+		ck.addLocked(p.hash, p.seq)
+	}
+	if ck.dir != "" && ck.nOpen >= keyRunPairs {
+		if err := ck.sealLocked(); err != nil {
+			return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+		}
+	}
+	return nil
+}
+
+func (ck *connKeys) journalLocked(pairs []keyPair) error {
+	if ck.jnl == nil {
+		if err := ck.createDir(); err != nil {
+			return err
+		}
+		id, err := ck.ix.segs.db.NextSeq(segSeq)
+		if err != nil {
+			return err
+		}
+		f, err := os.OpenFile(filepath.Join(ck.dir, seqHex(id)+".jnl"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		if err := syncDir(ck.dir); err != nil {
+			f.Close()
+			return err
+		}
+		ck.jnl, ck.jnlID, ck.jnlOff = f, id, 0
+	}
+	plain := ck.buf[:0]
+	for _, p := range pairs {
+		plain = binary.BigEndian.AppendUint64(plain, p.hash)
+		plain = binary.BigEndian.AppendUint64(plain, p.seq)
+	}
+	aead := ck.aead()
+	out := make([]byte, 4, 4+len(plain)+aead.Overhead())
+	nonce := nonceOf(ck.jnlID, uint64(ck.jnlOff))
+	out = aead.Seal(out, nonce[:], plain, ck.ad())
+	binary.LittleEndian.PutUint32(out, uint32(len(out)-4))
+	ck.buf = plain
+	if _, err := ck.jnl.Write(out); err != nil {
+		return err
+	}
+	ck.jnlOff += int64(len(out))
+	if ck.jnlOff > 1<<31 {
+		return errors.New("journal too long") // nonces hold 32-bit offsets; runs are sealed long before
+	}
+	return ck.jnl.Sync()
+}
+
+// sealLocked writes the in-memory pairs as a run, then drops the journals
+// that held them.
+func (ck *connKeys) sealLocked() error {
+	pairs := make([]keyPair, 0, ck.nOpen)
+	for h, s := range ck.open {
+		pairs = append(pairs, keyPair{h, s})
+	}
+	for h, ss := range ck.more {
+		for _, s := range ss {
+			pairs = append(pairs, keyPair{h, s})
+		}
+	}
+	sortPairs(pairs)
+	id, err := ck.ix.segs.db.NextSeq(segSeq)
+	if err != nil {
+		return err
+	}
+	r, err := writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), len(pairs), slices.Values(pairs))
+	if err != nil {
+		return err
+	}
+	ck.runs = append(ck.runs, r)
+	if ck.jnl != nil {
+		ck.jnl.Close()
+		ck.olds = append(ck.olds, ck.jnl.Name())
+		ck.jnl = nil
+	}
+	for _, p := range ck.olds {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	ck.olds = nil
+	ck.open, ck.more, ck.nOpen = map[uint64]uint64{}, map[uint64][]uint64{}, 0
+	ck.maybeMergeLocked()
+	return nil
+}
+
+func sortPairs(p []keyPair) {
+	slices.SortFunc(p, func(a, b keyPair) int {
+		if c := cmp.Compare(a.hash, b.hash); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.seq, a.seq)
+	})
+}
+
+// lookup returns the sequences paired with (typ, id), newest first.
+func (ck *connKeys) lookup(typ, id string, out []uint64) ([]uint64, error) {
+	h := keyOf(typ, id)
+	ck.mu.RLock()
+	defer ck.mu.RUnlock()
+	out = out[:0]
+	if s, ok := ck.open[h]; ok {
+		out = append(out, s)
+		out = append(out, ck.more[h]...)
+	}
+	for _, r := range ck.runs {
+		var err error
+		if out, err = r.lookup(h, out); err != nil {
+			return out, fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+		}
+	}
+	slices.SortFunc(out, func(a, b uint64) int { return cmp.Compare(b, a) })
+	return slices.Compact(out), nil
+}
+
+// maybeMergeLocked starts a background merge when the newest keyMergeRuns
+// runs are of about the same size (size-tiered: runs grow geometrically, a
+// pair is rewritten about log4(runs) times, and a lookup checks a few
+// filters whatever the connection's size). Callers hold mu.
+func (ck *connKeys) maybeMergeLocked() {
+	const k = keyMergeRuns
+	if ck.merge || len(ck.runs) < k {
+		return
+	}
+	last := ck.runs[len(ck.runs)-k:]
+	lo, hi := last[0].n, last[0].n
+	for _, r := range last {
+		lo, hi = min(lo, r.n), max(hi, r.n)
+	}
+	if hi > 2*lo && len(ck.runs) <= 4*k {
+		return
+	}
+	in := slices.Clone(last)
+	ck.merge = true
+	ck.ix.merges.Add(1)
+	go func() {
+		defer ck.ix.merges.Done()
+		ck.mergeRuns(in)
+	}()
+}
+
+const keyMergeRuns = 4
+
+// mergeRuns writes the pairs of in as one run and puts it in their place.
+// Readers go on using in until the swap; in are only read.
+func (ck *connKeys) mergeRuns(in []*keyRun) {
+	n := 0
+	for _, r := range in {
+		n += r.n
+	}
+	id, err := ck.ix.segs.db.NextSeq(segSeq)
+	var out *keyRun
+	if err == nil {
+		out, err = writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), n, mergePairs(in))
+	}
+	ck.mu.Lock()
+	defer ck.mu.Unlock()
+	ck.merge = false
+	if err != nil {
+		ck.ix.log.Warn("merging key index runs failed; the runs stay as they are", "connection", ck.conn, "error", err)
+		return
+	}
+	if !ck.loaded {
+		// Dropped meanwhile (the connection was deleted or the store closed).
+		out.f.Close()
+		os.Remove(out.path)
+		return
+	}
+	at := slices.Index(ck.runs, in[0])
+	if at < 0 || at+len(in) > len(ck.runs) || !slices.Equal(ck.runs[at:at+len(in)], in) {
+		out.f.Close()
+		os.Remove(out.path)
+		return
+	}
+	ck.runs = slices.Replace(ck.runs, at, at+len(in), out)
+	for _, r := range in {
+		r.f.Close()
+		os.Remove(r.path)
+	}
+	ck.maybeMergeLocked()
+}
+
+// mergePairs yields the pairs of runs in order. Errors end the sequence
+// early; writeKeyRun then finds too few pairs and fails.
+func mergePairs(runs []*keyRun) func(func(keyPair) bool) {
+	return func(yield func(keyPair) bool) {
+		type cur struct {
+			r     *keyRun
+			block int
+			buf   []keyPair
+		}
+		cs := make([]*cur, 0, len(runs))
+		next := func(c *cur) bool {
+			for len(c.buf) == 0 {
+				if c.block >= c.r.blocks() {
+					return false
+				}
+				ps, err := c.r.readBlock(c.block, nil)
+				if err != nil {
+					return false
+				}
+				c.block++
+				c.buf = ps
+			}
+			return true
+		}
+		for _, r := range runs {
+			c := &cur{r: r}
+			if next(c) {
+				cs = append(cs, c)
+			}
+		}
+		for len(cs) > 0 {
+			best := 0
+			for i := 1; i < len(cs); i++ {
+				a, b := cs[i].buf[0], cs[best].buf[0]
+				if a.hash < b.hash || a.hash == b.hash && a.seq > b.seq {
+					best = i
+				}
+			}
+			c := cs[best]
+			if !yield(c.buf[0]) {
+				return
+			}
+			c.buf = c.buf[1:]
+			if !next(c) {
+				cs = slices.Delete(cs, best, best+1)
+			}
+		}
+	}
+}
+
+// keyRun is a sealed, sorted file of pairs. Only its filter and the first
+// hash of each block are kept in memory.
+type keyRun struct {
+	id     uint64
+	path   string
+	f      *os.File
+	n      int
+	bloom  []uint64
+	firsts []uint64
+	aead   cipher.AEAD
+	ad     []byte
+}
+
+const keyRunHeader = len(keyRunMagic) + 8 // magic, pair count
+
+func (r *keyRun) blocks() int { return len(r.firsts) }
+
+func (r *keyRun) blockOff(i int) int64 { return int64(keyRunHeader) + int64(i)*keyBlockLen }
+
+// writeKeyRun writes n pairs (sorted) as run id in dir: a temporary file,
+// synced and renamed.
+func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pairs func(func(keyPair) bool)) (*keyRun, error) {
+	final := filepath.Join(dir, seqHex(id)+".run")
+	tmp := final + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	r := &keyRun{id: id, path: final, f: f, n: n, aead: aead, ad: ad, bloom: make([]uint64, bloomWords(n))}
+	fail := func(err error) (*keyRun, error) {
+		f.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	w := bufferedFile{f: f, buf: make([]byte, 0, 1<<20)}
+	hdr := append([]byte(keyRunMagic), make([]byte, 8)...)
+	binary.LittleEndian.PutUint64(hdr[len(keyRunMagic):], uint64(n))
+	w.write(hdr)
+	plain := make([]byte, 0, keyBlockPlain)
+	sealed := make([]byte, 0, keyBlockLen)
+	off := int64(len(hdr))
+	flush := func() {
+		if len(plain) == 0 {
+			return
+		}
+		// Blocks are padded to their full size so block i is at a fixed offset.
+		for len(plain) < keyBlockPlain {
+			plain = append(plain, 0xff)
+		}
+		nonce := nonceOf(id, uint64(off))
+		sealed = binary.LittleEndian.AppendUint32(sealed[:0], uint32(keyBlockPlain+aead.Overhead()))
+		sealed = aead.Seal(sealed, nonce[:], plain, ad)
+		w.write(sealed)
+		off += int64(len(sealed))
+		plain = plain[:0]
+	}
+	got := 0
+	for p := range pairs {
+		if len(plain) == 0 {
+			r.firsts = append(r.firsts, p.hash)
+		}
+		plain = binary.BigEndian.AppendUint64(plain, p.hash)
+		plain = binary.BigEndian.AppendUint64(plain, p.seq)
+		bloomAdd(r.bloom, p.hash)
+		got++
+		if len(plain) == keyBlockPlain {
+			flush()
+		}
+	}
+	flush()
+	if got != n {
+		return fail(fmt.Errorf("key run: %d pairs read of %d", got, n))
+	}
+	// The filter is not written: it is rebuilt from the blocks when the
+	// run is opened (a sequential read of 16 bytes per pair).
+	if err := w.flush(); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fail(err)
+	}
+	return r, nil
+}
+
+type bufferedFile struct {
+	f   *os.File
+	buf []byte
+	err error
+}
+
+func (w *bufferedFile) write(b []byte) {
+	if w.err != nil {
+		return
+	}
+	if len(w.buf)+len(b) > cap(w.buf) {
+		w.err = w.flush()
+	}
+	w.buf = append(w.buf, b...)
+}
+
+func (w *bufferedFile) flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	_, w.err = w.f.Write(w.buf)
+	w.buf = w.buf[:0]
+	return w.err
+}
+
+// openKeyRun opens a run, reading every block to rebuild its filter and
+// block index (and to check it is whole).
+func openKeyRun(path string, id uint64, aead cipher.AEAD, ad []byte) (*keyRun, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	hdr := make([]byte, keyRunHeader)
+	if _, err := io.ReadFull(f, hdr); err != nil || string(hdr[:len(keyRunMagic)]) != keyRunMagic {
+		f.Close()
+		return nil, errKeysCorrupt
+	}
+	n := int(binary.LittleEndian.Uint64(hdr[len(keyRunMagic):]))
+	if n < 0 || n > 1<<40 {
+		f.Close()
+		return nil, errKeysCorrupt
+	}
+	r := &keyRun{id: id, path: path, f: f, n: n, aead: aead, ad: ad, bloom: make([]uint64, bloomWords(n))}
+	nb := (n + keyBlockPairs - 1) / keyBlockPairs
+	r.firsts = make([]uint64, nb)
+	buf := make([]byte, keyBlockLen)
+	var ps []keyPair
+	for i := range nb {
+		if ps, err = r.readBlockInto(i, buf, ps[:0]); err != nil {
+			f.Close()
+			return nil, err
+		}
+		r.firsts[i] = ps[0].hash
+		for _, p := range ps {
+			bloomAdd(r.bloom, p.hash)
+		}
+	}
+	return r, nil
+}
+
+// readBlock reads block i's pairs (padding dropped).
+func (r *keyRun) readBlock(i int, out []keyPair) ([]keyPair, error) {
+	return r.readBlockInto(i, make([]byte, keyBlockLen), out)
+}
+
+func (r *keyRun) readBlockInto(i int, buf []byte, out []keyPair) ([]keyPair, error) {
+	off := r.blockOff(i)
+	if _, err := r.f.ReadAt(buf[:keyBlockLen], off); err != nil {
+		return out, fmt.Errorf("%w: block %d: %v", errKeysCorrupt, i, err)
+	}
+	if int(binary.LittleEndian.Uint32(buf)) != keyBlockLen-4 {
+		return out, fmt.Errorf("%w: block %d", errKeysCorrupt, i)
+	}
+	nonce := nonceOf(r.id, uint64(off))
+	plain, err := r.aead.Open(buf[4:4], nonce[:], buf[4:keyBlockLen], r.ad)
+	if err != nil {
+		return out, fmt.Errorf("%w: block %d: %v", errKeysCorrupt, i, err)
+	}
+	count := keyBlockPairs
+	if i == len(r.firsts)-1 || len(r.firsts) == 0 {
+		count = r.n - i*keyBlockPairs
+	}
+	if count <= 0 || count > keyBlockPairs {
+		return out, fmt.Errorf("%w: block %d", errKeysCorrupt, i)
+	}
+	for j := range count {
+		p := plain[j*keyPairSize:]
+		out = append(out, keyPair{binary.BigEndian.Uint64(p), binary.BigEndian.Uint64(p[8:])})
+	}
+	return out, nil
+}
+
+// lookup appends the sequences paired with h in this run.
+func (r *keyRun) lookup(h uint64, out []uint64) ([]uint64, error) {
+	if !bloomHas(r.bloom, h) {
+		return out, nil
+	}
+	// The first block that may hold h: pairs of one hash can straddle
+	// blocks, so start at the last block whose first hash is below h.
+	i, _ := slices.BinarySearch(r.firsts, h)
+	if i > 0 {
+		i--
+	}
+	var buf [keyBlockLen]byte
+	var ps []keyPair
+	for ; i < len(r.firsts) && r.firsts[i] <= h; i++ {
+		var err error
+		if ps, err = r.readBlockInto(i, buf[:], ps[:0]); err != nil {
+			return out, err
+		}
+		for _, p := range ps {
+			if p.hash == h {
+				out = append(out, p.seq)
+			}
+		}
+	}
+	return out, nil
+}
+
+// A blocked Bloom filter: each hash sets 6 bits in one 512-bit block, so a
+// lookup touches one cache line.
+func bloomWords(n int) int {
+	blocks := (n*keyBloomBits + 511) / 512
+	return max(blocks, 1) * 8
+}
+
+func bloomPos(f []uint64, h uint64) (block int, h2 uint64) {
+	nb := uint64(len(f) / 8)
+	hi, _ := bits.Mul64(h, nb)
+	return int(hi) * 8, h*0x9E3779B97F4A7C15 ^ h>>29
+}
+
+func bloomAdd(f []uint64, h uint64) {
+	b, h2 := bloomPos(f, h)
+	for k := range 6 {
+		bit := (h2 >> (k * 9)) & 511
+		f[b+int(bit>>6)] |= 1 << (bit & 63)
+	}
+}
+
+func bloomHas(f []uint64, h uint64) bool {
+	b, h2 := bloomPos(f, h)
+	for k := range 6 {
+		bit := (h2 >> (k * 9)) & 511
+		if f[b+int(bit>>6)]&(1<<(bit&63)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// scanChanges calls add for every change entry of conn (the rebuild of its
+// key index).
+func (s *Store) scanChanges(conn string) func(ctx context.Context, add func(typ, id string, seq uint64)) error {
+	return func(ctx context.Context, add func(typ, id string, seq uint64)) error {
+		in := names{}
+		return s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
+			seq, _, err := parseChangeKey(k[len(conn)+1:])
+			if err != nil {
+				return err
+			}
+			c, err := decodeChange(v, in)
+			if err != nil {
+				return fmt.Errorf("change %s: %w", k, err)
+			}
+			add(c.typ, c.id, seq)
+			return nil
+		})
+	}
+}

@@ -1,0 +1,306 @@
+package records
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// smallRuns makes the key index write a run every n pairs.
+func smallRuns(t *testing.T, n int) {
+	t.Helper()
+	old := keyRunPairs
+	keyRunPairs = n
+	t.Cleanup(func() { keyRunPairs = old })
+}
+
+// keyFiles lists a store's key index files by suffix.
+func keyFiles(t *testing.T, dir, suffix string) []string {
+	t.Helper()
+	var out []string
+	for _, p := range segFiles(t, dir) {
+		if filepath.Base(filepath.Dir(p)) == keysDirName && strings.HasSuffix(p, suffix) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// checkAll asserts that every resource in want reads back at its version
+// and that the list holds each exactly once.
+func checkAll(t *testing.T, s *Store, conn string, want map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	all, _ := list(t, s, conn, Query{})
+	seen := map[string]bool{}
+	for _, r := range all {
+		k := r.Type + "/" + r.ID
+		if seen[k] {
+			t.Fatalf("%s listed twice", k)
+		}
+		seen[k] = true
+	}
+	if len(all) != len(want) {
+		t.Fatalf("listed %d resources, want %d", len(all), len(want))
+	}
+	for k, v := range want {
+		typ, id, _ := strings.Cut(k, "/")
+		r, err := s.Get(ctx, conn, typ, id)
+		if err != nil {
+			t.Fatalf("Get %s: %v", k, err)
+		}
+		got := r.VersionID
+		if r.Deleted {
+			got = "-"
+		}
+		if got != v {
+			t.Fatalf("Get %s = version %q, want %q", k, got, v)
+		}
+	}
+	if n, _ := s.Count(ctx, conn); n != len(want) {
+		t.Fatalf("Count = %d, want %d", n, len(want))
+	}
+}
+
+// Many runs, merged in the background, new versions, tombstones and a
+// restart: every resource is found at its latest change, listed once.
+func TestKeyIndexRunsMergesAndRestart(t *testing.T) {
+	smallRuns(t, 50)
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	want := map[string]string{}
+	write := func(s *Store, from, to int, ver string) {
+		t.Helper()
+		var rs [][]byte
+		for i := from; i < to; i++ {
+			typ := []string{"Patient", "Observation", "Condition"}[i%3]
+			id := fmt.Sprintf("r%d", i)
+			rs = append(rs, res(typ, id, ver, ""))
+			want[typ+"/"+id] = ver
+			if len(rs) == 37 {
+				put(t, s, "c", rs...)
+				rs = nil
+			}
+		}
+		put(t, s, "c", rs...)
+	}
+	write(s, 0, 3000, "1")
+	write(s, 1000, 1500, "2") // new versions, their pairs in later runs
+	for i := 1200; i < 1300; i++ {
+		typ := []string{"Patient", "Observation", "Condition"}[i%3]
+		del(t, s, "c", typ, fmt.Sprintf("r%d", i), time.Time{})
+		want[fmt.Sprintf("%s/r%d", typ, i)] = "-"
+	}
+	checkAll(t, s, "c", want)
+	s.Close() // waits for merges
+	runs := keyFiles(t, dir, ".run")
+	// 3600 pairs in runs of 50 would be 72 runs unmerged.
+	if len(runs) == 0 || len(runs) > 20 {
+		t.Fatalf("%d runs after merging", len(runs))
+	}
+	s = open()
+	checkAll(t, s, "c", want)
+	write(s, 2500, 3500, "3") // after the restart: a new journal
+	checkAll(t, s, "c", want)
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+	// Re-ingesting the same versions changes nothing.
+	var rs [][]byte
+	for i := 0; i < 100; i++ {
+		rs = append(rs, res([]string{"Patient", "Observation", "Condition"}[i%3], fmt.Sprintf("r%d", i), "1", ""))
+	}
+	if n := put(t, s, "c", rs...); n.Unchanged != 100 {
+		t.Fatalf("re-ingest: %+v", n)
+	}
+}
+
+// Keys whose hashes collide are told apart by the change entries.
+func TestKeyIndexHashCollisions(t *testing.T) {
+	smallRuns(t, 20)
+	old := keyHash
+	keyHash = func(typ, id string) uint64 { return uint64(len(id) % 2) } // two hashes for everything
+	t.Cleanup(func() { keyHash = old })
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	want := map[string]string{}
+	for v := 1; v <= 2; v++ {
+		for i := 0; i < 60; i += 1 + v%2 {
+			id := fmt.Sprintf("p%d", i)
+			put(t, s, "c", res("Patient", id, fmt.Sprint(v), ""))
+			want["Patient/"+id] = fmt.Sprint(v)
+		}
+	}
+	checkAll(t, s, "c", want)
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+}
+
+// A crash after the key index entries were synced but before the store's
+// batch: the entries point at changes that were never stored. The resource
+// reads at its stored version, and writing it again lists it once.
+func TestKeyIndexAheadOfTheStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	put(t, s, "c", res("Patient", "a", "1", ""))
+	w, _ := s.NewWriter("c")
+	w.Put(res("Patient", "a", "2", ""))
+	w.Put(res("Patient", "b", "1", ""))
+	mu := s.lock("c")
+	mu.Lock()
+	b, n, err := w.send(ctx, nil) // bodies and key entries written, batch not
+	mu.Unlock()
+	if err != nil || n.Written != 2 {
+		t.Fatal(n, err)
+	}
+	b.Cancel()
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1"})
+	put(t, s, "c", res("Patient", "a", "2", ""), res("Patient", "b", "1", ""))
+	checkAll(t, s, "c", map[string]string{"Patient/a": "2", "Patient/b": "1"})
+}
+
+// A journal's last record cut or garbled by a crash is dropped; damage
+// before it is a clear error, as is a key index under another key.
+func TestKeyIndexDamage(t *testing.T) {
+	ctx := context.Background()
+	setup := func(t *testing.T) (string, func() *Store) {
+		dir := t.TempDir()
+		open := reopener(t, dir)
+		s := open()
+		put(t, s, "c", res("Patient", "a", "1", ""))
+		put(t, s, "c", res("Patient", "b", "1", ""))
+		s.Close()
+		return dir, open
+	}
+	t.Run("torn tail", func(t *testing.T) {
+		dir, open := setup(t)
+		j := keyFiles(t, dir, ".jnl")
+		if len(j) != 1 {
+			t.Fatalf("journals: %v", j)
+		}
+		f, _ := os.OpenFile(j[0], os.O_APPEND|os.O_WRONLY, 0)
+		f.Write([]byte{40, 0, 0, 0, 1, 2, 3}) // a record's length, then the crash
+		f.Close()
+		s := open()
+		defer s.Close()
+		checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/b": "1"})
+	})
+	t.Run("damage", func(t *testing.T) {
+		dir, open := setup(t)
+		j := keyFiles(t, dir, ".jnl")[0]
+		b, _ := os.ReadFile(j)
+		b[10] ^= 1 // inside the first of two records
+		os.WriteFile(j, b, 0o600)
+		s := open()
+		defer s.Close()
+		if _, err := s.Get(ctx, "c", "Patient", "a"); err == nil || !strings.Contains(err.Error(), "key index") {
+			t.Fatalf("Get with a damaged journal: %v", err)
+		}
+	})
+	t.Run("wrong key", func(t *testing.T) {
+		dir := t.TempDir()
+		db := openDB(t, filepath.Join(dir, "store"))
+		defer db.Close()
+		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		put(t, s, "c", res("Patient", "a", "1", ""))
+		s.Close()
+		s, err = Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), bytes.Repeat([]byte{9}, 32)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := s.Get(ctx, "c", "Patient", "a"); err == nil || !strings.Contains(err.Error(), "wrong key") {
+			t.Fatalf("Get under another key: %v", err)
+		}
+		w, _ := s.NewWriter("c")
+		w.Put(res("Patient", "c", "1", ""))
+		if _, err := w.Commit(ctx, nil); err == nil || !strings.Contains(err.Error(), "wrong key") {
+			t.Fatalf("Commit under another key: %v", err)
+		}
+	})
+	t.Run("lost", func(t *testing.T) {
+		// Without its VERSION file the index is rebuilt from the changes.
+		dir, open := setup(t)
+		for _, p := range keyFiles(t, dir, "") {
+			os.Remove(p)
+		}
+		s := open()
+		defer s.Close()
+		checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/b": "1"})
+		put(t, s, "c", res("Patient", "a", "2", ""))
+		checkAll(t, s, "c", map[string]string{"Patient/a": "2", "Patient/b": "1"})
+	})
+}
+
+// A store written by an earlier version kept heads in a Badger table: Open
+// removes them and the key index is rebuilt from the change entries.
+func TestKeyIndexReplacesLegacyHeads(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	defer db.Close()
+	s, err := Open(ctx, db, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "c", res("Patient", "a", "1", ""), res("Patient", "b", "1", ""))
+	// What an earlier version stored beside the changes.
+	b := db.NewBatch()
+	for _, id := range []string{"a", "b"} {
+		if err := store.BatchPut(b, s.heads, headKey("c", "Patient", id), []byte("legacy")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Flush(true); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(ctx, db, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.heads.Count(ctx, ""); n != 0 {
+		t.Fatalf("%d legacy heads left", n)
+	}
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/b": "1"})
+}
+
+func FuzzKeyJournal(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{40, 0, 0, 0, 1, 2, 3})
+	f.Add(bytes.Repeat([]byte{0xff}, 64))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		g, err := openSegments(nil, dir, segKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ck := &connKeys{ix: &keyIndexes{segs: g}, conn: "c", open: map[uint64]uint64{}, more: map[uint64][]uint64{}}
+		p := filepath.Join(dir, "1.jnl")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Never a panic; forged records do not open.
+		if err := ck.replay(p, 1); err == nil && ck.nOpen != 0 {
+			t.Fatalf("%d pairs from random bytes", ck.nOpen)
+		}
+	})
+}
