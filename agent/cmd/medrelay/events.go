@@ -52,10 +52,9 @@ line. If the agent restarts, tail reconnects and resumes after the last event pr
 // tailEvents follows the stream, reconnecting after the agent restarts.
 func tailEvents(cmd *cobra.Command, g *globals, req *agentv1.SubscribeRequest) error {
 	ctx := cmd.Context()
-	out := cmd.OutOrStdout()
 	reconnecting := false
 	for {
-		err := followOnce(ctx, g, req, out, &reconnecting)
+		err := followOnce(cmd, g, req, &reconnecting)
 		if ctx.Err() != nil {
 			return nil // interrupted: not an error
 		}
@@ -74,32 +73,29 @@ func tailEvents(cmd *cobra.Command, g *globals, req *agentv1.SubscribeRequest) e
 	}
 }
 
-func followOnce(ctx context.Context, g *globals, req *agentv1.SubscribeRequest, out io.Writer, reconnecting *bool) error {
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stream, err := c.Events.Subscribe(ctx, req)
-	if err != nil {
-		return err
-	}
-	for {
-		resp, err := stream.Recv()
+func followOnce(cmd *cobra.Command, g *globals, req *agentv1.SubscribeRequest, reconnecting *bool) error {
+	return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+		stream, err := c.Events.Subscribe(ctx, req)
 		if err != nil {
-			if err == io.EOF {
-				return nil
+			return err
+		}
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
 			}
-			return err
+			*reconnecting = false
+			e := resp.GetEvent()
+			if err := printEvent(cmd.OutOrStdout(), e, g.json); err != nil {
+				return err
+			}
+			// Resume after this event if the stream breaks.
+			req.FromNow, req.FromCursor = false, e.GetId()
 		}
-		*reconnecting = false
-		e := resp.GetEvent()
-		if err := printEvent(out, e, g.json); err != nil {
-			return err
-		}
-		// Resume after this event if the stream breaks.
-		req.FromNow, req.FromCursor = false, e.GetId()
-	}
+	})
 }
 
 func printEvent(w io.Writer, e *agentv1.Event, asJSON bool) error {

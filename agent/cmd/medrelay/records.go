@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -70,59 +72,56 @@ func recordsListCmd(g *globals) *cobra.Command {
 			if ndjson && g.json {
 				return errors.New("--json and --ndjson are different outputs: choose one")
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			req := &agentv1.ListRecordsRequest{ConnectionId: args[0], Types: splitList(types), SinceCursor: since, Limit: limit}
-			st, err := c.Records.ListRecords(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
-			var tbl *table
-			if !ndjson && !g.json {
-				tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
-			}
-			cursor, n, deleted := since, 0, 0
-			for {
-				m, err := st.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				req := &agentv1.ListRecordsRequest{ConnectionId: args[0], Types: splitList(types), SinceCursor: since, Limit: limit}
+				st, err := c.Records.ListRecords(ctx, req)
 				if err != nil {
-					out.Flush()
 					return err
 				}
-				cursor = m.GetCursor()
-				for _, r := range m.GetRecords() {
-					n++
-					if r.GetDeleted() {
-						deleted++
+				out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
+				var tbl *table
+				if !ndjson && !g.json {
+					tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
+				}
+				cursor, n, deleted := since, 0, 0
+				for {
+					m, err := st.Recv()
+					if errors.Is(err, io.EOF) {
+						break
 					}
-					if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+					if err != nil {
+						out.Flush()
+						return err
+					}
+					cursor = m.GetCursor()
+					for _, r := range m.GetRecords() {
+						n++
+						if r.GetDeleted() {
+							deleted++
+						}
+						if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+							return err
+						}
+					}
+				}
+				if tbl != nil {
+					if err := tbl.flush(); err != nil {
 						return err
 					}
 				}
-			}
-			if tbl != nil {
-				if err := tbl.flush(); err != nil {
+				if err := out.Flush(); err != nil {
 					return err
 				}
-			}
-			if err := out.Flush(); err != nil {
-				return err
-			}
-			errOut := cmd.ErrOrStderr()
-			if ndjson && deleted > 0 {
-				fmt.Fprintf(errOut, "%d deleted resources left out (see them with --json)\n", deleted)
-			}
-			if tbl != nil {
-				fmt.Fprintf(errOut, "%d records\n", n)
-			}
-			fmt.Fprintf(errOut, "cursor: %s\n", cursor)
-			return nil
+				errOut := cmd.ErrOrStderr()
+				if ndjson && deleted > 0 {
+					fmt.Fprintf(errOut, "%d deleted resources left out (see them with --json)\n", deleted)
+				}
+				if tbl != nil {
+					fmt.Fprintf(errOut, "%d records\n", n)
+				}
+				fmt.Fprintf(errOut, "cursor: %s\n", cursor)
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -207,39 +206,36 @@ func recordsGetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			resp, err := c.Records.GetRecord(cmd.Context(), &agentv1.GetRecordRequest{ConnectionId: args[0], ResourceType: typ, Id: id})
-			if err != nil {
-				return err
-			}
-			r := resp.GetRecord()
-			out := cmd.OutOrStdout()
-			if g.json {
-				b, err := json.MarshalIndent(lineOf(r), "", "  ")
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				resp, err := c.Records.GetRecord(ctx, &agentv1.GetRecordRequest{ConnectionId: args[0], ResourceType: typ, Id: id})
 				if err != nil {
 					return err
 				}
-				_, err = fmt.Fprintln(out, string(b))
+				r := resp.GetRecord()
+				out := cmd.OutOrStdout()
+				if g.json {
+					b, err := json.MarshalIndent(lineOf(r), "", "  ")
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintln(out, string(b))
+					return err
+				}
+				if r.GetDeleted() {
+					return fmt.Errorf("%s/%s was deleted at the source (cursor %s)", typ, id, r.GetCursor())
+				}
+				if ndjson {
+					_, err = fmt.Fprintln(out, string(oneLine(r.GetJson())))
+					return err
+				}
+				var buf bytes.Buffer
+				if err := json.Indent(&buf, r.GetJson(), "", "  "); err != nil {
+					buf.Reset()
+					buf.Write(r.GetJson())
+				}
+				_, err = fmt.Fprintln(out, buf.String())
 				return err
-			}
-			if r.GetDeleted() {
-				return fmt.Errorf("%s/%s was deleted at the source (cursor %s)", typ, id, r.GetCursor())
-			}
-			if ndjson {
-				_, err = fmt.Fprintln(out, string(oneLine(r.GetJson())))
-				return err
-			}
-			var buf bytes.Buffer
-			if err := json.Indent(&buf, r.GetJson(), "", "  "); err != nil {
-				buf.Reset()
-				buf.Write(r.GetJson())
-			}
-			_, err = fmt.Fprintln(out, buf.String())
-			return err
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&ndjson, "ndjson", false, "print the resource on one line, as the source sent it")

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
+	"github.com/medrelay/medrelay/agent/client"
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
@@ -27,57 +29,54 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 			if ndjson && g.json {
 				return errors.New("--json and --ndjson are different outputs: choose one")
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			st, err := c.Records.SearchRecords(cmd.Context(), &agentv1.SearchRecordsRequest{
-				ConnectionId: args[0], ResourceType: args[1], Params: params, PageSize: pageSize, MaxPages: maxPages,
-			})
-			if err != nil {
-				return err
-			}
-			out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
-			var tbl *table
-			if !ndjson && !g.json {
-				tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
-			}
-			n, pages, total := 0, int32(0), int64(-1)
-			for {
-				m, err := st.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
+			return g.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				st, err := c.Records.SearchRecords(ctx, &agentv1.SearchRecordsRequest{
+					ConnectionId: args[0], ResourceType: args[1], Params: params, PageSize: pageSize, MaxPages: maxPages,
+				})
 				if err != nil {
-					out.Flush()
 					return err
 				}
-				pages = max(pages, m.GetPage())
-				if m.GetTotal() > 0 {
-					total = m.GetTotal()
+				out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
+				var tbl *table
+				if !ndjson && !g.json {
+					tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
 				}
-				for _, r := range m.GetRecords() {
-					n++
-					if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+				n, pages, total := 0, int32(0), int64(-1)
+				for {
+					m, err := st.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						out.Flush()
+						return err
+					}
+					pages = max(pages, m.GetPage())
+					if m.GetTotal() > 0 {
+						total = m.GetTotal()
+					}
+					for _, r := range m.GetRecords() {
+						n++
+						if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+							return err
+						}
+					}
+				}
+				if tbl != nil {
+					if err := tbl.flush(); err != nil {
 						return err
 					}
 				}
-			}
-			if tbl != nil {
-				if err := tbl.flush(); err != nil {
+				if err := out.Flush(); err != nil {
 					return err
 				}
-			}
-			if err := out.Flush(); err != nil {
-				return err
-			}
-			msg := fmt.Sprintf("%d resources from %d pages", n, pages)
-			if total >= 0 {
-				msg += fmt.Sprintf(" (the source reports %d matches)", total)
-			}
-			fmt.Fprintln(cmd.ErrOrStderr(), msg)
-			return nil
+				msg := fmt.Sprintf("%d resources from %d pages", n, pages)
+				if total >= 0 {
+					msg += fmt.Sprintf(" (the source reports %d matches)", total)
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), msg)
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
