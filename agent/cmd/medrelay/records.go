@@ -78,11 +78,7 @@ func recordsListCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
-				var tbl *table
-				if !ndjson && !g.json {
-					tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
-				}
+				out := newRecordOutput(cmd.OutOrStdout(), ndjson, g.json)
 				cursor, n, deleted := since, 0, 0
 				for {
 					m, err := st.Recv()
@@ -90,7 +86,7 @@ func recordsListCmd(g *globals) *cobra.Command {
 						break
 					}
 					if err != nil {
-						out.Flush()
+						out.w.Flush()
 						return err
 					}
 					cursor = m.GetCursor()
@@ -99,24 +95,19 @@ func recordsListCmd(g *globals) *cobra.Command {
 						if r.GetDeleted() {
 							deleted++
 						}
-						if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+						if err := out.print(r); err != nil {
 							return err
 						}
 					}
 				}
-				if tbl != nil {
-					if err := tbl.flush(); err != nil {
-						return err
-					}
-				}
-				if err := out.Flush(); err != nil {
+				if err := out.flush(); err != nil {
 					return err
 				}
 				errOut := cmd.ErrOrStderr()
 				if ndjson && deleted > 0 {
 					fmt.Fprintf(errOut, "%d deleted resources left out (see them with --json)\n", deleted)
 				}
-				if tbl != nil {
+				if out.tbl != nil {
 					fmt.Fprintf(errOut, "%d records\n", n)
 				}
 				fmt.Fprintf(errOut, "cursor: %s\n", cursor)
@@ -132,24 +123,50 @@ func recordsListCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printRecord(w io.Writer, tbl *table, ndjson, asJSON bool, r *agentv1.Record) error {
+// recordOutput prints records as they stream in, buffered: a table for
+// people, NDJSON as the source sent them, or one JSON object per line.
+type recordOutput struct {
+	w            *bufio.Writer
+	tbl          *table // nil unless the output is a table
+	ndjson, json bool
+}
+
+func newRecordOutput(w io.Writer, ndjson, asJSON bool) *recordOutput {
+	o := &recordOutput{w: bufio.NewWriterSize(w, 256<<10), ndjson: ndjson, json: asJSON}
+	if !ndjson && !asJSON {
+		o.tbl = newTable(o.w, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
+	}
+	return o
+}
+
+// flush writes the table, if any, and everything buffered.
+func (o *recordOutput) flush() error {
+	if o.tbl != nil {
+		if err := o.tbl.flush(); err != nil {
+			return err
+		}
+	}
+	return o.w.Flush()
+}
+
+func (o *recordOutput) print(r *agentv1.Record) error {
 	switch {
-	case ndjson:
+	case o.ndjson:
 		if r.GetDeleted() {
 			return nil
 		}
-		if _, err := w.Write(oneLine(r.GetJson())); err != nil {
+		if _, err := o.w.Write(oneLine(r.GetJson())); err != nil {
 			return err
 		}
-		_, err := w.Write([]byte{'\n'})
+		_, err := o.w.Write([]byte{'\n'})
 		return err
-	case asJSON:
+	case o.json:
 		b, err := json.Marshal(lineOf(r))
 		if err != nil {
 			return err
 		}
 		b = append(b, '\n')
-		_, err = w.Write(b)
+		_, err = o.w.Write(b)
 		return err
 	}
 	state, updated := "", ""
@@ -163,7 +180,7 @@ func printRecord(w io.Writer, tbl *table, ndjson, asJSON bool, r *agentv1.Record
 	if !r.GetDeleted() {
 		size = bytesHuman(int64(len(r.GetJson())))
 	}
-	tbl.row(r.GetResourceType(), r.GetId(), r.GetVersionId(), updated, state, size)
+	o.tbl.row(r.GetResourceType(), r.GetId(), r.GetVersionId(), updated, state, size)
 	return nil
 }
 

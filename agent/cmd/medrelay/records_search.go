@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -36,11 +35,7 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				out := bufio.NewWriterSize(cmd.OutOrStdout(), 256<<10)
-				var tbl *table
-				if !ndjson && !g.json {
-					tbl = newTable(out, "TYPE", "ID", "VERSION", "LAST UPDATED", "STATE", "SIZE")
-				}
+				out := newRecordOutput(cmd.OutOrStdout(), ndjson, g.json)
 				n, pages, total := 0, int32(0), int64(-1)
 				for {
 					m, err := st.Recv()
@@ -48,7 +43,7 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 						break
 					}
 					if err != nil {
-						out.Flush()
+						out.w.Flush()
 						return err
 					}
 					pages = max(pages, m.GetPage())
@@ -57,17 +52,12 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 					}
 					for _, r := range m.GetRecords() {
 						n++
-						if err := printRecord(out, tbl, ndjson, g.json, r); err != nil {
+						if err := out.print(r); err != nil {
 							return err
 						}
 					}
 				}
-				if tbl != nil {
-					if err := tbl.flush(); err != nil {
-						return err
-					}
-				}
-				if err := out.Flush(); err != nil {
+				if err := out.flush(); err != nil {
 					return err
 				}
 				msg := fmt.Sprintf("%d resources from %d pages", n, pages)
