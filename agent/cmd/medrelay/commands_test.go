@@ -226,6 +226,8 @@ var (
 	auditIDRe = regexp.MustCompile(`\b\d{16,}-\d{12}\b`)
 	// Figures of the export that follow timing or the sandbox's port.
 	jsonFigRe = regexp.MustCompile(`"(rate|bytes|polls|pid|uid)": "?[0-9.e+-]+"?`)
+	// The plugin SDK's version moves with the SDK, not with the CLI.
+	sdkRe = regexp.MustCompile(`"sdk_version": "[^"]*"`)
 	// Imported sources' ids end in a hash of their URL (the sandbox's port).
 	sourceHashRe = regexp.MustCompile(`(-[a-z0-9]+)-[0-9a-f]{10}\b`)
 	timeRe       = regexp.MustCompile(`\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?`)
@@ -263,6 +265,7 @@ func (n *normalizer) text(s string) string {
 	s = pageRe.ReplaceAllString(s, "$1<page>")
 	s = auditIDRe.ReplaceAllString(s, "<audit-id>")
 	s = jsonFigRe.ReplaceAllString(s, `"$1": <n>`)
+	s = sdkRe.ReplaceAllString(s, `"sdk_version": "<version>"`)
 	s = timeRe.ReplaceAllString(s, "<time>")
 	s = clockRe.ReplaceAllString(s, "<clock>")
 	s = agoRe.ReplaceAllString(s, "<$3>")
@@ -639,7 +642,8 @@ func TestCommandsGolden(t *testing.T) {
 			f.Close()
 			gotFile = f.Name()
 		}
-		t.Errorf("the transcript differs from %s; this run's is in %s:\n%s", golden, gotFile, firstDiff(string(want), got))
+		t.Errorf("the transcript differs from %s; this run's is in %s (if the change is intended, rewrite it: "+
+			"go test ./agent/cmd/medrelay -run TestCommandsGolden -update, and review the diff):\n%s", golden, gotFile, firstDiff(string(want), got))
 	}
 }
 
