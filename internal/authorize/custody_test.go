@@ -11,9 +11,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,10 +34,15 @@ import (
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // static adapters: one sandbox tenant, one public client, the generic profile.
-type staticSources struct{ base string }
+// token, when set, replaces the discovered token endpoint (a gate in front
+// of the sandbox's).
+type staticSources struct{ base, token string }
 
 func (s staticSources) Resolve(ctx context.Context, id string, _ authorize.Audience) (authorize.Source, error) {
 	e, err := oauth.Discover(ctx, nil, s.base)
+	if s.token != "" {
+		e.TokenURL = s.token
+	}
 	return authorize.Source{ID: id, Vendor: "generic", FHIRBase: s.base, Endpoints: e}, err
 }
 
@@ -57,27 +65,59 @@ func (staticVendors) Vendor(context.Context, string) (authorize.Vendor, error) {
 // holding the active connection.
 func authorized(t *testing.T, sb *sandbox.Sandbox, opts ...connections.Option) (*connections.Manager, string) {
 	t.Helper()
+	e := newCustody(t, sb, "", opts...)
+	return e.m, e.id
+}
+
+// custody is a manager with one connection authorized at the sandbox's
+// oraclehealth tenant (refresh tokens rotated, no reuse grace).
+type custody struct {
+	db    *store.DB
+	az    *authorize.Authorizer
+	m     *connections.Manager
+	id    string
+	grant connections.Grant // the authorization's
+}
+
+// newCustody authorizes a connection; tokenURL, when set, is the token
+// endpoint the authorizer uses instead of the sandbox's own.
+func newCustody(t *testing.T, sb *sandbox.Sandbox, tokenURL string, opts ...connections.Option) *custody {
+	t.Helper()
 	ctx := context.Background()
 	db, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Key: bytes.Repeat([]byte{9}, 32), GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	const redirect = "http://127.0.0.1:1/oauth/callback"
-	if err := sb.RegisterClient("oraclehealth", sandbox.ClientConfig{ClientID: "custody-test", RedirectURIs: []string{redirect}}); err != nil {
+	if err := sb.RegisterClient("oraclehealth", sandbox.ClientConfig{ClientID: "custody-test", RedirectURIs: []string{custodyRedirect}}); err != nil {
 		t.Fatal(err)
 	}
-	az := authorize.New(db, staticSources{base: sb.FHIRBase("oraclehealth")}, staticCreds{}, staticVendors{}, quiet, authorize.Options{RedirectURI: redirect})
-	ev := events.New(db, quiet)
-	m, err := connections.New(ctx, db, ev, az, quiet, opts...)
+	e := &custody{db: db}
+	e.az = authorize.New(db, staticSources{base: sb.FHIRBase("oraclehealth"), token: tokenURL}, staticCreds{}, staticVendors{}, quiet, authorize.Options{RedirectURI: custodyRedirect})
+	e.m, err = connections.New(ctx, db, events.New(db, quiet), e.az, quiet, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := m.CreatePending(ctx, connections.Connection{AppID: "a", Pattern: connections.PatientAccess, SourceID: "oh"})
+	c, err := e.m.CreatePending(ctx, connections.Connection{AppID: "a", Pattern: connections.PatientAccess, SourceID: "oh"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	begun, err := az.Begin(ctx, sessions.BeginRequest{Connection: c, Source: sessions.Source{ID: "oh"}})
+	e.id = c.ID
+	e.grant = e.authorize(t, c)
+	if _, err := e.m.Activate(ctx, c.ID, e.grant); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+const custodyRedirect = "http://127.0.0.1:1/oauth/callback"
+
+// authorize runs one standalone authorization for c at the sandbox and
+// returns its grant (not stored).
+func (e *custody) authorize(t *testing.T, c connections.Connection) connections.Grant {
+	t.Helper()
+	ctx := context.Background()
+	begun, err := e.az.Begin(ctx, sessions.BeginRequest{Connection: c, Source: sessions.Source{ID: "oh"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +129,67 @@ func authorized(t *testing.T, sb *sandbox.Sandbox, opts ...connections.Option) (
 	}
 	r.Body.Close()
 	loc, _ := url.Parse(r.Header.Get("Location"))
-	cb, err := az.Complete(ctx, loc.Query())
+	cb, err := e.az.Complete(ctx, loc.Query())
 	if err != nil || cb.Grant == nil {
 		t.Fatalf("complete: %v %+v", err, cb)
 	}
-	if _, err := m.Activate(ctx, c.ID, *cb.Grant); err != nil {
+	return *cb.Grant
+}
+
+// gate is a real HTTP server in front of the sandbox's token endpoint that
+// holds requests when told to, so a test can keep a refresh in flight for as
+// long as it needs. Held requests go on to the sandbox when released.
+type gate struct {
+	url       string
+	hold      atomic.Int64  // how many of the next requests to hold
+	arrived   chan struct{} // one per held request
+	release   chan struct{} // closed: held requests go on
+	abandoned atomic.Int64  // held requests the client gave up on
+	once      sync.Once
+}
+
+func newGate(t *testing.T, sb *sandbox.Sandbox, tenant string) *gate {
+	t.Helper()
+	ep, err := oauth.Discover(context.Background(), nil, sb.FHIRBase(tenant))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return m, c.ID
+	target, err := url.Parse(ep.TokenURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{arrived: make(chan struct{}, 100), release: make(chan struct{})}
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		u := *target
+		pr.Out.URL, pr.Out.Host = &u, ""
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.hold.Add(-1) >= 0 {
+			g.arrived <- struct{}{}
+			select {
+			case <-g.release:
+			case <-r.Context().Done():
+				g.abandoned.Add(1)
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	g.url = srv.URL + "/token"
+	t.Cleanup(func() { g.open(); srv.Close() })
+	return g
+}
+
+// holdNext holds the next n token requests until open.
+func (g *gate) holdNext(n int64) { g.hold.Store(n) }
+
+// open lets held requests (and every later one) through.
+func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
+
+// waitHeld waits until a held request has arrived.
+func (g *gate) waitHeld(t *testing.T) {
+	t.Helper()
+	<-g.arrived
 }
 
 // 1,000 concurrent callers of an expired connection: exactly one refresh
@@ -275,4 +368,104 @@ func TestOutageOneRefreshRequestPerWindow(t *testing.T) {
 	}
 	wantRequests(4, "a second call with a fresh token")
 	wantActive()
+}
+
+// fhirRead reports the status of a FHIR read of the patient with tok: 200
+// means the source takes the token.
+func fhirRead(t *testing.T, sb *sandbox.Sandbox, patient string, tok string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", sb.FHIRBase("oraclehealth")+"/Patient/"+patient, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	return r.StatusCode
+}
+
+// The re-read after invalid_grant (DESIGN §4): the source refuses a refresh
+// because the connection was authorized again while the refresh was in
+// flight (here by a second manager over the same store, as after a restart
+// that overlapped a refresh) and the old grant revoked. The caller gets a
+// token of the newer grant, never an empty token with no error: the newer
+// access token itself when it is fresh, else one refreshed with the newer
+// refresh token. The connection stays active.
+func TestGrantReplacedWhileRefreshing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// newer grant's access token lifetime at the sandbox (0: normal)
+		newerLife int
+	}{
+		{"newer token fresh", 0},
+		{"newer token expiring", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			// The first grant's access token is inside the custody skew at once.
+			sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+			g := newGate(t, sb, "oraclehealth")
+			e := newCustody(t, sb, g.url)
+			other, err := connections.New(ctx, e.db, events.New(e.db, quiet), e.az, quiet)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			g.holdNext(1)
+			type result struct {
+				tok string
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				tok, _, err := e.m.AccessToken(ctx, e.id, false)
+				done <- result{tok.Reveal(), err}
+			}()
+			g.waitHeld(t) // the refresh with the first grant's refresh token is in flight
+
+			var faults []sandbox.Faults
+			if tc.newerLife > 0 {
+				faults = append(faults, sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: tc.newerLife})
+			}
+			if err := sb.SetFaults(faults...); err != nil {
+				t.Fatal(err)
+			}
+			c, _ := other.Get(ctx, e.id)
+			newer := e.authorize(t, c)
+			if _, err := other.Activate(ctx, e.id, newer); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.az.RevokeGrant(ctx, c, e.grant.RefreshToken, ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := sb.SetFaults(); err != nil { // tokens refreshed from now on live normally
+				t.Fatal(err)
+			}
+			refreshes := sb.Stats().Endpoints["token:refresh_token"]
+			g.open()
+
+			r := <-done
+			if r.err != nil || r.tok == "" {
+				t.Fatalf("AccessToken after the grant was replaced: token %q, err %v", r.tok, r.err)
+			}
+			after := sb.Stats().Endpoints["token:refresh_token"] - refreshes
+			if tc.newerLife == 0 {
+				if r.tok != newer.AccessToken.Reveal() {
+					t.Fatal("got a token that is not the newer grant's fresh access token")
+				}
+				if after != 1 {
+					t.Fatalf("%d refresh requests, want 1 (the refused one)", after)
+				}
+			} else if r.tok == newer.AccessToken.Reveal() || after != 2 {
+				t.Fatalf("%d refresh requests (same token: %v), want 2: the refused one and one with the newer refresh token",
+					after, r.tok == newer.AccessToken.Reveal())
+			}
+			if st := fhirRead(t, sb, newer.PatientID, r.tok); st != http.StatusOK {
+				t.Fatalf("the token handed out is refused by the source: HTTP %d", st)
+			}
+			if c, _ := e.m.Get(ctx, e.id); c.State != connections.Active {
+				t.Fatalf("state %s (%s), want active: the newer grant works", c.State, c.Reason)
+			}
+		})
+	}
 }

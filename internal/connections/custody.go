@@ -55,9 +55,32 @@ func (m *Manager) AccessToken(ctx context.Context, id string, rejected bool) (se
 	return m.tokenLocked(ctx, id, rejected, false)
 }
 
+// errReplaced: the source refused the refresh token because another writer
+// stored a newer grant while the refresh was in flight. It never leaves
+// tokenLocked, which decides again from the newer grant.
+var errReplaced = errors.New("connections: tokens replaced while refreshing")
+
 // tokenLocked is the custody decision, made under the connection's lock
 // from what the store says now.
 func (m *Manager) tokenLocked(ctx context.Context, id string, rejected, early bool) (secrets.Value, time.Time, error) {
+	tok, exp, err := m.decideLocked(ctx, id, rejected, early)
+	if !errors.Is(err, errReplaced) {
+		return tok, exp, err
+	}
+	// The newer grant is what the caller gets: its access token when it
+	// is fresh (it was stored moments ago; the token a plugin reported as
+	// rejected belonged to the old grant, and the new one is what an early
+	// refresh would have obtained), else a refresh with its refresh token.
+	tok, exp, err = m.decideLocked(ctx, id, false, false)
+	if errors.Is(err, errReplaced) {
+		// Replaced again during the second refresh: give up for now
+		// rather than chase a writer; the next call starts afresh.
+		return "", time.Time{}, fmt.Errorf("%w: %s: its tokens were replaced twice while refreshing; try again", ErrRefreshLater, id)
+	}
+	return tok, exp, err
+}
+
+func (m *Manager) decideLocked(ctx context.Context, id string, rejected, early bool) (secrets.Value, time.Time, error) {
 	c, err := m.Get(ctx, id)
 	if err != nil {
 		return "", time.Time{}, err
@@ -161,8 +184,7 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 		if err == nil && cur.Version != used.Version {
 			m.log.Info("refresh token changed while refreshing; using the newer one", "connection", c.ID)
 			m.held.Delete(c.ID)
-			m.cache.Store(c.ID, cachedToken{token: cur.Access, expiry: cur.Expiry, version: cur.Version})
-			return nil
+			return errReplaced
 		}
 		reason := "the source refused the refresh token: " + cause.Error()
 		_, terr := m.transitionLocked(ctx, c.ID, RefreshFailed, reason, nil, func(c *Connection) {
