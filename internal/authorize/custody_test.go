@@ -145,6 +145,7 @@ type gate struct {
 	arrived   chan struct{} // one per held request
 	release   chan struct{} // closed: held requests go on
 	abandoned atomic.Int64  // held requests the client gave up on
+	held      atomic.Int64  // requests being held now
 	once      sync.Once
 }
 
@@ -165,10 +166,13 @@ func newGate(t *testing.T, sb *sandbox.Sandbox, tenant string) *gate {
 	}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.hold.Add(-1) >= 0 {
+			g.held.Add(1)
 			g.arrived <- struct{}{}
 			select {
 			case <-g.release:
+				g.held.Add(-1)
 			case <-r.Context().Done():
+				g.held.Add(-1)
 				g.abandoned.Add(1)
 				return
 			}
@@ -465,6 +469,93 @@ func TestGrantReplacedWhileRefreshing(t *testing.T) {
 			}
 			if c, _ := e.m.Get(ctx, e.id); c.State != connections.Active {
 				t.Fatalf("state %s (%s), want active: the newer grant works", c.State, c.Reason)
+			}
+		})
+	}
+}
+
+// A refresh that hangs at the source does not hold its callers: a caller
+// whose context ends, whether it is waiting behind the refresh or started it,
+// returns its context's error while the request is still held, and the
+// refresh goes on: once the source answers, its token serves the callers
+// still there and the next ones, with no second request.
+func TestCallerLeavesHangingRefresh(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// the caller with the short deadline started the refresh
+		starts bool
+		// ... with an explicit Refresh (an administrator's)
+		explicit bool
+	}{
+		{"caller waiting behind the refresh", false, false},
+		{"caller that started the refresh", true, false},
+		{"explicit refresh that started it", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Issued tokens are inside the custody skew at once: every call needs a refresh.
+			sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+			g := newGate(t, sb, "oraclehealth")
+			e := newCustody(t, sb, g.url)
+			if err := sb.SetFaults(); err != nil { // the refreshed token lives normally
+				t.Fatal(err)
+			}
+			refreshes := func() int64 { return sb.Stats().Endpoints["token:refresh_token"] }
+			before := refreshes()
+			activated, _ := e.m.Get(context.Background(), e.id)
+
+			type result struct {
+				tok string
+				err error
+			}
+			patient := make(chan result, 1)
+			call := func() {
+				tok, _, err := e.m.AccessToken(context.Background(), e.id, false)
+				patient <- result{tok.Reveal(), err}
+			}
+			g.holdNext(1)
+			if !tc.starts {
+				go call()
+				g.waitHeld(t)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			var err error
+			if tc.explicit {
+				_, err = e.m.Refresh(ctx, e.id)
+			} else {
+				_, _, err = e.m.AccessToken(ctx, e.id, false)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("caller with a 50 ms deadline got %v, want context.DeadlineExceeded", err)
+			}
+			if tc.starts {
+				g.waitHeld(t)
+				go call()
+			}
+			// Returned while the refresh is still held at the gate (it is
+			// opened only below), not once the refresh gave up: a refresh
+			// that ended, either way, has been recorded on the connection.
+			if c, _ := e.m.Get(context.Background(), e.id); c.RefreshFailures != 0 || !c.LastRefreshAt.Equal(activated.LastRefreshAt) {
+				t.Fatalf("when the caller returned the refresh had ended: %d failures (%s), last refresh %v",
+					c.RefreshFailures, c.LastError, c.LastRefreshAt)
+			}
+			if held, gaveUp := g.held.Load(), g.abandoned.Load(); held != 1 || gaveUp != 0 {
+				t.Fatalf("when the caller returned: %d requests held, %d abandoned; want the refresh still in flight", held, gaveUp)
+			}
+			g.open()
+			r := <-patient
+			if r.err != nil || r.tok == "" {
+				t.Fatalf("the caller without a deadline: token %q, err %v", r.tok, r.err)
+			}
+			tok, _, err := e.m.AccessToken(context.Background(), e.id, false)
+			if err != nil || tok.Reveal() != r.tok {
+				t.Fatalf("next caller: %v (same token: %v)", err, tok.Reveal() == r.tok)
+			}
+			if n := refreshes() - before; n != 1 {
+				t.Fatalf("%d refresh requests, want 1: the held refresh serves everyone", n)
+			}
+			if st := fhirRead(t, sb, e.grant.PatientID, r.tok); st != http.StatusOK {
+				t.Fatalf("the refreshed token is refused by the source: HTTP %d", st)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/medrelay/medrelay/internal/secrets"
@@ -21,7 +22,8 @@ type cachedToken struct {
 
 // refreshTimeout bounds one refresh. A refresh is never cancelled by the
 // caller that triggered it: once the request is sent, the source may have
-// rotated the refresh token, and dropping the response would lose it.
+// rotated the refresh token, and dropping the response would lose it. The
+// callers themselves need not wait that long (see underLock).
 const refreshTimeout = 30 * time.Second
 
 // heldBack records a transient refresh failure: until the window ends,
@@ -49,10 +51,87 @@ func (m *Manager) AccessToken(ctx context.Context, id string, rejected bool) (se
 			}
 		}
 	}
-	l := m.lock(id)
-	l.Lock()
-	defer l.Unlock()
-	return m.tokenLocked(ctx, id, rejected, false)
+	return m.underLock(ctx, id, func(ctx context.Context) (secrets.Value, time.Time, error) {
+		return m.tokenLocked(ctx, id, rejected, false)
+	})
+}
+
+// underLock runs f under the connection's lock. The caller waits for the
+// lock and for f only as long as its context lasts: f runs on without it
+// (a refresh once sent is never abandoned, since the source may have rotated
+// the refresh token) and its result, stored, serves the callers that stay.
+// The lock is released when f ends, not when the caller leaves.
+func (m *Manager) underLock(ctx context.Context, id string, f func(context.Context) (secrets.Value, time.Time, error)) (secrets.Value, time.Time, error) {
+	release, err := m.acquire(ctx, id)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if ctx.Done() == nil {
+		// A context that never ends: nothing to leave early for.
+		defer release()
+		return f(ctx)
+	}
+	type result struct {
+		tok secrets.Value
+		exp time.Time
+		err error
+	}
+	done := make(chan result, 1)
+	m.detached.add()
+	go func() {
+		defer m.detached.done()
+		defer release()
+		tok, exp, err := f(context.WithoutCancel(ctx))
+		done <- result{tok, exp, err}
+	}()
+	select {
+	case r := <-done:
+		return r.tok, r.exp, r.err
+	case <-ctx.Done():
+		select {
+		case r := <-done: // finished meanwhile: the result is better than an error
+			return r.tok, r.exp, r.err
+		default:
+			return "", time.Time{}, ctx.Err()
+		}
+	}
+}
+
+// inFlight counts goroutines, like a sync.WaitGroup that may be added to
+// while it is waited for.
+type inFlight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (w *inFlight) add() {
+	w.mu.Lock()
+	if w.n == 0 {
+		w.idle = make(chan struct{})
+	}
+	w.n++
+	w.mu.Unlock()
+}
+
+func (w *inFlight) done() {
+	w.mu.Lock()
+	w.n--
+	if w.n == 0 {
+		close(w.idle)
+		w.idle = nil
+	}
+	w.mu.Unlock()
+}
+
+// wait returns once none are left.
+func (w *inFlight) wait() {
+	w.mu.Lock()
+	idle := w.idle
+	w.mu.Unlock()
+	if idle != nil {
+		<-idle
+	}
 }
 
 // errReplaced: the source refused the refresh token because another writer
@@ -226,9 +305,11 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 // refreshNow is the background refresher's entry: refresh early, or mark
 // the connection expired when its grant has ended.
 func (m *Manager) refreshNow(ctx context.Context, id string) {
-	l := m.lock(id)
-	l.Lock()
-	defer l.Unlock()
+	release, err := m.acquire(ctx, id)
+	if err != nil {
+		return // shutting down
+	}
+	defer release()
 	c, err := m.Get(ctx, id)
 	if err != nil || (c.State != Active && c.State != RefreshFailed) {
 		return
@@ -246,10 +327,9 @@ func (m *Manager) refreshNow(ctx context.Context, id string) {
 // `medrelay connections refresh`): a refresh_failed connection gets another
 // try at once. It returns the connection as it is afterwards.
 func (m *Manager) Refresh(ctx context.Context, id string) (Connection, error) {
-	l := m.lock(id)
-	l.Lock()
-	_, _, err := m.tokenLocked(ctx, id, false, true)
-	l.Unlock()
+	_, _, err := m.underLock(ctx, id, func(ctx context.Context) (secrets.Value, time.Time, error) {
+		return m.tokenLocked(ctx, id, false, true)
+	})
 	c, gerr := m.Get(ctx, id)
 	if gerr != nil {
 		return c, gerr

@@ -50,7 +50,10 @@ type Manager struct {
 	endpoint TokenEndpoint
 	policy   RefreshPolicy
 
-	locks sync.Map // id → *sync.Mutex: the connection's owner lock
+	locks sync.Map // id → connLock: the connection's owner lock
+	// detached counts custody work whose caller left before it ended; Run
+	// waits for it so the store outlives it.
+	detached inFlight
 
 	mu    sync.RWMutex
 	index map[string]indexEntry
@@ -178,9 +181,32 @@ func (m *Manager) Count() map[State]int {
 	return out
 }
 
-func (m *Manager) lock(id string) *sync.Mutex {
-	l, _ := m.locks.LoadOrStore(id, &sync.Mutex{})
-	return l.(*sync.Mutex)
+// connLock is a connection's owner lock: a channel rather than a
+// sync.Mutex so that a caller can stop waiting when its context ends (a
+// refresh that hangs holds the lock for up to refreshTimeout).
+type connLock chan struct{}
+
+func (m *Manager) lock(id string) connLock {
+	if l, ok := m.locks.Load(id); ok {
+		return l.(connLock)
+	}
+	l, _ := m.locks.LoadOrStore(id, make(connLock, 1))
+	return l.(connLock)
+}
+
+// acquire takes the connection's lock, or returns ctx's error when ctx ends
+// first. The caller runs the returned release when done.
+func (m *Manager) acquire(ctx context.Context, id string) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l := m.lock(id)
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // newID makes a connection id that sorts by creation time.
@@ -321,9 +347,11 @@ func (m *Manager) List(ctx context.Context, f Filter, limit int, after string) (
 // transaction, then appends the event. mutate may adjust the record; it runs
 // after the state check.
 func (m *Manager) transition(ctx context.Context, id string, to State, reason string, tok *tokens, mutate func(*Connection)) (Connection, error) {
-	l := m.lock(id)
-	l.Lock()
-	defer l.Unlock()
+	release, err := m.acquire(ctx, id)
+	if err != nil {
+		return Connection{}, err
+	}
+	defer release()
 	return m.transitionLocked(ctx, id, to, reason, tok, mutate)
 }
 
@@ -490,9 +518,11 @@ func (m *Manager) Delete(ctx context.Context, id, reason string) (Connection, er
 }
 
 func (m *Manager) deleteLocal(ctx context.Context, id, reason string) (Connection, tokens, error) {
-	l := m.lock(id)
-	l.Lock()
-	defer l.Unlock()
+	release, err := m.acquire(ctx, id)
+	if err != nil {
+		return Connection{}, tokens{}, err
+	}
+	defer release()
 	c, err := m.Get(ctx, id)
 	if err != nil {
 		return c, tokens{}, err
@@ -522,10 +552,12 @@ func (m *Manager) deleteLocal(ctx context.Context, id, reason string) (Connectio
 // Annotate records, on a pending connection, what its authorization uses:
 // the plugin that will serve it, the credential, the scopes asked for.
 func (m *Manager) Annotate(ctx context.Context, id, plugin, credentialID string, scopes []string) error {
-	l := m.lock(id)
-	l.Lock()
-	defer l.Unlock()
-	_, err := m.conns.Modify(ctx, id, func(c Connection, found bool) (Connection, error) {
+	release, err := m.acquire(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer release()
+	_, err = m.conns.Modify(ctx, id, func(c Connection, found bool) (Connection, error) {
 		if !found {
 			return c, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}

@@ -90,7 +90,8 @@ func (m *Manager) Scheduled() int {
 }
 
 // Run refreshes connections in the background until ctx ends; it returns
-// once every worker has stopped (no refresh is left half done).
+// once every worker has stopped and every refresh whose caller left early
+// has ended (no refresh is left half done when the store closes).
 func (m *Manager) Run(ctx context.Context) {
 	s := m.sched
 	var wg sync.WaitGroup
@@ -116,6 +117,7 @@ func (m *Manager) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
+			m.detached.wait()
 			return
 		case <-s.wake:
 		case <-timer.C:
