@@ -338,6 +338,10 @@ func (a *Authorizer) Refresh(ctx context.Context, conn connections.Connection, r
 		if errors.Is(err, oauth.ErrInvalidGrant) {
 			return connections.Grant{}, fmt.Errorf("%w: %v", connections.ErrGrantInvalid, err)
 		}
+		var oe *oauth.Error
+		if errors.Is(err, oauth.ErrTransient) && errors.As(err, &oe) && oe.RetryAfter > 0 {
+			return connections.Grant{}, &connections.RetryAfterError{Err: err, After: oe.RetryAfter}
+		}
 		return connections.Grant{}, err
 	}
 	g := grantOf(tok)

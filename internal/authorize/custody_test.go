@@ -560,3 +560,68 @@ func TestCallerLeavesHangingRefresh(t *testing.T) {
 		})
 	}
 }
+
+// A source that answers the refresh with 429 or 503 and Retry-After says
+// when to come back: on-demand callers are held back at least that long
+// (the 1 s doubling window alone would ask again after 1 s), capped by
+// OnDemandMaxBackoff (30 s by default), and the background refresher's next
+// attempt waits for it too (capped by MaxBackoff).
+func TestRetryAfterHoldsRefreshesBack(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		status     int
+		retryAfter int           // seconds, from the source
+		window     time.Duration // on-demand callers held back this long
+	}{
+		{"429 Retry-After 20 s", http.StatusTooManyRequests, 20, 20 * time.Second},
+		{"503 Retry-After 120 s, capped", http.StatusServiceUnavailable, 120, 30 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			// Issued tokens are inside the custody skew at once: every call needs a refresh.
+			sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+			clk := &offsetClock{}
+			m, id := authorized(t, sb, connections.WithClock(clk.Now)) // default policy: 1 s → 30 s
+			busy := sandbox.Faults{Tenant: "oraclehealth", Status: tc.status, RetryAfter: tc.retryAfter, Endpoints: []string{sandbox.EndpointToken}}
+			if err := sb.SetFaults(busy); err != nil {
+				t.Fatal(err)
+			}
+			// A refused request never reaches the grant-type counter: count them all.
+			requests := func() int64 { return sb.Stats().Tenants["oraclehealth"]["token"] }
+			start := requests()
+			call := func(n int64, when string) {
+				t.Helper()
+				_, _, err := m.AccessToken(ctx, id, false)
+				if _, reason, _ := errdefs.Classify(err); reason != "SOURCE_UNAVAILABLE" {
+					t.Fatalf("%s: %v (reason %q), want SOURCE_UNAVAILABLE", when, err, reason)
+				}
+				if got := requests() - start; got != n {
+					t.Fatalf("%s: %d token requests at the sandbox, want %d", when, got, n)
+				}
+			}
+
+			failedAt := clk.Now()
+			call(1, "the first call")
+			c, _ := m.Get(ctx, id)
+			if wait := c.NextRefreshAt.Sub(failedAt); wait < time.Duration(tc.retryAfter)*time.Second {
+				t.Errorf("background refresh scheduled %v after the failure, want at least the Retry-After (%d s)", wait, tc.retryAfter)
+			}
+			clk.Advance(time.Second)
+			call(1, "1 s later (the window without Retry-After)")
+			clk.Advance(tc.window - time.Second - time.Millisecond)
+			call(1, "just before the window ends")
+			clk.Advance(time.Millisecond)
+			call(2, "when the window ends")
+
+			// The source is back: the next window (at least as long) ends,
+			// then a call gets a token.
+			if err := sb.SetFaults(); err != nil {
+				t.Fatal(err)
+			}
+			clk.Advance(tc.window)
+			if tok, _, err := m.AccessToken(ctx, id, false); err != nil || tok.IsZero() {
+				t.Fatalf("after the outage: %v", err)
+			}
+		})
+	}
+}

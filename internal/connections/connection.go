@@ -12,6 +12,7 @@
 package connections
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/medrelay/medrelay/internal/errdefs"
@@ -126,6 +127,22 @@ var (
 	ErrUnavailable  = errdefs.Define(errdefs.Unavailable, "SOURCE_UNAVAILABLE", "the source's token endpoint is unavailable; try again later")
 	ErrRefreshLater = errdefs.Define(errdefs.Unavailable, "REFRESH_BACKING_OFF", "refresh failed recently; backing off")
 )
+
+// RetryAfterError is what a TokenEndpoint returns for a transient failure
+// when the source said when to ask again (HTTP Retry-After with a 429 or
+// 503): custody holds refreshes back at least that long, within its caps
+// (RefreshPolicy.OnDemandMaxBackoff for callers, MaxBackoff for the
+// background refresher).
+type RetryAfterError struct {
+	Err   error
+	After time.Duration
+}
+
+func (e *RetryAfterError) Error() string {
+	return fmt.Sprintf("%v (the source asks to retry after %s)", e.Err, e.After)
+}
+
+func (e *RetryAfterError) Unwrap() error { return e.Err }
 
 // ErrGrantInvalid is what a TokenEndpoint returns (wrapped) when the source
 // says the grant is gone (OAuth invalid_grant).

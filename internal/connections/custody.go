@@ -284,6 +284,16 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 	if backoff > m.policy.MaxBackoff || backoff <= 0 {
 		backoff = m.policy.MaxBackoff
 	}
+	window := m.policy.OnDemandBackoff << min(failures-1, 16)
+	if window > m.policy.OnDemandMaxBackoff || window <= 0 {
+		window = m.policy.OnDemandMaxBackoff
+	}
+	if ra := (*RetryAfterError)(nil); errors.As(cause, &ra) && ra.After > 0 {
+		// The source said when to come back: asking sooner would be
+		// refused again, and a throttling source may throttle us longer.
+		backoff = max(backoff, min(ra.After, m.policy.MaxBackoff))
+		window = max(window, min(ra.After, m.policy.OnDemandMaxBackoff))
+	}
 	_, terr := m.transitionLocked(ctx, c.ID, c.State, c.Reason, nil, func(c *Connection) {
 		c.RefreshFailures = failures
 		c.LastError = cause.Error()
@@ -294,10 +304,6 @@ func (m *Manager) refreshFailed(ctx context.Context, c Connection, used tokens, 
 	}
 	m.log.Warn("token refresh failed; will retry", "connection", c.ID, "failures", failures, "retry_in", backoff, "err", cause)
 	err := fmt.Errorf("%w: %s: %v", ErrUnavailable, c.ID, cause)
-	window := m.policy.OnDemandBackoff << min(failures-1, 16)
-	if window > m.policy.OnDemandMaxBackoff || window <= 0 {
-		window = m.policy.OnDemandMaxBackoff
-	}
 	m.held.Store(c.ID, heldBack{until: now.Add(window), err: err})
 	return err
 }
