@@ -286,6 +286,25 @@ func (c *offsetClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// frozenClock is a manager's clock that stands still until the test
+// advances it.
+type frozenClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *frozenClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *frozenClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
 // A source briefly down: while its token endpoint answers 503, the callers
 // of an active connection whose access token has expired cause at most one
 // token request per backoff window; the others fail at once with the same
@@ -580,7 +599,9 @@ func TestRetryAfterHoldsRefreshesBack(t *testing.T) {
 			ctx := context.Background()
 			// Issued tokens are inside the custody skew at once: every call needs a refresh.
 			sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
-			clk := &offsetClock{}
+			// Only the test moves this clock, so a window's last millisecond
+			// is the last millisecond however slow the machine.
+			clk := &frozenClock{now: time.Now()}
 			m, id := authorized(t, sb, connections.WithClock(clk.Now)) // default policy: 1 s → 30 s
 			busy := sandbox.Faults{Tenant: "oraclehealth", Status: tc.status, RetryAfter: tc.retryAfter, Endpoints: []string{sandbox.EndpointToken}}
 			if err := sb.SetFaults(busy); err != nil {
