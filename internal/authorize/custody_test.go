@@ -493,6 +493,24 @@ func TestGrantReplacedWhileRefreshing(t *testing.T) {
 	}
 }
 
+// cueDeadline is a caller's context whose deadline passes when the test
+// closes done.
+type cueDeadline struct {
+	context.Context
+	done chan struct{}
+}
+
+func (c *cueDeadline) Done() <-chan struct{} { return c.done }
+
+func (c *cueDeadline) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
 // A refresh that hangs at the source does not hold its callers: a caller
 // whose context ends, whether it is waiting behind the refresh or started it,
 // returns its context's error while the request is still held, and the
@@ -536,20 +554,32 @@ func TestCallerLeavesHangingRefresh(t *testing.T) {
 				go call()
 				g.waitHeld(t)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			defer cancel()
 			var err error
-			if tc.explicit {
-				_, err = e.m.Refresh(ctx, e.id)
-			} else {
-				_, _, err = e.m.AccessToken(ctx, e.id, false)
-			}
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("caller with a 50 ms deadline got %v, want context.DeadlineExceeded", err)
+			short := func(ctx context.Context) {
+				if tc.explicit {
+					_, err = e.m.Refresh(ctx, e.id)
+				} else {
+					_, _, err = e.m.AccessToken(ctx, e.id, false)
+				}
 			}
 			if tc.starts {
+				// Its deadline passes once its refresh is held: a 50 ms
+				// timeout could pass, on a stalled machine, before the call
+				// even started one.
+				ctx := &cueDeadline{Context: context.Background(), done: make(chan struct{})}
+				returned := make(chan struct{})
+				go func() { short(ctx); close(returned) }()
 				g.waitHeld(t)
 				go call()
+				close(ctx.done)
+				<-returned
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				short(ctx)
+				cancel()
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("caller whose deadline passed got %v, want context.DeadlineExceeded", err)
 			}
 			// Returned while the refresh is still held at the gate (it is
 			// opened only below), not once the refresh gave up: a refresh
