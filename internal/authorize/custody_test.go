@@ -676,3 +676,43 @@ func TestRetryAfterHoldsRefreshesBack(t *testing.T) {
 		})
 	}
 }
+
+// Stopping the agent while the background refresher waits for the source:
+// the refresh is not cancelled (the source rotates the refresh token as it
+// answers), Run returns only after it ended, and the rotated token is
+// stored, so the connection keeps working (with the sandbox's reuse
+// detection, presenting the old refresh token would end the grant).
+func TestShutdownDuringBackgroundRefreshKeepsRotatedToken(t *testing.T) {
+	ctx := context.Background()
+	// A 1 s access token: the refresher is due at 80% of it.
+	sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
+	g := newGate(t, sb, "oraclehealth")
+	e := newCustody(t, sb, g.url)
+	if err := sb.SetFaults(); err != nil { // the refreshed token lives normally
+		t.Fatal(err)
+	}
+	before, _ := e.m.Get(ctx, e.id)
+
+	g.holdNext(1)
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { e.m.Run(runCtx); close(ran) }()
+	g.waitHeld(t) // the background refresh is at the source
+	stop()        // the agent shuts down
+	g.open()
+	<-ran
+
+	c, _ := e.m.Get(ctx, e.id)
+	if c.State != connections.Active || !c.LastRefreshAt.After(before.LastRefreshAt) || c.RefreshFailures != 0 {
+		t.Fatalf("after shutdown during a refresh: %s (%s), last refresh %v (before %v), %d failures (%s): the refreshed grant was not stored",
+			c.State, c.Reason, c.LastRefreshAt, before.LastRefreshAt, c.RefreshFailures, c.LastError)
+	}
+	// The stored grant is the rotated one: the next refresh works.
+	if _, err := e.m.Refresh(ctx, e.id); err != nil {
+		t.Fatalf("refresh after the restart: %v", err)
+	}
+	tok, _, err := e.m.AccessToken(ctx, e.id, false)
+	if err != nil || fhirRead(t, sb, e.grant.PatientID, tok.Reveal()) != http.StatusOK {
+		t.Fatalf("token after the restart: %v", err)
+	}
+}

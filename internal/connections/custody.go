@@ -215,7 +215,12 @@ func (m *Manager) expire(ctx context.Context, c Connection, reason string) error
 // sees the new access token.
 func (m *Manager) refreshLocked(ctx context.Context, c Connection, tok tokens) (secrets.Value, time.Time, error) {
 	m.cache.Delete(c.ID)
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+	// From here on the caller's context is not consulted: the store
+	// refuses a write with an ended context, and the grant the source
+	// returns (a rotated refresh token) must be stored whatever became of
+	// the caller (the background refresher at shutdown).
+	ctx = context.WithoutCancel(ctx)
+	rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 	defer cancel()
 	g, err := m.endpoint.Refresh(rctx, c, tok.Refresh)
 	now := m.now().UTC()
