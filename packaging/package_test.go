@@ -13,6 +13,7 @@ import (
 
 	"github.com/blakesmith/ar"
 
+	"github.com/medrelay/medrelay/internal/config"
 	"github.com/medrelay/medrelay/internal/service"
 )
 
@@ -190,5 +191,20 @@ func TestPackagesHoldTheRightFilesWithTheRightModes(t *testing.T) {
 	scripts, _ := exec.Command("rpm", "-qp", "--scripts", rpm).Output()
 	if !bytes.Contains(scripts, []byte("useradd --system")) || !bytes.Contains(scripts, []byte("install -d -m 0700 -o medrelay")) {
 		t.Errorf("rpm scripts:\n%s", scripts)
+	}
+}
+
+// The configuration the package installs is one the agent accepts, with
+// the values its comments promise.
+func TestPackagedConfigLoads(t *testing.T) {
+	c, err := config.Load("medrelay.toml", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.MemoryLimit != 512<<20 || c.AdminAddr != "127.0.0.1:8751" {
+		t.Fatalf("memory_limit %d, admin_addr %q", c.MemoryLimit, c.AdminAddr)
 	}
 }

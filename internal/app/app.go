@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -163,6 +166,8 @@ func (a *Agent) start(ctx context.Context) error {
 	if created {
 		a.log.Warn("created a new master key; back it up: losing it loses the store", "file", o.Layout.KeyFile)
 	}
+
+	applyMemoryLimit(o.Config.MemoryLimit, a.log)
 
 	db, err := store.Open(ctx, store.Options{Dir: o.Layout.StoreDir, Key: keys.StoreKey(), Logger: a.log})
 	if err != nil {
@@ -345,4 +350,19 @@ func checkFormat(ctx context.Context, db *store.DB) error {
 		return fmt.Errorf("store format %d is newer than this agent understands (%d): upgrade medrelayd", v, storeFormat)
 	}
 	return nil
+}
+
+// applyMemoryLimit sets the runtime's soft memory limit from memory_limit,
+// unless GOMEMLIMIT is set (the runtime has read it already, and an
+// administrator's environment wins over the file).
+func applyMemoryLimit(limit config.Bytes, log *slog.Logger) {
+	if env := os.Getenv("GOMEMLIMIT"); env != "" {
+		log.Info("soft memory limit from GOMEMLIMIT", "limit", env)
+		return
+	}
+	if limit == 0 {
+		return
+	}
+	debug.SetMemoryLimit(int64(min(uint64(limit), math.MaxInt64)))
+	log.Info("soft memory limit", "limit", limit)
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -139,6 +140,20 @@ func TestFilesHaveTheirModes(t *testing.T) {
 	fi, _ := os.Stat(a.layout.Socket)
 	if fi.Mode().Type() != os.ModeSocket {
 		t.Errorf("%s is not a socket", a.layout.Socket)
+	}
+}
+
+// memory_limit becomes the runtime's soft limit (GOMEMLIMIT, when set,
+// wins: the test environment must not set it).
+func TestMemoryLimitIsApplied(t *testing.T) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		t.Skip("GOMEMLIMIT is set in the environment and wins over memory_limit")
+	}
+	old := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	startAgent(t, func(c *config.Config) { c.MemoryLimit = 3 << 30 })
+	if got := debug.SetMemoryLimit(-1); got != 3<<30 {
+		t.Fatalf("soft memory limit %d, want %d", got, 3<<30)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/dustin/go-humanize"
 )
 
 // Config is the agent's configuration. Field tags are the TOML keys.
@@ -40,6 +41,10 @@ type Config struct {
 	// must travel over https.
 	WebhooksAllowPublicHTTP bool          `toml:"webhooks_allow_public_http"`
 	PatientAccess           PatientAccess `toml:"patient_access"`
+	// MemoryLimit is the Go runtime's soft memory limit (debug.SetMemoryLimit):
+	// past it the garbage collector works harder instead of letting the
+	// heap grow. Zero: none. GOMEMLIMIT in the environment wins.
+	MemoryLimit Bytes `toml:"memory_limit"`
 	// DebugPprof serves Go's profiles (/debug/pprof/) on admin_addr, for
 	// finding where memory or CPU goes. Off by default; a heap profile
 	// holds no record contents, but it is only for the machine's admins.
@@ -85,6 +90,22 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Bytes is a size written as "256MiB", "200MB" or a number of bytes.
+type Bytes uint64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (b *Bytes) UnmarshalText(t []byte) error {
+	v, err := humanize.ParseBytes(string(t))
+	if err != nil {
+		return fmt.Errorf("%q is not a size (like 256MiB or 200MB)", t)
+	}
+	*b = Bytes(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (b Bytes) MarshalText() ([]byte, error) { return []byte(humanize.IBytes(uint64(b))), nil }
 
 // Default is the embedded default configuration: everything on loopback.
 func Default() Config {

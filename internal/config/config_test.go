@@ -60,6 +60,29 @@ func TestLoadNamesUnknownKeysAndBadValues(t *testing.T) {
 	}
 }
 
+func TestMemoryLimitReadsSizes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "medrelay.toml")
+	for text, want := range map[string]config.Bytes{
+		`"256MiB"`: 256 << 20,
+		`"200MB"`:  200_000_000,
+		`"1 GiB"`:  1 << 30,
+		`"123456"`: 123456,
+	} {
+		os.WriteFile(p, []byte("memory_limit = "+text+"\n"), 0o600)
+		c, err := config.Load(p, false)
+		if err != nil || c.MemoryLimit != want {
+			t.Errorf("memory_limit = %s: %d, %v; want %d", text, c.MemoryLimit, err, want)
+		}
+	}
+	os.WriteFile(p, []byte("memory_limit = \"lots\"\n"), 0o600)
+	if _, err := config.Load(p, false); err == nil || !strings.Contains(err.Error(), "line 1") || !strings.Contains(err.Error(), "lots") {
+		t.Fatalf("a bad size names the line and the value: %v", err)
+	}
+	if config.Default().MemoryLimit != 0 {
+		t.Fatal("no limit unless configured")
+	}
+}
+
 // The configuration file is the administrator's, but a broken one must
 // give an error, never a panic or a silently half-read config.
 func FuzzLoad(f *testing.F) {
@@ -67,6 +90,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add("shutdown_timeout = \"10s\"\n[patient_access]\nsession_ttl = \"1h\"\n")
 	f.Add("[tls]\ncert_file = 1\n")
 	f.Add("unknown = true")
+	f.Add("memory_limit = \"256MiB\"")
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, text string) {
 		p := filepath.Join(dir, "medrelay.toml")
