@@ -481,6 +481,9 @@ func TestCommandsGolden(t *testing.T) {
 	n.add(out, "<out>")
 	tr.run("sync", "export", conn, "--out", out, "--type", "Patient,Condition")
 	tr.run("sync", "export", conn)
+	out2 := t.TempDir()
+	n.add(out2, "<out2>")
+	tr.run("sync", "export", conn, "--out", out2, "--json")
 
 	// Records: stored, and live at the source.
 	tr.run("records", "list", conn, "--type", "Patient")

@@ -84,7 +84,16 @@ func printPlugins(out io.Writer, plugins []*agentv1.Plugin, long bool) error {
 			if p.GetLastError() == "" && len(p.GetLastStderr()) == 0 {
 				continue
 			}
-			fmt.Fprintf(out, "\n%s (%s):\n  %s\n", p.GetName(), p.GetPath(), strings.ReplaceAll(p.GetLastError(), "\n", "\n  "))
+			fmt.Fprintf(out, "\n%s (%s):\n", p.GetName(), p.GetPath())
+			if p.GetLastError() != "" {
+				fmt.Fprintf(out, "  %s\n", strings.ReplaceAll(p.GetLastError(), "\n", "\n  "))
+			}
+			if len(p.GetLastStderr()) > 0 {
+				fmt.Fprintf(out, "  last stderr lines:\n")
+				for _, l := range p.GetLastStderr() {
+					fmt.Fprintf(out, "    %s\n", l)
+				}
+			}
 		}
 	}
 	return nil

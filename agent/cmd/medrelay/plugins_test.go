@@ -110,3 +110,22 @@ func TestPluginsListAndVerify(t *testing.T) {
 		t.Fatalf("verify all: %v\n%s", err, out)
 	}
 }
+
+// `plugins list --long` prints what it promises: each failed plugin's
+// whole last error and its last stderr lines.
+func TestPrintPluginsLongShowsStderr(t *testing.T) {
+	var b strings.Builder
+	err := printPlugins(&b, []*agentv1.Plugin{{
+		Name: "crashy", Path: "/usr/lib/medrelay/plugins/crashy", State: agentv1.Plugin_STATE_FAILED,
+		LastError:  "exited: status 2\nrestarted 5 times in 60s",
+		LastStderr: []string{"panic: no config", "goroutine 1 [running]:"},
+	}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"crashy (/usr/lib/medrelay/plugins/crashy):", "  exited: status 2\n  restarted 5 times", "last stderr lines:", "    panic: no config", "    goroutine 1 [running]:"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("--long output lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -501,6 +502,13 @@ func syncExportCmd(g *globals) *cobra.Command {
 					return err
 				}
 				w := cmd.OutOrStdout()
+				if g.json {
+					total := 0
+					for _, n := range counts {
+						total += n
+					}
+					return json.NewEncoder(w).Encode(map[string]any{"out": out, "cursor": cursor, "records": total, "files": counts})
+				}
 				names := make([]string, 0, len(counts))
 				for n := range counts {
 					names = append(names, n)
