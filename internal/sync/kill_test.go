@@ -326,7 +326,12 @@ func TestBackendConnectionCLI(t *testing.T) {
 // ids and versions), and no file finished before a kill is fetched again
 // more than the interruptions explain.
 func TestAgentKilledDuringSync(t *testing.T) {
-	e := newAgentEnv(t, sandboxtest.WithPatients(60), sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkFileResources = 400 }))
+	// Every file answers 100 ms late: the sync then lasts long enough that
+	// each interruption lands while it runs (ingest alone stores this
+	// export in a fraction of a second, and kills meant for its second
+	// half found it completed).
+	e := newAgentEnv(t, sandboxtest.WithPatients(60), sandboxtest.WithConfig(func(c *sandbox.Config) { c.BulkFileResources = 400 }),
+		sandboxtest.WithFaults(sandbox.Faults{Endpoints: []string{sandbox.EndpointExportFile}, SlowMillis: 100}))
 	a, sb, reqs := e.a, e.sb, e.reqs
 	ctx := context.Background()
 	want, err := sb.ExpectedExport(sandbox.ExportParams{Tenant: testTenant})
@@ -350,7 +355,9 @@ func TestAgentKilledDuringSync(t *testing.T) {
 	const n = 25
 	points := make([]float64, n)
 	for i := range points {
-		points[i] = rng.Float64() * 0.97
+		// Up to 85%: one wave of parallel files stores at most 8 of the
+		// 74 files at once, so the sync is still running at every point.
+		points[i] = rng.Float64() * 0.85
 	}
 	slices.Sort(points)
 	plan := make([]bool, n) // true: kill the plugin
@@ -382,6 +389,9 @@ func TestAgentKilledDuringSync(t *testing.T) {
 			what = "plugin"
 		}
 		phases = append(phases, fmt.Sprintf("%s at %s/%s %d/%d", what, short(s.GetState().String()), short(s.GetPhase().String()), s.GetResources(), want.Total))
+		if s.GetState() != agentv1.SyncState_SYNC_STATE_RUNNING {
+			t.Errorf("interruption %d (%s) came after the sync ended (%s): it tests nothing", i+1, what, s.GetState())
+		}
 		// Files stored before an interruption are never asked for after it.
 		g, err := a.c.Sync.GetSync(ctx, &agentv1.GetSyncRequest{SyncId: syncID, Files: true})
 		if err != nil {
