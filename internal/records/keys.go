@@ -68,6 +68,19 @@ const (
 
 var errKeysCorrupt = errors.New("key index file is damaged")
 
+// keyFault, when set (tests only), is called before the named step of
+// writing the key index ("run": writing a run, "merge": a background merge
+// starting); an error it returns fails the step as a full disk would, and
+// leaves the files a crash at that point would leave.
+var keyFault func(step string) error
+
+func fault(step string) error {
+	if keyFault == nil {
+		return nil
+	}
+	return keyFault(step)
+}
+
 // keyOf hashes a resource's type and id.
 func keyOf(typ, id string) uint64 { return keyHash(typ, id) }
 
@@ -176,7 +189,7 @@ func (ck *connKeys) ad() []byte { return append([]byte("keys\x00"), ck.conn...) 
 
 // ensure loads the index, rebuilding it from the change entries with scan
 // when it has none. scan calls add for every (type, id, seq) stored.
-func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, add func(typ, id string, seq uint64)) error) error {
+func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, add func(typ, id string, seq uint64) error) error) error {
 	ck.mu.RLock()
 	loaded := ck.loaded
 	ck.mu.RUnlock()
@@ -200,45 +213,77 @@ func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, a
 				return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
 			}
 			ck.loaded = true
+			ck.maybeMergeLocked()
 			return nil
 		}
 	}
-	// Rebuild from the change entries.
-	if ck.dir != "" {
-		if err := os.RemoveAll(ck.dir); err != nil {
-			return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
-		}
-	}
-	err := scan(ctx, func(typ, id string, seq uint64) { ck.addLocked(keyOf(typ, id), seq) })
-	if err != nil {
+	if err := ck.rebuildLocked(ctx, scan); err != nil {
 		return fmt.Errorf("records: rebuild the key index of %s: %w", ck.conn, err)
 	}
-	if ck.dir != "" && ck.nOpen > 0 {
-		if err := ck.createDir(); err != nil {
-			return err
-		}
-		if err := ck.sealLocked(); err != nil {
-			return err
-		}
-	}
 	ck.loaded = true
+	ck.maybeMergeLocked()
 	return nil
 }
 
-func (ck *connKeys) createDir() error {
+// rebuildLocked builds the index from the change entries: runs of
+// keyRunPairs pairs as they come (the connection's pairs are never all in
+// memory), and VERSION once every one of them is in a synced run. Until
+// then a crash or an error leaves no VERSION, and the next use rebuilds
+// again. Callers hold mu.
+func (ck *connKeys) rebuildLocked(ctx context.Context, scan func(ctx context.Context, add func(typ, id string, seq uint64) error) error) error {
+	if ck.dir != "" {
+		if err := os.RemoveAll(ck.dir); err != nil {
+			return err
+		}
+	}
+	seal := func() error {
+		if ck.dir == "" || ck.nOpen == 0 {
+			return nil
+		}
+		if err := ck.makeDir(); err != nil {
+			return err
+		}
+		return ck.sealLocked()
+	}
+	err := scan(ctx, func(typ, id string, seq uint64) error {
+		ck.addLocked(keyOf(typ, id), seq)
+		if ck.nOpen >= keyRunPairs {
+			return seal()
+		}
+		return nil
+	})
+	if err == nil {
+		err = seal()
+	}
+	if err == nil && len(ck.runs) > 0 {
+		err = ck.writeVersion()
+	}
+	return err
+}
+
+// makeDir creates the index's directory (without VERSION).
+func (ck *connKeys) makeDir() error {
 	if err := ck.ix.segs.makeConnDir(ck.conn); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(ck.dir, 0o700); err != nil {
 		return fmt.Errorf("records: key index directory: %w", err)
 	}
+	return nil
+}
+
+// writeVersion writes VERSION unless it is there. It says every stored
+// change of the connection is in the index: written by a rebuild once its
+// runs are synced, or with the first journal of a connection whose index is
+// empty.
+func (ck *connKeys) writeVersion() error {
 	p := filepath.Join(ck.dir, keyVersion)
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	// VERSION says every stored change is in the index. It holds a value
-	// sealed with the key (a random nonce: written once per connection) so
-	// that a wrong key is a clear error instead of an empty index.
+	// It holds a value sealed with the key (a random nonce: written once
+	// per connection) so that a wrong key is a clear error instead of an
+	// empty index.
 	v := make([]byte, 12, 12+len(keyVersionCheck)+16)
 	if _, err := rand.Read(v); err != nil {
 		return err
@@ -420,7 +465,10 @@ func (ck *connKeys) add(pairs []keyPair) error {
 
 func (ck *connKeys) journalLocked(pairs []keyPair) error {
 	if ck.jnl == nil {
-		if err := ck.createDir(); err != nil {
+		if err := ck.makeDir(); err != nil {
+			return err
+		}
+		if err := ck.writeVersion(); err != nil {
 			return err
 		}
 		id, err := ck.ix.segs.db.NextSeq(segSeq)
@@ -528,10 +576,11 @@ func (ck *connKeys) lookup(typ, id string, out []uint64) ([]uint64, error) {
 // maybeMergeLocked starts a background merge when the newest keyMergeRuns
 // runs are of about the same size (size-tiered: runs grow geometrically, a
 // pair is rewritten about log4(runs) times, and a lookup checks a few
-// filters whatever the connection's size). Callers hold mu.
+// filters whatever the connection's size). Not before the index is loaded:
+// a load or rebuild that fails discards its runs. Callers hold mu.
 func (ck *connKeys) maybeMergeLocked() {
 	const k = keyMergeRuns
-	if ck.merge || len(ck.runs) < k {
+	if !ck.loaded || ck.merge || len(ck.runs) < k {
 		return
 	}
 	last := ck.runs[len(ck.runs)-k:]
@@ -664,6 +713,9 @@ func (r *keyRun) blockOff(i int) int64 { return int64(keyRunHeader) + int64(i)*k
 // writeKeyRun writes n pairs (sorted) as run id in dir: a temporary file,
 // synced and renamed.
 func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pairs func(func(keyPair) bool)) (*keyRun, error) {
+	if err := fault("run"); err != nil {
+		return nil, err
+	}
 	final := filepath.Join(dir, seqHex(id)+".run")
 	tmp := final + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
@@ -885,8 +937,8 @@ func bloomHas(f []uint64, h uint64) bool {
 
 // scanChanges calls add for every change entry of conn (the rebuild of its
 // key index).
-func (s *Store) scanChanges(conn string) func(ctx context.Context, add func(typ, id string, seq uint64)) error {
-	return func(ctx context.Context, add func(typ, id string, seq uint64)) error {
+func (s *Store) scanChanges(conn string) func(ctx context.Context, add func(typ, id string, seq uint64) error) error {
+	return func(ctx context.Context, add func(typ, id string, seq uint64) error) error {
 		in := names{}
 		return s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
 			seq, _, err := parseChangeKey(k[len(conn)+1:])
@@ -897,8 +949,7 @@ func (s *Store) scanChanges(conn string) func(ctx context.Context, add func(typ,
 			if err != nil {
 				return fmt.Errorf("change %s: %w", k, err)
 			}
-			add(c.typ, c.id, seq)
-			return nil
+			return add(c.typ, c.id, seq)
 		})
 	}
 }

@@ -3,6 +3,7 @@ package records
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -303,4 +304,58 @@ func FuzzKeyJournal(f *testing.F) {
 			t.Fatalf("%d pairs from random bytes", ck.nOpen)
 		}
 	})
+}
+
+// failKeyRuns makes writing key index runs fail (a full disk) until the
+// test ends.
+func failKeyRuns(t *testing.T) {
+	t.Helper()
+	keyFault = func(step string) error {
+		if step == "run" {
+			return errors.New("no space left on device (test)")
+		}
+		return nil
+	}
+	t.Cleanup(func() { keyFault = nil })
+}
+
+// The key index is rebuilt from the change entries (its VERSION file was
+// lost) and writing the rebuilt run fails, as on a full disk or at a crash.
+// Nothing may then claim the index is whole: the next open rebuilds it
+// again, and every resource is found once (an index missing them would
+// store them again as new resources).
+func TestKeyIndexRebuildCutShort(t *testing.T) {
+	smallRuns(t, 12) // the rebuild writes 3 runs (too few to merge)
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	want := map[string]string{}
+	for i := range 30 {
+		id := fmt.Sprintf("p%d", i)
+		put(t, s, "c", res("Patient", id, "1", ""))
+		want["Patient/"+id] = "1"
+	}
+	s.Close()
+	for _, p := range keyFiles(t, dir, "") {
+		os.Remove(p)
+	}
+	failKeyRuns(t)
+	s = open()
+	if _, err := s.Get(ctx, "c", "Patient", "p1"); err == nil {
+		t.Fatal("Get while the rebuilt index cannot be written: no error")
+	}
+	s.Close()
+	keyFault = nil
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+	if runs := keyFiles(t, dir, ".run"); len(runs) < 2 {
+		t.Fatalf("rebuilt as %d runs, want several", len(runs))
+	}
+	if n := put(t, s, "c", res("Patient", "p1", "1", ""), res("Patient", "p2", "2", "")); n.Unchanged != 1 || n.Written != 1 {
+		t.Fatalf("after the rebuild: %+v", n)
+	}
+	want["Patient/p2"] = "2"
+	checkAll(t, s, "c", want)
 }
