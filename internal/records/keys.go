@@ -171,6 +171,7 @@ func (ix *keyIndexes) close() {
 	clear(ix.byID)
 }
 
+// closeLocked closes the index's files and forgets what it loaded.
 func (ck *connKeys) closeLocked() {
 	if ck.jnl != nil {
 		ck.jnl.Close()
@@ -179,7 +180,8 @@ func (ck *connKeys) closeLocked() {
 	for _, r := range ck.runs {
 		r.f.Close()
 	}
-	ck.runs = nil
+	ck.runs, ck.olds = nil, nil
+	ck.open, ck.more, ck.nOpen = map[uint64]uint64{}, map[uint64][]uint64{}, 0
 	ck.loaded = false
 }
 
@@ -210,6 +212,7 @@ func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, a
 		}
 		if found {
 			if err := ck.loadFiles(); err != nil {
+				ck.closeLocked() // what it opened before the error
 				return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
 			}
 			ck.loaded = true
@@ -218,6 +221,7 @@ func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, a
 		}
 	}
 	if err := ck.rebuildLocked(ctx, scan); err != nil {
+		ck.closeLocked()
 		return fmt.Errorf("records: rebuild the key index of %s: %w", ck.conn, err)
 	}
 	ck.loaded = true

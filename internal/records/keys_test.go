@@ -359,3 +359,55 @@ func TestKeyIndexRebuildCutShort(t *testing.T) {
 	want["Patient/p2"] = "2"
 	checkAll(t, s, "c", want)
 }
+
+// openFDs counts the process's open file descriptors (-1: not known here).
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
+
+// An index that fails to load (a damaged journal after its runs) is an
+// error at every use, and holds no files: each failed load closes the runs
+// it had opened.
+func TestKeyIndexFailedLoadKeepsNoFiles(t *testing.T) {
+	if openFDs(t) < 0 {
+		t.Skip("no /proc/self/fd")
+	}
+	smallRuns(t, 10)
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	for i := range 35 { // 3 runs (too few to merge) and a journal
+		put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
+	}
+	s.Close()
+	if runs := keyFiles(t, dir, ".run"); len(runs) != 3 {
+		t.Fatalf("runs: %v", runs)
+	}
+	j := keyFiles(t, dir, ".jnl")
+	if len(j) != 1 {
+		t.Fatalf("journals: %v", j)
+	}
+	b, _ := os.ReadFile(j[0])
+	b[10] ^= 1 // the first of its records: damage, not a torn tail
+	os.WriteFile(j[0], b, 0o600)
+	s = open()
+	defer s.Close()
+	if _, err := s.Get(ctx, "c", "Patient", "p1"); err == nil {
+		t.Fatal("Get with a damaged journal: no error")
+	}
+	before := openFDs(t)
+	for range 20 {
+		if _, err := s.Get(ctx, "c", "Patient", "p1"); err == nil {
+			t.Fatal("Get with a damaged journal: no error")
+		}
+	}
+	if after := openFDs(t); after > before+5 {
+		t.Fatalf("20 failed loads left %d more files open", after-before)
+	}
+}
