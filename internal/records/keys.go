@@ -468,6 +468,18 @@ func (ck *connKeys) add(pairs []keyPair) error {
 }
 
 func (ck *connKeys) journalLocked(pairs []keyPair) error {
+	plain := ck.buf[:0]
+	for _, p := range pairs {
+		plain = binary.BigEndian.AppendUint64(plain, p.hash)
+		plain = binary.BigEndian.AppendUint64(plain, p.seq)
+	}
+	ck.buf = plain
+	aead := ck.aead()
+	size := int64(4 + len(plain) + aead.Overhead())
+	if ck.jnl != nil && ck.jnlOff+size > 1<<32 {
+		// Nonces hold 32-bit offsets (runs are sealed long before).
+		ck.retireJournal()
+	}
 	if ck.jnl == nil {
 		if err := ck.makeDir(); err != nil {
 			return err
@@ -489,25 +501,32 @@ func (ck *connKeys) journalLocked(pairs []keyPair) error {
 		}
 		ck.jnl, ck.jnlID, ck.jnlOff = f, id, 0
 	}
-	plain := ck.buf[:0]
-	for _, p := range pairs {
-		plain = binary.BigEndian.AppendUint64(plain, p.hash)
-		plain = binary.BigEndian.AppendUint64(plain, p.seq)
-	}
-	aead := ck.aead()
-	out := make([]byte, 4, 4+len(plain)+aead.Overhead())
+	out := make([]byte, 4, size)
+	binary.LittleEndian.PutUint32(out, uint32(size-4))
 	nonce := nonceOf(ck.jnlID, uint64(ck.jnlOff))
 	out = aead.Seal(out, nonce[:], plain, ck.ad())
-	binary.LittleEndian.PutUint32(out, uint32(len(out)-4))
-	ck.buf = plain
-	if _, err := ck.jnl.Write(out); err != nil {
+	_, err := ck.jnl.Write(out)
+	if err == nil {
+		ck.jnlOff += size
+		err = ck.jnl.Sync()
+	}
+	if err != nil {
+		// Part of the record may be in the file (a full disk): its nonce
+		// is spent, and a record written after it would make the replay
+		// read it as damage. The journal ends here, its last record cut
+		// short as by a crash; the next commit starts a new one.
+		ck.retireJournal()
 		return err
 	}
-	ck.jnlOff += int64(len(out))
-	if ck.jnlOff > 1<<31 {
-		return errors.New("journal too long") // nonces hold 32-bit offsets; runs are sealed long before
-	}
-	return ck.jnl.Sync()
+	return nil
+}
+
+// retireJournal stops appending to the journal; it is removed with the
+// others once its pairs are in a run. Callers hold the commit lock.
+func (ck *connKeys) retireJournal() {
+	ck.jnl.Close()
+	ck.olds = append(ck.olds, ck.jnl.Name())
+	ck.jnl = nil
 }
 
 // sealLocked writes the in-memory pairs as a run, then drops the journals
@@ -533,9 +552,7 @@ func (ck *connKeys) sealLocked() error {
 	}
 	ck.runs = append(ck.runs, r)
 	if ck.jnl != nil {
-		ck.jnl.Close()
-		ck.olds = append(ck.olds, ck.jnl.Name())
-		ck.jnl = nil
+		ck.retireJournal()
 	}
 	for _, p := range ck.olds {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -1,0 +1,63 @@
+//go:build linux
+
+package records
+
+import (
+	"context"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A journal append the disk cut short (here the file size limit: write(2)
+// stores part of the record, then fails, as on a full disk) fails its
+// commit, and the next commit's pairs go where a replay finds them: the
+// index still loads after a restart, every resource is found, and no nonce
+// of the journal is used twice.
+func TestKeyIndexJournalWriteCutShort(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	put(t, s, "c", res("Patient", "a", "1", ""))
+	j := keyFiles(t, dir, ".jnl")
+	if len(j) != 1 {
+		t.Fatalf("journals: %v", j)
+	}
+	fi, err := os.Stat(j[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A deletion writes no body: the journal is the only file its commit
+	// writes with write(2) (Badger writes through mapped files).
+	w, _ := s.NewWriter("c")
+	if err := w.Delete("Patient", "x", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		t.Skip(err)
+	}
+	low := lim
+	low.Cur = uint64(fi.Size()) + 10 // 10 bytes of the 36-byte record
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &low); err != nil {
+		t.Skip(err)
+	}
+	_, err = w.Commit(ctx, nil)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		t.Fatal("commit past the file size limit: no error")
+	}
+	if fi2, _ := os.Stat(j[0]); fi2.Size() != fi.Size()+10 {
+		t.Fatalf("journal %d bytes after the cut write, want %d", fi2.Size(), fi.Size()+10)
+	}
+	del(t, s, "c", "Patient", "y", time.Time{})
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/y": "-"})
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/y": "-"})
+}
