@@ -57,11 +57,16 @@ type Catalog struct {
 	builtinSetup map[string]Setup
 	idx          atomic.Pointer[index.Index]
 	loadStats    LoadStats
-	// keys maps identity keys (endpoint tenant | normalized name) to source
-	// ids, so an imported entry finds the source it describes; tenants
-	// caches each endpoint's tenant.
-	keys    map[string]string
-	tenants map[string]string
+	// keys maps identity keys (endpoint tenant | normalized name or alias)
+	// to source ids, so an imported entry finds the source it describes.
+	// moreKeys holds the other sources that claim a key when several do
+	// (two practices of one name on athenahealth's shared endpoint): the
+	// owner is then chosen by ownerOf's rule, never by the order sources
+	// were added in, so a restarted agent resolves rows as a running one
+	// does. tenants caches each endpoint's tenant.
+	keys     map[string]string
+	moreKeys map[string][]string
+	tenants  map[string]string
 	// members maps a list id to the ids of the sources it contains.
 	members map[string]map[string]bool
 
@@ -210,6 +215,7 @@ func (c *Catalog) Load(ctx context.Context) error {
 	c.sources, c.endpoints, c.lists, c.discovery, c.setups = sources, endpoints, lists, disc, setups
 	c.builtinSetup = emb.setups
 	c.keys = make(map[string]string, len(sources)*2)
+	c.moreKeys = map[string][]string{}
 	c.tenants = make(map[string]string, len(endpoints))
 	c.members = map[string]map[string]bool{}
 	for _, s := range sources {
@@ -293,13 +299,53 @@ func (c *Catalog) addKeys(s *Source) {
 			t = factsOf(ep.URL).tenant
 			c.tenants[epID] = t
 		}
-		c.keys[t+"|"+index.NormalizeName(s.Name)] = s.ID
+		c.claim(t+"|"+index.NormalizeName(s.Name), s.ID)
 		for _, a := range s.Aliases {
-			if k := t + "|" + index.NormalizeName(a); c.keys[k] == "" {
-				c.keys[k] = s.ID
-			}
+			c.claim(t+"|"+index.NormalizeName(a), s.ID)
 		}
 	}
+}
+
+// claim records that source id has identity key k. A source keeps every
+// name it had (a replaced name becomes an alias) and every endpoint, so
+// claims are only ever added. Callers hold c.mu.
+func (c *Catalog) claim(k, id string) {
+	switch cur := c.keys[k]; {
+	case cur == "":
+		c.keys[k] = id
+	case cur != id && !slices.Contains(c.moreKeys[k], id):
+		c.moreKeys[k] = append(c.moreKeys[k], id)
+	}
+}
+
+// ownerOf is the source an identity key leads to. When several sources
+// claim it, a source whose name it is wins over one whose alias it is, then
+// the smallest id: the answer depends on the sources, not on the order
+// their claims were recorded in.
+func ownerOf(keys map[string]string, more map[string][]string, sources map[string]*Source, k string) string {
+	id := keys[k]
+	others := more[k]
+	if len(others) == 0 {
+		return id
+	}
+	name := k[strings.LastIndexByte(k, '|')+1:]
+	rank := func(id string) int {
+		s := sources[id]
+		switch {
+		case s == nil:
+			return 2
+		case index.NormalizeName(s.Name) == name:
+			return 0
+		}
+		return 1
+	}
+	best, br := id, rank(id)
+	for _, x := range others {
+		if r := rank(x); r < br || r == br && x < best {
+			best, br = x, r
+		}
+	}
+	return best
 }
 
 // setMembership moves a source from the lists of its old version to those

@@ -78,9 +78,14 @@ type Source struct {
 	Builtin bool `json:"builtin,omitempty"`
 	// Priority of the list that last set the display fields (builtin >
 	// brands bundles > vendors' lists > aggregators).
-	Priority  int       `json:"priority,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Priority int `json:"priority,omitempty"`
+	// DisplayFrom is the list that set the display fields (name, vendor,
+	// logo, portals, kind, setup): a newer copy of it may change them.
+	// Empty for builtin sources and for sources stored before it was
+	// recorded.
+	DisplayFrom string    `json:"display_from,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // Portal is a patient portal of a brand.
