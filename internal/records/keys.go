@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"math/bits"
 	"os"
 	"path/filepath"
@@ -54,6 +55,11 @@ import (
 // keyRunPairs is how many pairs the in-memory part holds before it is
 // written as a run (a variable for tests). 128k pairs are about 6 MB of map.
 var keyRunPairs = 128 << 10
+
+// keyRunMaxPairs is the most pairs a run may hold: a block's nonce holds
+// its offset in 32 bits, so every block must start below 4 GiB (about 267M
+// pairs; a variable for tests). Merges stop short of it.
+var keyRunMaxPairs = (math.MaxUint32 - keyRunHeader) / keyBlockLen * keyBlockPairs
 
 const (
 	keyBlockPairs = 256 // pairs per sealed block of a run
@@ -605,11 +611,11 @@ func (ck *connKeys) maybeMergeLocked() {
 		return
 	}
 	last := ck.runs[len(ck.runs)-k:]
-	lo, hi := last[0].n, last[0].n
+	lo, hi, total := last[0].n, last[0].n, 0
 	for _, r := range last {
-		lo, hi = min(lo, r.n), max(hi, r.n)
+		lo, hi, total = min(lo, r.n), max(hi, r.n), total+r.n
 	}
-	if hi > 2*lo && len(ck.runs) <= 4*k {
+	if hi > 2*lo && len(ck.runs) <= 4*k || total > keyRunMaxPairs {
 		return
 	}
 	in := slices.Clone(last)
@@ -736,6 +742,9 @@ func (r *keyRun) blockOff(i int) int64 { return int64(keyRunHeader) + int64(i)*k
 func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pairs func(func(keyPair) bool)) (*keyRun, error) {
 	if err := fault("run"); err != nil {
 		return nil, err
+	}
+	if n > keyRunMaxPairs {
+		return nil, fmt.Errorf("key run: %d pairs are more than a run may hold (%d)", n, keyRunMaxPairs)
 	}
 	final := filepath.Join(dir, seqHex(id)+".run")
 	tmp := final + ".tmp"

@@ -3,11 +3,14 @@ package records
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -410,4 +413,77 @@ func TestKeyIndexFailedLoadKeepsNoFiles(t *testing.T) {
 	if after := openFDs(t); after > before+5 {
 		t.Fatalf("20 failed loads left %d more files open", after-before)
 	}
+}
+
+// warnings counts the warnings a store logs.
+type warnings struct{ n atomic.Int32 }
+
+func (w *warnings) Enabled(context.Context, slog.Level) bool { return true }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		w.n.Add(1)
+	}
+	return nil
+}
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnings) WithGroup(string) slog.Handler      { return w }
+
+// No run holds more than keyRunMaxPairs pairs, merged ones included, so
+// its blocks' nonces (run id, 32-bit offset) are never used twice; at the
+// real limit that is a 4 GiB run, here 100 pairs. Merges that would pass it
+// are not started (none fails), and every resource is still found.
+func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
+	smallRuns(t, 20)
+	old := keyRunMaxPairs
+	keyRunMaxPairs = 100
+	t.Cleanup(func() { keyRunMaxPairs = old })
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	var warned warnings
+	open := func() *Store {
+		s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	want := map[string]string{}
+	var rs [][]byte
+	for i := range 1000 {
+		id := fmt.Sprintf("p%d", i)
+		rs = append(rs, res("Patient", id, "1", ""))
+		want["Patient/"+id] = "1"
+		if len(rs) == 10 {
+			put(t, s, "c", rs...)
+			rs = nil
+		}
+	}
+	s.Close() // waits for merges
+	runs := keyFiles(t, dir, ".run")
+	merged := 0
+	for _, p := range runs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := binary.LittleEndian.Uint64(b[len(keyRunMagic):])
+		if n > 100 {
+			t.Fatalf("%s holds %d pairs, more than the limit (100)", filepath.Base(p), n)
+		}
+		if n > 20 {
+			merged++
+		}
+	}
+	if merged == 0 {
+		t.Fatalf("no run was merged: %d runs", len(runs))
+	}
+	if n := warned.n.Load(); n > 0 {
+		t.Fatalf("%d warnings (failed merges)", n)
+	}
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
 }
