@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math"
 	"math/bits"
 	"os"
@@ -133,8 +134,12 @@ type connKeys struct {
 	jnlOff int64
 	olds   []string
 	runs   []*keyRun
-	merge  bool // a merge is running
-	buf    []byte
+	merge  bool          // a merge is running
+	merged chan struct{} // closed when the last merge started has ended
+	// gone: the index was dropped (its connection deleted) or the store
+	// closed; it is not loaded again, and a running merge is abandoned.
+	gone error
+	buf  []byte
 }
 
 func (ix *keyIndexes) get(conn string) *connKeys {
@@ -151,30 +156,42 @@ func (ix *keyIndexes) get(conn string) *connKeys {
 	return ck
 }
 
-// drop forgets conn's index (its files go with the connection's directory).
+// drop forgets conn's index and closes its files, and returns once a merge
+// of it has ended: its directory can then be removed (nothing writes in it,
+// and Windows removes no open file).
 func (ix *keyIndexes) drop(conn string) {
 	ix.mu.Lock()
 	ck := ix.byID[conn]
 	delete(ix.byID, conn)
 	ix.mu.Unlock()
 	if ck != nil {
-		ck.mu.Lock()
-		ck.closeLocked()
-		ck.mu.Unlock()
+		ck.shut(fmt.Errorf("%w: %s", ErrDeleted, conn))
 	}
 }
 
-// close waits for merges and closes every file. Writers must have stopped.
+// close closes every file, abandoning running merges (their reads fail),
+// and waits for them. Writers must have stopped.
 func (ix *keyIndexes) close() {
-	ix.merges.Wait()
 	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	for _, ck := range ix.byID {
-		ck.mu.Lock()
-		ck.closeLocked()
-		ck.mu.Unlock()
-	}
+	cks := slices.Collect(maps.Values(ix.byID))
 	clear(ix.byID)
+	ix.mu.Unlock()
+	for _, ck := range cks {
+		ck.shut(errors.New("records: the store is closed"))
+	}
+	ix.merges.Wait()
+}
+
+// shut closes the index for good (gone says why) and waits for its merge.
+func (ck *connKeys) shut(gone error) {
+	ck.mu.Lock()
+	ck.gone = gone
+	ck.closeLocked()
+	merged := ck.merged
+	ck.mu.Unlock()
+	if merged != nil {
+		<-merged
+	}
 }
 
 // closeLocked closes the index's files and forgets what it loaded.
@@ -209,6 +226,9 @@ func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, a
 	defer ck.mu.Unlock()
 	if ck.loaded {
 		return nil
+	}
+	if ck.gone != nil {
+		return ck.gone
 	}
 	ck.open, ck.more, ck.nOpen = map[uint64]uint64{}, map[uint64][]uint64{}, 0
 	if ck.dir != "" {
@@ -620,9 +640,12 @@ func (ck *connKeys) maybeMergeLocked() {
 	}
 	in := slices.Clone(last)
 	ck.merge = true
+	merged := make(chan struct{})
+	ck.merged = merged
 	ck.ix.merges.Add(1)
 	go func() {
 		defer ck.ix.merges.Done()
+		defer close(merged)
 		ck.mergeRuns(in)
 	}()
 }
@@ -632,6 +655,7 @@ const keyMergeRuns = 4
 // mergeRuns writes the pairs of in as one run and puts it in their place.
 // Readers go on using in until the swap; in are only read.
 func (ck *connKeys) mergeRuns(in []*keyRun) {
+	_ = fault("merge")
 	n := 0
 	for _, r := range in {
 		n += r.n
@@ -644,14 +668,18 @@ func (ck *connKeys) mergeRuns(in []*keyRun) {
 	ck.mu.Lock()
 	defer ck.mu.Unlock()
 	ck.merge = false
-	if err != nil {
-		ck.ix.log.Warn("merging key index runs failed; the runs stay as they are", "connection", ck.conn, "error", err)
+	if ck.gone != nil || !ck.loaded {
+		// Dropped meanwhile (the connection was deleted or the store
+		// closed): its runs were closed under the merge, which is
+		// abandoned.
+		if err == nil {
+			out.f.Close()
+			os.Remove(out.path)
+		}
 		return
 	}
-	if !ck.loaded {
-		// Dropped meanwhile (the connection was deleted or the store closed).
-		out.f.Close()
-		os.Remove(out.path)
+	if err != nil {
+		ck.ix.log.Warn("merging key index runs failed; the runs stay as they are", "connection", ck.conn, "error", err)
 		return
 	}
 	at := slices.Index(ck.runs, in[0])

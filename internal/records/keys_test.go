@@ -487,3 +487,59 @@ func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
 	defer s.Close()
 	checkAll(t, s, "c", want)
 }
+
+// A connection deleted while a merge of its key index runs: the merge is
+// abandoned quietly and DeleteConnection returns once it has ended, having
+// removed the whole directory (a merge writing into it while it was being
+// removed could leave files or fail the removal).
+func TestKeyIndexDeleteDuringMerge(t *testing.T) {
+	smallRuns(t, 10)
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	var warned warnings
+	s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var merging atomic.Bool
+	keyFault = func(step string) error {
+		if step != "merge" {
+			return nil
+		}
+		merging.Store(true)
+		// Hold the merge until DeleteConnection has taken the index out
+		// of use.
+		for {
+			s.keys.mu.Lock()
+			_, ok := s.keys.byID["c"]
+			s.keys.mu.Unlock()
+			if !ok {
+				return nil
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.Cleanup(func() { keyFault = nil })
+	for i := range 40 { // the fourth run starts a merge
+		put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
+	}
+	for !merging.Load() { // the merge goroutine reaching the hook
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.DeleteConnection(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if files := segFiles(t, dir); len(files) != 0 {
+		t.Fatalf("files left after DeleteConnection: %v", files)
+	}
+	s.keys.merges.Wait()
+	if files := segFiles(t, dir); len(files) != 0 {
+		t.Fatalf("files left by the merge: %v", files)
+	}
+	if n := warned.n.Load(); n > 0 {
+		t.Fatalf("%d warnings (a failed merge)", n)
+	}
+}

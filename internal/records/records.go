@@ -709,6 +709,9 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	if err := b.Flush(true); err != nil {
 		return fmt.Errorf("records: delete %s: %w", conn, err)
 	}
+	// The key index first: its files are closed and its merge has ended
+	// before the directory holding them goes.
+	s.keys.drop(conn)
 	if s.segs != nil {
 		// After the index: a crash in between leaves files nothing points
 		// at, never entries without their bodies.
@@ -716,7 +719,6 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 			return fmt.Errorf("records: delete %s: %w", conn, err)
 		}
 	}
-	s.keys.drop(conn)
 	s.deleted.Store(conn, true)
 	s.log.Info("deleted the records of a connection", "connection", conn)
 	return nil
