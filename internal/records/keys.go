@@ -362,15 +362,6 @@ func writeSynced(path string, b []byte) error {
 	return f.Close()
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 func (ck *connKeys) addLocked(h, seq uint64) {
 	if old, ok := ck.open[h]; ok {
 		if old == seq {
@@ -766,7 +757,8 @@ func (r *keyRun) blocks() int { return len(r.firsts) }
 func (r *keyRun) blockOff(i int) int64 { return int64(keyRunHeader) + int64(i)*keyBlockLen }
 
 // writeKeyRun writes n pairs (sorted) as run id in dir: a temporary file,
-// synced and renamed.
+// synced, closed (Windows renames no open file), renamed, and opened again
+// for reads.
 func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pairs func(func(keyPair) bool)) (*keyRun, error) {
 	if err := fault("run"); err != nil {
 		return nil, err
@@ -776,11 +768,11 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 	}
 	final := filepath.Join(dir, seqHex(id)+".run")
 	tmp := final + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	r := &keyRun{id: id, path: final, f: f, n: n, aead: aead, ad: ad, bloom: make([]uint64, bloomWords(n))}
+	r := &keyRun{id: id, path: final, n: n, aead: aead, ad: ad, bloom: make([]uint64, bloomWords(n))}
 	fail := func(err error) (*keyRun, error) {
 		f.Close()
 		os.Remove(tmp)
@@ -833,11 +825,19 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
 	if err := os.Rename(tmp, final); err != nil {
-		return fail(err)
+		os.Remove(tmp)
+		return nil, err
 	}
 	if err := syncDir(dir); err != nil {
-		return fail(err)
+		return nil, err
+	}
+	if r.f, err = os.Open(final); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
