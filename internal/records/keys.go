@@ -239,7 +239,7 @@ func (ck *connKeys) ensure(ctx context.Context, scan func(ctx context.Context, a
 		if found {
 			if err := ck.loadFiles(); err != nil {
 				ck.closeLocked() // what it opened before the error
-				return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+				return fmt.Errorf("records: key index of %s: %w", ck.conn, ck.damaged(err))
 			}
 			ck.loaded = true
 			ck.maybeMergeLocked()
@@ -327,21 +327,32 @@ func (ck *connKeys) writeVersion() error {
 
 const keyVersionCheck = "medrelay key index v1"
 
+// damaged adds the way out to an error about a damaged index file: the
+// index is derived data, rebuilt from the change entries without VERSION.
+func (ck *connKeys) damaged(err error) error {
+	if !errors.Is(err, errKeysCorrupt) {
+		return err
+	}
+	return fmt.Errorf("%w (remove %s and the index is rebuilt from the stored changes when it is next loaded, at the latest at the next start)", err, filepath.Join(ck.dir, keyVersion))
+}
+
 // checkVersion reads VERSION (found false: there is none).
 func (ck *connKeys) checkVersion() (found bool, err error) {
-	v, err := os.ReadFile(filepath.Join(ck.dir, keyVersion))
+	p := filepath.Join(ck.dir, keyVersion)
+	v, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return true, err
 	}
+	bad := fmt.Errorf("%s does not open: the store's records key is not the one it was written with (wrong key), or the file is damaged", p)
 	if len(v) < 12 {
-		return true, fmt.Errorf("%w: %s", errKeysCorrupt, keyVersion)
+		return true, bad
 	}
 	plain, err := ck.aead().Open(nil, v[:12], v[12:], ck.ad())
 	if err != nil || string(plain) != keyVersionCheck {
-		return true, fmt.Errorf("it does not open (wrong key or corrupted %s)", keyVersion)
+		return true, bad
 	}
 	return true, nil
 }
@@ -393,7 +404,7 @@ func (ck *connKeys) loadFiles() error {
 			}
 			r, err := openKeyRun(p, id, ck.aead(), ck.ad())
 			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return err
 			}
 			ck.runs = append(ck.runs, r)
 		case strings.HasSuffix(name, ".jnl"):
@@ -402,7 +413,7 @@ func (ck *connKeys) loadFiles() error {
 				continue
 			}
 			if err := ck.replay(p, id); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return fmt.Errorf("%s: %w", p, err)
 			}
 			ck.olds = append(ck.olds, p)
 		case strings.HasSuffix(name, ".tmp"):
@@ -440,7 +451,7 @@ func (ck *connKeys) replay(path string, id uint64) error {
 			return fmt.Errorf("%w: record at offset %d does not open", errKeysCorrupt, off)
 		}
 		if len(plain)%keyPairSize != 0 {
-			return errKeysCorrupt
+			return fmt.Errorf("%w: record at offset %d holds %d bytes, not whole pairs", errKeysCorrupt, off, len(plain))
 		}
 		for p := plain; len(p) > 0; p = p[keyPairSize:] {
 			ck.addLocked(binary.BigEndian.Uint64(p), binary.BigEndian.Uint64(p[8:]))
@@ -604,7 +615,7 @@ func (ck *connKeys) lookup(typ, id string, out []uint64) ([]uint64, error) {
 	for _, r := range ck.runs {
 		var err error
 		if out, err = r.lookup(h, out); err != nil {
-			return out, fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+			return out, fmt.Errorf("records: key index of %s: %w", ck.conn, ck.damaged(err))
 		}
 	}
 	slices.SortFunc(out, func(a, b uint64) int { return cmp.Compare(b, a) })
@@ -654,7 +665,11 @@ func (ck *connKeys) mergeRuns(in []*keyRun) {
 	id, err := ck.ix.segs.db.NextSeq(segSeq)
 	var out *keyRun
 	if err == nil {
-		out, err = writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), n, mergePairs(in))
+		var readErr error
+		out, err = writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), n, mergePairs(in, &readErr))
+		if err != nil && readErr != nil {
+			err = readErr // why it found too few pairs
+		}
 	}
 	ck.mu.Lock()
 	defer ck.mu.Unlock()
@@ -687,9 +702,10 @@ func (ck *connKeys) mergeRuns(in []*keyRun) {
 	ck.maybeMergeLocked()
 }
 
-// mergePairs yields the pairs of runs in order. Errors end the sequence
-// early; writeKeyRun then finds too few pairs and fails.
-func mergePairs(runs []*keyRun) func(func(keyPair) bool) {
+// mergePairs yields the pairs of runs in order. A read error ends the
+// sequence early (writeKeyRun then finds too few pairs and fails) and is
+// kept in *failed.
+func mergePairs(runs []*keyRun, failed *error) func(func(keyPair) bool) {
 	return func(yield func(keyPair) bool) {
 		type cur struct {
 			r     *keyRun
@@ -704,6 +720,7 @@ func mergePairs(runs []*keyRun) func(func(keyPair) bool) {
 				}
 				ps, err := c.r.readBlock(c.block, nil)
 				if err != nil {
+					*failed = err
 					return false
 				}
 				c.block++
@@ -877,12 +894,12 @@ func openKeyRun(path string, id uint64, aead cipher.AEAD, ad []byte) (*keyRun, e
 	hdr := make([]byte, keyRunHeader)
 	if _, err := io.ReadFull(f, hdr); err != nil || string(hdr[:len(keyRunMagic)]) != keyRunMagic {
 		f.Close()
-		return nil, errKeysCorrupt
+		return nil, fmt.Errorf("%s: %w: no run header", path, errKeysCorrupt)
 	}
 	n := int(binary.LittleEndian.Uint64(hdr[len(keyRunMagic):]))
 	if n < 0 || n > 1<<40 {
 		f.Close()
-		return nil, errKeysCorrupt
+		return nil, fmt.Errorf("%s: %w: a count of %d pairs", path, errKeysCorrupt, n)
 	}
 	r := &keyRun{id: id, path: path, f: f, n: n, aead: aead, ad: ad, bloom: make([]uint64, bloomWords(n))}
 	nb := (n + keyBlockPairs - 1) / keyBlockPairs
@@ -910,22 +927,25 @@ func (r *keyRun) readBlock(i int, out []keyPair) ([]keyPair, error) {
 func (r *keyRun) readBlockInto(i int, buf []byte, out []keyPair) ([]keyPair, error) {
 	off := r.blockOff(i)
 	if _, err := r.f.ReadAt(buf[:keyBlockLen], off); err != nil {
-		return out, fmt.Errorf("%w: block %d: %v", errKeysCorrupt, i, err)
+		if errors.Is(err, os.ErrClosed) {
+			return out, err // the run was closed (its index dropped), not damaged
+		}
+		return out, fmt.Errorf("%s: %w: block %d: %v", r.path, errKeysCorrupt, i, err)
 	}
 	if int(binary.LittleEndian.Uint32(buf)) != keyBlockLen-4 {
-		return out, fmt.Errorf("%w: block %d", errKeysCorrupt, i)
+		return out, fmt.Errorf("%s: %w: block %d has a wrong length", r.path, errKeysCorrupt, i)
 	}
 	nonce := nonceOf(r.id, uint64(off))
 	plain, err := r.aead.Open(buf[4:4], nonce[:], buf[4:keyBlockLen], r.ad)
 	if err != nil {
-		return out, fmt.Errorf("%w: block %d: %v", errKeysCorrupt, i, err)
+		return out, fmt.Errorf("%s: %w: block %d does not open", r.path, errKeysCorrupt, i)
 	}
 	count := keyBlockPairs
 	if i == len(r.firsts)-1 || len(r.firsts) == 0 {
 		count = r.n - i*keyBlockPairs
 	}
 	if count <= 0 || count > keyBlockPairs {
-		return out, fmt.Errorf("%w: block %d", errKeysCorrupt, i)
+		return out, fmt.Errorf("%s: %w: block %d of a run of %d pairs", r.path, errKeysCorrupt, i, r.n)
 	}
 	for j := range count {
 		p := plain[j*keyPairSize:]

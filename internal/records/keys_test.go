@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -542,4 +543,120 @@ func TestKeyIndexDeleteDuringMerge(t *testing.T) {
 	if n := warned.n.Load(); n > 0 {
 		t.Fatalf("%d warnings (a failed merge)", n)
 	}
+}
+
+// messages keeps what a store logs at warning level, with its attributes.
+type messages struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (m *messages) Enabled(context.Context, slog.Level) bool { return true }
+func (m *messages) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	line := r.Message
+	r.Attrs(func(a slog.Attr) bool { line += " " + a.String(); return true })
+	m.mu.Lock()
+	m.got = append(m.got, line)
+	m.mu.Unlock()
+	return nil
+}
+func (m *messages) WithAttrs([]slog.Attr) slog.Handler { return m }
+func (m *messages) WithGroup(string) slog.Handler      { return m }
+
+// A damaged key index file is named by its full path (a connection's
+// directory is a hash of its id) with the way out: the index is rebuilt
+// from the store once its VERSION file is removed. A merge that cannot read
+// a run says which and why.
+func TestKeyIndexDamageErrorsSayWhereAndWhat(t *testing.T) {
+	smallRuns(t, 10)
+	ctx := context.Background()
+	damage := func(t *testing.T, p string, at int) {
+		t.Helper()
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		f.ReadAt(b, int64(at))
+		b[0] ^= 1
+		if _, err := f.WriteAt(b, int64(at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setup := func(t *testing.T, n int) (string, func() *Store) {
+		dir := t.TempDir()
+		open := reopener(t, dir)
+		s := open()
+		for i := range n {
+			put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
+		}
+		s.Close()
+		return dir, open
+	}
+	says := func(t *testing.T, err error, file string) {
+		t.Helper()
+		version := filepath.Join(filepath.Dir(file), keyVersion)
+		if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), "remove "+version) {
+			t.Fatalf("error %v does not name %s and say to remove %s", err, file, version)
+		}
+	}
+	t.Run("journal", func(t *testing.T) {
+		dir, open := setup(t, 5)
+		j := keyFiles(t, dir, ".jnl")[0]
+		damage(t, j, 10)
+		s := open()
+		defer s.Close()
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		says(t, err, j)
+	})
+	t.Run("run", func(t *testing.T) {
+		dir, open := setup(t, 15)
+		r := keyFiles(t, dir, ".run")[0]
+		damage(t, r, keyRunHeader+100)
+		s := open()
+		defer s.Close()
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		says(t, err, r)
+	})
+	t.Run("run read by a lookup", func(t *testing.T) {
+		dir, open := setup(t, 15)
+		s := open()
+		defer s.Close()
+		if _, err := s.Get(ctx, "c", "Patient", "p1"); err != nil {
+			t.Fatal(err)
+		}
+		r := keyFiles(t, dir, ".run")[0]
+		damage(t, r, keyRunHeader+100) // after it was loaded
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		says(t, err, r)
+	})
+	t.Run("merge", func(t *testing.T) {
+		dir := t.TempDir()
+		db := openDB(t, filepath.Join(dir, "store"))
+		defer db.Close()
+		var logged messages
+		s, err := Open(ctx, db, WithLogger(slog.New(&logged)), WithSegments(filepath.Join(dir, "records"), segKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 30 { // 3 runs
+			put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
+		}
+		r := keyFiles(t, dir, ".run")[0]
+		damage(t, r, keyRunHeader+100)
+		for i := 30; i < 40; i++ { // the fourth starts a merge
+			put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
+		}
+		s.keys.merges.Wait() // (Close would abandon it)
+		s.Close()
+		logged.mu.Lock()
+		defer logged.mu.Unlock()
+		if len(logged.got) != 1 || !strings.Contains(logged.got[0], r) || !strings.Contains(logged.got[0], "block 0") {
+			t.Fatalf("logged %q, want the merge's failure naming %s, block 0", logged.got, r)
+		}
+	})
 }
