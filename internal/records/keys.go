@@ -570,11 +570,7 @@ func (ck *connKeys) sealLocked() error {
 		}
 	}
 	sortPairs(pairs)
-	id, err := ck.ix.segs.db.NextSeq(segSeq)
-	if err != nil {
-		return err
-	}
-	r, err := writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), len(pairs), slices.Values(pairs))
+	r, err := ck.newRun(len(pairs), slices.Values(pairs))
 	if err != nil {
 		return err
 	}
@@ -591,6 +587,25 @@ func (ck *connKeys) sealLocked() error {
 	ck.open, ck.more, ck.nOpen = map[uint64]uint64{}, map[uint64][]uint64{}, 0
 	ck.maybeMergeLocked()
 	return nil
+}
+
+// newRun writes n pairs as a run with a new file id. An id whose file
+// exists is passed over: the sequence can hand ids out again after a power
+// cut lost its unsynced lease, and the run there may hold pairs of stored
+// changes.
+func (ck *connKeys) newRun(n int, pairs func(func(keyPair) bool)) (*keyRun, error) {
+	for {
+		id, err := ck.ix.segs.db.NextSeq(segSeq)
+		if err != nil {
+			return nil, err
+		}
+		r, err := writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), n, pairs)
+		if errors.Is(err, fs.ErrExist) {
+			ck.ix.log.Warn("key index file id in use, taking another", "connection", ck.conn, "id", id)
+			continue
+		}
+		return r, err
+	}
 }
 
 func sortPairs(p []keyPair) {
@@ -662,14 +677,10 @@ func (ck *connKeys) mergeRuns(in []*keyRun) {
 	for _, r := range in {
 		n += r.n
 	}
-	id, err := ck.ix.segs.db.NextSeq(segSeq)
-	var out *keyRun
-	if err == nil {
-		var readErr error
-		out, err = writeKeyRun(ck.dir, id, ck.aead(), ck.ad(), n, mergePairs(in, &readErr))
-		if err != nil && readErr != nil {
-			err = readErr // why it found too few pairs
-		}
+	var readErr error
+	out, err := ck.newRun(n, mergePairs(in, &readErr))
+	if err != nil && readErr != nil {
+		err = readErr // why it found too few pairs
 	}
 	ck.mu.Lock()
 	defer ck.mu.Unlock()
@@ -785,6 +796,9 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 	}
 	final := filepath.Join(dir, seqHex(id)+".run")
 	tmp := final + ".tmp"
+	if _, err := os.Lstat(final); err == nil {
+		return nil, fmt.Errorf("key run %s: %w", final, fs.ErrExist) // never replaced
+	}
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
