@@ -106,7 +106,8 @@ func TestKeyIndexRunsMergesAndRestart(t *testing.T) {
 		want[fmt.Sprintf("%s/r%d", typ, i)] = "-"
 	}
 	checkAll(t, s, "c", want)
-	s.Close() // waits for merges
+	s.keys.merges.Wait() // (Close would abandon a running merge)
+	s.Close()
 	runs := keyFiles(t, dir, ".run")
 	// 3600 pairs in runs of 50 would be 72 runs unmerged.
 	if len(runs) == 0 || len(runs) > 20 {
@@ -463,7 +464,8 @@ func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
 			rs = nil
 		}
 	}
-	s.Close() // waits for merges
+	s.keys.merges.Wait() // (Close would abandon a running merge)
+	s.Close()
 	runs := keyFiles(t, dir, ".run")
 	merged := 0
 	for _, p := range runs {
