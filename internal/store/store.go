@@ -10,6 +10,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,7 +61,7 @@ type DB struct {
 	gcDone chan struct{}
 
 	mu     sync.Mutex
-	seqs   map[string]*badger.Sequence
+	seqs   map[string]*sequence
 	closed bool
 }
 
@@ -129,7 +130,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	d := &DB{bdb: bdb, log: log, dir: dir, seqs: map[string]*badger.Sequence{}, gcDone: make(chan struct{})}
+	d := &DB{bdb: bdb, log: log, dir: dir, seqs: map[string]*sequence{}, gcDone: make(chan struct{})}
 	gcCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopGC = cancel
 	interval := opts.GCInterval
@@ -188,8 +189,16 @@ func (d *DB) Close() error {
 		return nil
 	}
 	d.closed = true
-	for name, s := range d.seqs {
-		if err := s.Release(); err != nil {
+	// Give back the unused part of each lease (closing makes it durable),
+	// so that a cleanly restarted agent continues its sequences without a
+	// gap.
+	for name, sq := range d.seqs {
+		if sq.leased == 0 {
+			continue
+		}
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], sq.next)
+		if err := d.bdb.Update(func(txn *badger.Txn) error { return txn.Set(seqKey(name), buf[:]) }); err != nil {
 			d.log.Warn("release sequence", "name", name, "err", err)
 		}
 	}
@@ -209,32 +218,79 @@ func (d *DB) Dir() string { return d.dir }
 func (d *DB) Size() (lsm, vlog int64) { return d.bdb.Size() }
 
 // NextSeq returns the next value of a named, persistent, monotonically
-// increasing sequence (event ids, change cursors). Values start at 1. Gaps
-// are possible after a crash; repeats are not.
+// increasing sequence (event ids, change cursors, file ids that are part of
+// nonces). Values start at 1. Gaps are possible after a restart; repeats are
+// not, a power cut included: values are handed out from a lease stored and
+// fsynced before the first of them is used. (Badger's own Sequence stores
+// its lease unsynced, so after a power cut it could hand out again ids that
+// named files still on disk, or nonces already used under a key.)
 func (d *DB) NextSeq(name string) (uint64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return 0, ErrClosed
 	}
-	s, ok := d.seqs[name]
-	if !ok {
-		var err error
-		s, err = d.bdb.GetSequence(seqKey(name), 256)
-		if err != nil {
-			return 0, fmt.Errorf("store: sequence %s: %w", name, err)
-		}
+	s := d.seqs[name]
+	if s == nil {
+		s = &sequence{}
 		d.seqs[name] = s
 	}
-	for {
-		v, err := s.Next()
-		if err != nil {
+	if s.next >= s.leased {
+		if err := d.renewLease(name, s); err != nil {
 			return 0, fmt.Errorf("store: sequence %s: %w", name, err)
 		}
-		if v > 0 {
-			return v, nil
+		if err := d.bdb.Sync(); err != nil {
+			s.leased = s.next // not durable: renew again next time
+			return 0, fmt.Errorf("store: sequence %s: sync: %w", name, err)
 		}
 	}
+	v := s.next
+	s.next++
+	return v, nil
+}
+
+// seqLease is how many values one synced write of a sequence's lease
+// covers: a 1M-resource sync draws a million change sequences, so a lease of
+// 256 (Badger's usual) would cost thousands of fsyncs.
+const seqLease = 1 << 16
+
+type sequence struct{ next, leased uint64 }
+
+// renewLease extends s's lease and syncs it. The stored value is the lease's
+// end, big-endian, as Badger's Sequence stores it: a store written by an
+// earlier version continues above what it handed out. Callers hold d.mu.
+func (d *DB) renewLease(name string, s *sequence) error {
+	key := seqKey(name)
+	return d.bdb.Update(func(txn *badger.Txn) error {
+		var stored uint64
+		item, err := txn.Get(key)
+		switch {
+		case err == nil:
+			if err := item.Value(func(v []byte) error {
+				if len(v) != 8 {
+					return fmt.Errorf("stored lease is %d bytes", len(v))
+				}
+				stored = binary.BigEndian.Uint64(v)
+				return nil
+			}); err != nil {
+				return err
+			}
+		case errors.Is(err, badger.ErrKeyNotFound):
+		default:
+			return err
+		}
+		if s.leased == 0 { // first use since open: start above everything leased before
+			s.next = max(stored, 1)
+		}
+		lease := max(stored, s.next) + seqLease
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], lease)
+		if err := txn.Set(key, buf[:]); err != nil {
+			return err
+		}
+		s.leased = lease
+		return nil
+	})
 }
 
 func seqKey(name string) []byte { return append([]byte{sysPrefix, 's', '/'}, name...) }
