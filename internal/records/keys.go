@@ -421,11 +421,18 @@ func (ck *connKeys) loadFiles() error {
 		}
 	}
 	slices.SortFunc(ck.runs, func(a, b *keyRun) int { return cmp.Compare(a.id, b.id) })
-	if ck.nOpen >= keyRunPairs {
+	// Every start of the agent that writes to a connection begins a journal
+	// of its own; a small connection would otherwise gather one per start,
+	// all replayed at every load.
+	if ck.nOpen >= keyRunPairs || len(ck.olds) >= keyMaxJournals {
 		return ck.sealLocked()
 	}
 	return nil
 }
+
+// keyMaxJournals: this many journals left by earlier starts are written as
+// a run at load (small runs are then merged like any others).
+const keyMaxJournals = 4
 
 // replay adds a journal's pairs. A last record cut short or garbled by a
 // crash ends it: its batch never reached the store (the journal is synced
@@ -570,11 +577,13 @@ func (ck *connKeys) sealLocked() error {
 		}
 	}
 	sortPairs(pairs)
-	r, err := ck.newRun(len(pairs), slices.Values(pairs))
-	if err != nil {
-		return err
+	if len(pairs) > 0 { // journals cut short before their first record hold none
+		r, err := ck.newRun(len(pairs), slices.Values(pairs))
+		if err != nil {
+			return err
+		}
+		ck.runs = append(ck.runs, r)
 	}
-	ck.runs = append(ck.runs, r)
 	if ck.jnl != nil {
 		ck.retireJournal()
 	}

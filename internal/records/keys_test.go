@@ -771,3 +771,24 @@ func TestKeyIndexRepeatedFileID(t *testing.T) {
 	defer s.Close()
 	checkAll(t, s, "c", want)
 }
+
+// A connection written once per start of the agent does not gather a
+// journal per start: at load, journals of earlier starts become a run.
+func TestKeyIndexJournalsOfManyStarts(t *testing.T) {
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	want := map[string]string{}
+	for i := range 3 * keyMaxJournals {
+		s := open()
+		id := fmt.Sprintf("p%d", i)
+		put(t, s, "c", res("Patient", id, "1", ""))
+		want["Patient/"+id] = "1"
+		s.Close()
+		if n := len(keyFiles(t, dir, ".jnl")); n > keyMaxJournals {
+			t.Fatalf("after start %d: %d journals", i+1, n)
+		}
+	}
+	s := open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+}
