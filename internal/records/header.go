@@ -1,9 +1,11 @@
 package records
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"time"
 
 	"github.com/medrelay/medrelay/internal/errdefs"
@@ -329,10 +331,7 @@ func (s *scanner) str() ([]byte, bool, error) {
 	esc := false
 	b := s.b
 	for {
-		i := s.i
-		for i < len(b) && !strSpecial[b[i]] {
-			i++
-		}
+		i := strPlain(b, s.i)
 		s.i = i
 		if i >= len(b) {
 			return nil, false, errEnd
@@ -366,6 +365,33 @@ func (s *scanner) str() ([]byte, bool, error) {
 			return nil, false, s.errorf("control character in string")
 		}
 	}
+}
+
+// strPlain returns the index of the first byte at or after i that ends the
+// fast path inside a string (a quote, a backslash or a control character),
+// or len(b). Strings are most of a resource's bytes, so it looks at eight
+// bytes at a time: in each 64-bit word, a byte's high bit is set in
+// hasZero(x) when that byte of x is zero, and the lowest such bit is exact
+// (borrows only run upwards from a byte that matched).
+func strPlain(b []byte, i int) int {
+	const (
+		ones   = 0x0101010101010101
+		highs  = 0x8080808080808080
+		quotes = '"' * ones
+		slashs = '\\' * ones
+	)
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		q, e := x^quotes, x^slashs
+		m := (q-ones)&^q | (e-ones)&^e | (x-0x20*ones)&^x
+		if m &= highs; m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+	}
+	for i < len(b) && !strSpecial[b[i]] {
+		i++
+	}
+	return i
 }
 
 func isHex(c byte) bool {

@@ -1,6 +1,7 @@
 package records
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -152,4 +153,41 @@ func FuzzScanHeader(f *testing.F) {
 			t.Fatalf("valid JSON %q refused as a syntax error: %v", b, err)
 		}
 	})
+}
+
+// strPlain (eight bytes at a time) finds the same byte as a plain loop over
+// strSpecial, for every start and every byte value at every position of a
+// word.
+func FuzzStrPlain(f *testing.F) {
+	f.Add([]byte(`abcdefgh"ijk\l`), uint8(0))
+	f.Add([]byte("\x80\xff\x1f\x20\x21\x22\x5b\x5c\x5d"), uint8(3))
+	f.Fuzz(func(t *testing.T, b []byte, start uint8) {
+		i := int(start)
+		if i > len(b) {
+			i = len(b)
+		}
+		want := i
+		for want < len(b) && !strSpecial[b[want]] {
+			want++
+		}
+		if got := strPlain(b, i); got != want {
+			t.Fatalf("strPlain(%q, %d) = %d, want %d", b, i, got, want)
+		}
+	})
+}
+
+func TestStrPlainEveryByteAtEveryPosition(t *testing.T) {
+	for c := range 256 {
+		for pos := range 17 {
+			b := bytes.Repeat([]byte{'a'}, 17)
+			b[pos] = byte(c)
+			want := 17
+			if strSpecial[c] {
+				want = pos
+			}
+			if got := strPlain(b, 0); got != want {
+				t.Fatalf("byte %#x at %d: %d, want %d", c, pos, got, want)
+			}
+		}
+	}
 }
