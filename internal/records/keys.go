@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -275,8 +276,10 @@ func (ck *connKeys) rebuildLocked(ctx context.Context, scan func(ctx context.Con
 		}
 		return ck.sealLocked()
 	}
+	start, n := time.Now(), 0
 	err := scan(ctx, func(typ, id string, seq uint64) error {
 		ck.addLocked(keyOf(typ, id), seq)
+		n++
 		if ck.nOpen >= keyRunPairs {
 			return seal()
 		}
@@ -287,6 +290,11 @@ func (ck *connKeys) rebuildLocked(ctx context.Context, scan func(ctx context.Con
 	}
 	if err == nil && len(ck.runs) > 0 {
 		err = ck.writeVersion()
+		if err == nil {
+			// After an upgrade or a lost index: a large connection's first
+			// use waits for this, so say what it was.
+			ck.ix.log.Info("rebuilt a connection's key index from its change index", "connection", ck.conn, "resources", n, "took", time.Since(start).Round(time.Millisecond))
+		}
 	}
 	return err
 }
