@@ -71,6 +71,20 @@ func parseRingHello(h []byte) (slots, slotSize int, err error) {
 	return int(s), int(z), nil
 }
 
+// declineHello reads the agent's hello on a sink that cannot carry or map
+// the ring and returns errRingDeclined with why (after errRingProtocol
+// when the hello is not one).
+func declineHello(c io.Reader, why string) error {
+	var hello [ringMsgSize]byte
+	if _, err := io.ReadFull(c, hello[:]); err != nil {
+		return err
+	}
+	if _, _, err := parseRingHello(hello[:]); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s", errRingDeclined, why)
+}
+
 // sendToRing takes the ring the agent offers on sink and fills it from
 // body until body ends. A clean end (io.EOF) is sent as END and returns a
 // nil error; any other error of body (a cut body is io.ErrUnexpectedEOF)

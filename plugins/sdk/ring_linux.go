@@ -16,17 +16,11 @@ const ringSupported = true
 // keeps the ring from being used here is errRingDeclined (the agent then
 // gets raw bytes); a hello that is not one is errRingProtocol.
 func openRing(c net.Conn) (*ringMap, error) {
-	var hello [ringMsgSize]byte
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		if _, err := io.ReadFull(c, hello[:]); err != nil {
-			return nil, err
-		}
-		if _, _, err := parseRingHello(hello[:]); err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: the sink is not a unix socket", errRingDeclined)
+		return nil, declineHello(c, "the sink is not a unix socket")
 	}
+	var hello [ringMsgSize]byte
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, flags, _, err := uc.ReadMsgUnix(hello[:], oob)
 	if err != nil {

@@ -266,3 +266,27 @@ func TestRingBadHello(t *testing.T) {
 		t.Fatalf("a 1 TiB ring: %v", err)
 	}
 }
+
+// A sink that is not a unix socket cannot carry the memfd: the hello is
+// read and the ring declined, and the raw bytes follow.
+func TestRingDeclinedOffUnixSocket(t *testing.T) {
+	agent, plugin := net.Pipe()
+	defer agent.Close()
+	go func() {
+		h := make([]byte, ringMsgSize)
+		copy(h, ringMagic)
+		binary.LittleEndian.PutUint32(h[4:], 2)
+		binary.LittleEndian.PutUint32(h[8:], 4096)
+		agent.Write(h)
+	}()
+	done := make(chan ringRun, 1)
+	go func() {
+		n, err := sendToRing(plugin, strings.NewReader("raw file bytes"), slog.New(slog.DiscardHandler))
+		plugin.Close()
+		done <- ringRun{n, err}
+	}()
+	got, _ := io.ReadAll(agent)
+	if r := <-done; r.err != nil || len(got) < ringMsgSize || binary.LittleEndian.Uint32(got) != ringDecline || string(got[ringMsgSize:]) != "raw file bytes" {
+		t.Fatalf("err=%v sent %q", r.err, got)
+	}
+}
