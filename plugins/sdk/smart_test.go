@@ -217,15 +217,7 @@ func TestReferencesToOtherServersAreNotFollowed(t *testing.T) {
 		}
 	}))
 	defer fhir.Close()
-	s := &SMART{Name: "t"}
-	call := NewCall(Connection{ID: "c", FHIRBase: fhir.URL + "/fhir"}, fixedToken("tok"), NewClient(), nil)
-	var got []string
-	err := s.Search(context.Background(), call, SearchRequest{ResourceType: "Observation", IncludeReferences: true}, func(p Page) error {
-		for _, r := range p.Resources {
-			got = append(got, r.Type+"/"+r.ID)
-		}
-		return nil
-	})
+	got, err := searchWithReferences(fhir.URL + "/fhir")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,8 +251,20 @@ func TestReferenceReadWouldRefuseIsSkipped(t *testing.T) {
 		}
 	}))
 	defer fhir.Close()
+	got, err := searchWithReferences(fhir.URL + "/fhir")
+	if err != nil {
+		t.Fatalf("search: %v", err)
+	}
+	if strings.Join(got, ",") != "Observation/o1,Patient/p1" {
+		t.Fatalf("resources %v", got)
+	}
+}
+
+// searchWithReferences searches base's Observations with their references
+// and returns what came back as type/id.
+func searchWithReferences(base string) ([]string, error) {
 	s := &SMART{Name: "t"}
-	call := NewCall(Connection{ID: "c", FHIRBase: fhir.URL + "/fhir"}, fixedToken("tok"), NewClient(), nil)
+	call := NewCall(Connection{ID: "c", FHIRBase: base}, fixedToken("tok"), NewClient(), nil)
 	var got []string
 	err := s.Search(context.Background(), call, SearchRequest{ResourceType: "Observation", IncludeReferences: true}, func(p Page) error {
 		for _, r := range p.Resources {
@@ -268,10 +272,5 @@ func TestReferenceReadWouldRefuseIsSkipped(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("search: %v", err)
-	}
-	if strings.Join(got, ",") != "Observation/o1,Patient/p1" {
-		t.Fatalf("resources %v", got)
-	}
+	return got, err
 }
