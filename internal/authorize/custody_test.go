@@ -267,44 +267,6 @@ func TestRefreshReusesIDTokenKeys(t *testing.T) {
 	}
 }
 
-// offsetClock is the connections manager's clock: the wall clock moved on by
-// the test, so a backoff window can end without the test waiting for it.
-type offsetClock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *offsetClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *offsetClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
-
-// frozenClock is a manager's clock that stands still until the test
-// advances it.
-type frozenClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *frozenClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *frozenClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // A source briefly down: while its token endpoint answers 503, the callers
 // of an active connection whose access token has expired cause at most one
 // token request per backoff window; the others fail at once with the same
@@ -314,7 +276,7 @@ func (c *frozenClock) Advance(d time.Duration) {
 func TestOutageOneRefreshRequestPerWindow(t *testing.T) {
 	// Issued tokens are already inside the custody skew: every call needs a refresh.
 	sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
-	clk := &offsetClock{}
+	clk := &sandboxtest.Clock{}
 	const window = 10 * time.Second // then 20 s, 40 s (the cap)
 	m, id := authorized(t, sb, connections.WithClock(clk.Now),
 		connections.WithRefreshPolicy(connections.RefreshPolicy{OnDemandBackoff: window, OnDemandMaxBackoff: 4 * window}))
@@ -631,7 +593,7 @@ func TestRetryAfterHoldsRefreshesBack(t *testing.T) {
 			sb := sandboxtest.Start(t, sandboxtest.WithFaults(sandbox.Faults{Tenant: "oraclehealth", AccessTokenLifetime: 1}))
 			// Only the test moves this clock, so a window's last millisecond
 			// is the last millisecond however slow the machine.
-			clk := &frozenClock{now: time.Now()}
+			clk := sandboxtest.FrozenClock(time.Now())
 			m, id := authorized(t, sb, connections.WithClock(clk.Now)) // default policy: 1 s → 30 s
 			busy := sandbox.Faults{Tenant: "oraclehealth", Status: tc.status, RetryAfter: tc.retryAfter, Endpoints: []string{sandbox.EndpointToken}}
 			if err := sb.SetFaults(busy); err != nil {

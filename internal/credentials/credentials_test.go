@@ -21,26 +21,10 @@ import (
 
 	"github.com/medrelay/medrelay/internal/credentials"
 	"github.com/medrelay/medrelay/internal/oauth"
+	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/store"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
 
 // syncBuffer is a log sink safe for concurrent writers.
 type syncBuffer struct {
@@ -63,7 +47,7 @@ func (s *syncBuffer) String() string {
 type fixture struct {
 	db    *store.DB
 	creds *credentials.Store
-	clock *clock
+	clock *sandboxtest.Clock
 	logs  *syncBuffer
 }
 
@@ -76,7 +60,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	f := &fixture{db: db, clock: &clock{}, logs: &syncBuffer{}}
+	f := &fixture{db: db, clock: &sandboxtest.Clock{}, logs: &syncBuffer{}}
 	f.creds = credentials.New(db, credentials.Options{Logger: slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Now: f.clock.Now})
 	return f
 }

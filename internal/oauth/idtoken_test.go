@@ -128,7 +128,7 @@ func (is *oidcIssuer) count() int {
 func TestClient_VerifyIDToken(t *testing.T) {
 	k1 := sandboxtest.NewKey(t, "RS384")
 	is := newIssuer(t, k1)
-	clock := &testClock{}
+	clock := &sandboxtest.Clock{}
 	c := rawClient(t, is.URL, oauth.ClientAuth{}, func(cfg *oauth.ClientConfig) {
 		cfg.Endpoints.Issuer = is.URL + "/fhir"
 		cfg.Now = clock.Now
@@ -222,24 +222,6 @@ func TestClient_SharedKeyCache(t *testing.T) {
 	if n := is.count(); n != 2 {
 		t.Fatalf("%d JWKS fetches after a client with its own cache, want 2", n)
 	}
-}
-
-// testClock is time.Now moved by Advance.
-type testClock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
 }
 
 // TestParseJWKS: usable signing keys only.

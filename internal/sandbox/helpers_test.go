@@ -7,39 +7,14 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"golang.org/x/oauth2"
 
 	"github.com/medrelay/medrelay/internal/sandbox"
-	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
 )
 
 const redirectURI = "http://127.0.0.1:1/callback"
-
-// clock is a test clock the sandbox reads through Config.Now.
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
-
-func withClock(c *clock) sandboxtest.Option {
-	return sandboxtest.WithConfig(func(cfg *sandbox.Config) { cfg.Now = c.Now })
-}
 
 type smartConfig struct {
 	Issuer          string   `json:"issuer"`

@@ -418,8 +418,8 @@ func TestDecline(t *testing.T) {
 // Faults for patient access: token endpoint 5xx, refusing refreshes,
 // revoking a patient's grant, short access tokens.
 func TestTokenFaults(t *testing.T) {
-	clk := &clock{}
-	s := sandboxtest.Start(t, sandboxtest.WithClients(publicApp), withClock(clk))
+	clk := &sandboxtest.Clock{}
+	s := sandboxtest.Start(t, sandboxtest.WithClients(publicApp), sandboxtest.WithClock(clk))
 	conf := oauthConf(t, s, "generic", "app", "", patientScopes)
 
 	if err := s.SetFaults(sandbox.Faults{Tenant: "generic", Endpoints: []string{sandbox.EndpointToken}, Status: 503, Count: 1, RetryAfter: 2}); err != nil {
@@ -526,8 +526,8 @@ func TestScopeEnforcement(t *testing.T) {
 // With a reuse grace, a client that crashed before storing its rotated
 // refresh token may retry with the old one once; real reuse still revokes.
 func TestRefreshReuseGrace(t *testing.T) {
-	clk := &clock{}
-	s := sandboxtest.Start(t, sandboxtest.WithClients(publicApp), withClock(clk),
+	clk := &sandboxtest.Clock{}
+	s := sandboxtest.Start(t, sandboxtest.WithClients(publicApp), sandboxtest.WithClock(clk),
 		sandboxtest.WithTenants(sandbox.TenantConfig{Name: "graceful", Profile: "generic", RefreshReuseGrace: sandbox.Duration(30 * time.Second)}))
 	conf := oauthConf(t, s, "graceful", "app", "", patientScopes)
 	refresh := func(rt string) (*oauth2.Token, error) {
@@ -577,8 +577,8 @@ func TestRefreshReuseGrace(t *testing.T) {
 // successor unused (the token endpoint takes it as a retry); a token replaced
 // by such a retry, one past the grace, or one whose grant ended is inactive.
 func TestIntrospectRefreshTokensAsTheTokenEndpointWouldAccept(t *testing.T) {
-	clk := &clock{}
-	s := sandboxtest.Start(t, sandboxtest.WithClients(secretApp), withClock(clk),
+	clk := &sandboxtest.Clock{}
+	s := sandboxtest.Start(t, sandboxtest.WithClients(secretApp), sandboxtest.WithClock(clk),
 		sandboxtest.WithTenants(sandbox.TenantConfig{Name: "generic", Profile: "generic"}, sandbox.TenantConfig{Name: "bluebutton", Profile: "bluebutton"},
 			sandbox.TenantConfig{Name: "graceful", Profile: "generic", RefreshReuseGrace: sandbox.Duration(30 * time.Second)}))
 	active := func(tenant, rt string) bool {

@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,6 +55,38 @@ func WithFaults(f ...sandbox.Faults) Option {
 
 // WithConfig edits the configuration freely (clock, bulk file size, ...).
 func WithConfig(fn func(*sandbox.Config)) Option { return fn }
+
+// WithClock makes the sandbox read the time from c.
+func WithClock(c *Clock) Option { return func(cfg *sandbox.Config) { cfg.Now = c.Now } }
+
+// Clock is a test clock for a sandbox, an agent component or both: the wall
+// clock moved on by Advance (the zero Clock), or a fixed time moved only by
+// Advance (FrozenClock). Safe for concurrent use.
+type Clock struct {
+	mu     sync.Mutex
+	frozen time.Time // zero: follow the wall clock
+	off    time.Duration
+}
+
+// FrozenClock returns a Clock that stands at t until the test advances it.
+func FrozenClock(t time.Time) *Clock { return &Clock{frozen: t} }
+
+// Now is the clock's time; pass the method value as a Now option.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.frozen.IsZero() {
+		return time.Now().Add(c.off)
+	}
+	return c.frozen.Add(c.off)
+}
+
+// Advance moves the clock on by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
 
 // Start runs a sandbox on a random loopback port with auto-approve on, closed
 // when the test ends.
