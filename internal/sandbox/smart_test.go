@@ -499,6 +499,14 @@ func TestIntrospectAndRevoke(t *testing.T) {
 	if body["active"] != false {
 		t.Fatalf("access token active after its grant was revoked: %v", body)
 	}
+	// docs/sandbox.md: a revoked refresh token is inactive, as the token endpoint refuses it.
+	_, body = postForm(t, sc.Introspect, url.Values{"token": {tok.RefreshToken}}, "conf-app", "s3cret")
+	if body["active"] != false {
+		t.Fatalf("refresh token active after it was revoked: %v", body)
+	}
+	if _, err := conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: tok.RefreshToken, Expiry: time.Now().Add(-time.Minute)}).Token(); retrieveErrorCode(err) != "invalid_grant" {
+		t.Fatalf("revoked refresh token at the token endpoint: %v", err)
+	}
 }
 
 // smart-2.2-client #93 #120-#146: scopes are enforced on FHIR calls,
