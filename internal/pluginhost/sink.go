@@ -218,11 +218,8 @@ type sinkResult struct {
 // finish waits for the copy, if there was one, and returns what it wrote.
 // abort closes the connection first (we give up on the download).
 func (s *sink) finish(abort bool) sinkResult {
-	s.mu.Lock()
-	conn := s.conn
-	s.mu.Unlock()
-	if abort && conn != nil {
-		conn.Close()
+	if abort {
+		s.abort()
 	}
 	s.ln.Close()
 	<-s.done
