@@ -1,5 +1,3 @@
-//go:build unix
-
 package pluginhost
 
 import (
@@ -373,9 +371,6 @@ func waitFDs(t *testing.T, want int, what string) {
 // filled), and the file resumes from there; an agent that cancels stops the
 // plugin's download.
 func TestRingCleanupOnEveryPath(t *testing.T) {
-	if !ringDefault {
-		t.Skip("no ring here")
-	}
 	file := bytes.Repeat([]byte("0123456789abcdef\n"), 200000) // 3.4 MB
 	const cut = 3<<20 + 1000                                   // the hanging request stops after this
 	release := make(chan struct{})
@@ -548,9 +543,6 @@ func (w *signalWriter) Write(b []byte) (int, error) {
 // faulted in stay), at most ringPoolMax are kept, and stopping the host
 // releases every one.
 func TestRingPool(t *testing.T) {
-	if !ringDefault {
-		t.Skip("no ring here")
-	}
 	file := bytes.Repeat([]byte("0123456789abcdef\n"), 100000)
 	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.ServeContent(w, r, "f.ndjson", time.Time{}, bytes.NewReader(file))
