@@ -371,12 +371,12 @@ func (s *Store) dropLegacyHeads(ctx context.Context) error {
 		k := 0
 		err := s.heads.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(key string, _ []byte) error {
 			if k >= 100000 {
-				return errStopScan
+				return store.ErrStopScan
 			}
 			k++
 			return store.BatchDelete(b, s.heads, key)
 		})
-		if err != nil && !errors.Is(err, errStopScan) {
+		if err != nil {
 			b.Cancel()
 			return fmt.Errorf("records: remove the old heads table: %w", err)
 		}
@@ -394,8 +394,6 @@ func (s *Store) dropLegacyHeads(ctx context.Context) error {
 	}
 	return nil
 }
-
-var errStopScan = errors.New("stop")
 
 func (s *Store) deleteChange(out sink, conn, typ string, seq uint64) error {
 	return out.del(s.changes, changeKey(conn, seq, typ))
