@@ -1,6 +1,7 @@
 package records
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"crypto/cipher"
@@ -826,10 +827,10 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 		os.Remove(tmp)
 		return nil, err
 	}
-	w := bufferedFile{f: f, buf: make([]byte, 0, 1<<20)}
+	w := bufio.NewWriterSize(f, 1<<20) // its first error sticks: Flush reports it
 	hdr := append([]byte(keyRunMagic), make([]byte, 8)...)
 	binary.LittleEndian.PutUint64(hdr[len(keyRunMagic):], uint64(n))
-	w.write(hdr)
+	w.Write(hdr)
 	plain := make([]byte, 0, keyBlockPlain)
 	sealed := make([]byte, 0, keyBlockLen)
 	off := int64(len(hdr))
@@ -844,7 +845,7 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 		nonce := nonceOf(id, uint64(off))
 		sealed = binary.LittleEndian.AppendUint32(sealed[:0], uint32(keyBlockPlain+aead.Overhead()))
 		sealed = aead.Seal(sealed, nonce[:], plain, ad)
-		w.write(sealed)
+		w.Write(sealed)
 		off += int64(len(sealed))
 		plain = plain[:0]
 	}
@@ -867,7 +868,7 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 	}
 	// The filter is not written: it is rebuilt from the blocks when the
 	// run is opened (a sequential read of 16 bytes per pair).
-	if err := w.flush(); err != nil {
+	if err := w.Flush(); err != nil {
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {
@@ -888,31 +889,6 @@ func writeKeyRun(dir string, id uint64, aead cipher.AEAD, ad []byte, n int, pair
 		return nil, err
 	}
 	return r, nil
-}
-
-type bufferedFile struct {
-	f   *os.File
-	buf []byte
-	err error
-}
-
-func (w *bufferedFile) write(b []byte) {
-	if w.err != nil {
-		return
-	}
-	if len(w.buf)+len(b) > cap(w.buf) {
-		w.err = w.flush()
-	}
-	w.buf = append(w.buf, b...)
-}
-
-func (w *bufferedFile) flush() error {
-	if w.err != nil {
-		return w.err
-	}
-	_, w.err = w.f.Write(w.buf)
-	w.buf = w.buf[:0]
-	return w.err
 }
 
 // openKeyRun opens a run, reading every block to rebuild its filter and
