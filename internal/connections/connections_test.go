@@ -22,6 +22,7 @@ import (
 	"github.com/medrelay/medrelay/internal/connections"
 	"github.com/medrelay/medrelay/internal/errdefs"
 	"github.com/medrelay/medrelay/internal/events"
+	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
 	"github.com/medrelay/medrelay/internal/secrets"
 	"github.com/medrelay/medrelay/internal/store"
 )
@@ -63,8 +64,7 @@ func (e *endpoint) Refresh(ctx context.Context, c connections.Connection, rt sec
 }
 
 type fixture struct {
-	mu   sync.Mutex
-	now  time.Time
+	clk  *sandboxtest.Clock // stands still until the test advances it
 	opts []connections.Option
 	dir  string
 	db   *store.DB
@@ -75,7 +75,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, ep *endpoint, opts ...connections.Option) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), ep: ep, now: time.Now(), opts: opts}
+	f := &fixture{dir: t.TempDir(), ep: ep, clk: sandboxtest.FrozenClock(time.Now()), opts: opts}
 	f.open(t)
 	t.Cleanup(func() { f.db.Close() })
 	return f
@@ -89,22 +89,10 @@ func (f *fixture) open(t *testing.T) {
 	}
 	f.db = db
 	f.ev = events.New(db, quiet)
-	f.m, err = connections.New(context.Background(), db, f.ev, f.ep, quiet, append([]connections.Option{connections.WithClock(f.clock)}, f.opts...)...)
+	f.m, err = connections.New(context.Background(), db, f.ev, f.ep, quiet, append([]connections.Option{connections.WithClock(f.clk.Now)}, f.opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-func (f *fixture) clock() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fixture) advance(d time.Duration) {
-	f.mu.Lock()
-	f.now = f.now.Add(d)
-	f.mu.Unlock()
 }
 
 func (f *fixture) reopen(t *testing.T) {
@@ -211,7 +199,7 @@ func TestRotatedRefreshTokenSurvivesRestart(t *testing.T) {
 	f.reopen(t)
 	// Two hours later the access token has expired: the refresh must use
 	// the rotated refresh token (rt-1), which the endpoint alone accepts.
-	f.advance(2 * time.Hour)
+	f.clk.Advance(2 * time.Hour)
 	tok, _, err := f.m.AccessToken(context.Background(), c.ID, false)
 	if err != nil {
 		t.Fatalf("after restart: %v (refresh token rotation not persisted?)", err)
@@ -320,18 +308,18 @@ func TestTransientFailureHoldsOnDemandRefreshesBack(t *testing.T) {
 	callers(50)
 	wantCalls(1, "50 callers during the outage")
 	wantState(1)
-	f.advance(999 * time.Millisecond)
+	f.clk.Advance(999 * time.Millisecond)
 	callers(50)
 	wantCalls(1, "inside the first 1 s window")
 	wantState(1) // calls held back are not failures of their own
-	f.advance(time.Millisecond)
+	f.clk.Advance(time.Millisecond)
 	callers(50)
 	wantCalls(2, "after the first window")
 	wantState(2)
-	f.advance(time.Second)
+	f.clk.Advance(time.Second)
 	callers(50)
 	wantCalls(2, "1 s into the second window, which lasts 2 s")
-	f.advance(time.Second)
+	f.clk.Advance(time.Second)
 	callers(50)
 	wantCalls(3, "after the second window")
 	wantState(3)
@@ -350,7 +338,7 @@ func TestTransientFailureHoldsOnDemandRefreshesBack(t *testing.T) {
 	ep.mu.Unlock()
 	callers(10)
 	wantCalls(4, "inside the fourth window")
-	f.advance(8 * time.Second)
+	f.clk.Advance(8 * time.Second)
 	tok, _, err := f.m.AccessToken(ctx, c.ID, false)
 	if err != nil || tok.Reveal() != "at-1" {
 		t.Fatalf("after the outage: %q %v", tok.Reveal(), err)
@@ -362,12 +350,12 @@ func TestTransientFailureHoldsOnDemandRefreshesBack(t *testing.T) {
 	ep.mu.Lock()
 	ep.fail = errors.New("503 from token endpoint")
 	ep.mu.Unlock()
-	f.advance(time.Minute)
+	f.clk.Advance(time.Minute)
 	if _, _, err := f.m.AccessToken(ctx, c.ID, true); !errors.Is(err, connections.ErrUnavailable) {
 		t.Fatalf("rejected token during the second outage: %v", err)
 	}
 	wantCalls(6, "the second outage's first failure")
-	f.advance(time.Second)
+	f.clk.Advance(time.Second)
 	if _, _, err := f.m.AccessToken(ctx, c.ID, true); !errors.Is(err, connections.ErrUnavailable) {
 		t.Fatalf("second outage: %v", err)
 	}
