@@ -492,6 +492,20 @@ func TestIntrospectAndRevoke(t *testing.T) {
 	if resp, _ := postForm(t, sc.Introspect, url.Values{"token": {tok.AccessToken}}, "", ""); resp.StatusCode != 401 {
 		t.Fatalf("unauthenticated introspection: %d", resp.StatusCode)
 	}
+	// docs/sandbox.md: or the caller authenticates with a bearer token.
+	req, _ := http.NewRequest(http.MethodPost, sc.Introspect, strings.NewReader(url.Values{"token": {tok.AccessToken}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	if r, err := http.DefaultClient.Do(req); err != nil || r.StatusCode != 200 {
+		t.Fatalf("introspection with a bearer token: %v %v", r, err)
+	} else {
+		var b map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&b)
+		r.Body.Close()
+		if b["active"] != true {
+			t.Fatalf("introspection with a bearer token: %v", b)
+		}
+	}
 	if resp, _ := postForm(t, sc.Revoke, url.Values{"token": {tok.RefreshToken}}, "conf-app", "s3cret"); resp.StatusCode != 200 {
 		t.Fatalf("revoke: %d", resp.StatusCode)
 	}
