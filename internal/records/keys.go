@@ -739,7 +739,9 @@ func mergePairs(runs []*keyRun, failed *error) func(func(keyPair) bool) {
 		type cur struct {
 			r     *keyRun
 			block int
-			buf   []keyPair
+			buf   []keyPair // the current block's pairs not yet yielded
+			raw   []byte    // read buffers, reused block after block
+			ps    []keyPair
 		}
 		cs := make([]*cur, 0, len(runs))
 		next := func(c *cur) bool {
@@ -747,18 +749,18 @@ func mergePairs(runs []*keyRun, failed *error) func(func(keyPair) bool) {
 				if c.block >= c.r.blocks() {
 					return false
 				}
-				ps, err := c.r.readBlock(c.block, nil)
+				ps, err := c.r.readBlockInto(c.block, c.raw, c.ps[:0])
 				if err != nil {
 					*failed = err
 					return false
 				}
 				c.block++
-				c.buf = ps
+				c.buf, c.ps = ps, ps
 			}
 			return true
 		}
 		for _, r := range runs {
-			c := &cur{r: r}
+			c := &cur{r: r, raw: make([]byte, keyBlockLen)}
 			if next(c) {
 				cs = append(cs, c)
 			}
@@ -926,11 +928,8 @@ func openKeyRun(path string, id uint64, aead cipher.AEAD, ad []byte) (*keyRun, e
 	return r, nil
 }
 
-// readBlock reads block i's pairs (padding dropped).
-func (r *keyRun) readBlock(i int, out []keyPair) ([]keyPair, error) {
-	return r.readBlockInto(i, make([]byte, keyBlockLen), out)
-}
-
+// readBlockInto appends block i's pairs (padding dropped) to out, reading
+// through buf (keyBlockLen bytes).
 func (r *keyRun) readBlockInto(i int, buf []byte, out []keyPair) ([]keyPair, error) {
 	off := r.blockOff(i)
 	if _, err := r.f.ReadAt(buf[:keyBlockLen], off); err != nil {
