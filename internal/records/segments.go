@@ -20,8 +20,8 @@ import (
 )
 
 // Resource bodies live outside Badger, in append-only segment files, one
-// directory per connection; Badger keeps only the small index entries (head,
-// change header, and where the body is). Why: with encryption on, Badger
+// directory per connection; Badger keeps only the small change entries
+// (header, and where the body is). Why: with encryption on, Badger
 // builds a fresh AES cipher for every entry it writes, and writes values
 // through memory-mapped logs whose pages count against the agent's resident
 // memory; measured on the bench machine, Badger took large values at about
@@ -36,8 +36,9 @@ import (
 // nonce is used twice under the key. The connection, type and id are the
 // additional data: a body cannot be passed off as another record's.
 //
-// Superseded bodies stay in their segment until the connection's records are
-// deleted (the whole directory goes then).
+// Superseded bodies stay in their segment until compaction (compact.go)
+// copies the live ones out of a mostly dead segment and removes it, or the
+// connection's records are deleted (the whole directory goes then).
 type segments struct {
 	dir  string
 	aead cipher.AEAD
