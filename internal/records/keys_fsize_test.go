@@ -55,6 +55,14 @@ func TestKeyIndexJournalWriteCutShort(t *testing.T) {
 		t.Fatalf("journal %d bytes after the cut write, want %d", fi2.Size(), fi.Size()+10)
 	}
 	del(t, s, "c", "Patient", "y", time.Time{})
+	// The next commit went to a new journal: the cut one was neither
+	// appended to nor rewritten at the offset whose nonce is spent.
+	if fi2, _ := os.Stat(j[0]); fi2.Size() != fi.Size()+10 {
+		t.Fatalf("cut journal %d bytes after the next commit, want %d", fi2.Size(), fi.Size()+10)
+	}
+	if j2 := keyFiles(t, dir, ".jnl"); len(j2) != 2 {
+		t.Fatalf("journals after the next commit: %v, want the cut one and a new one", j2)
+	}
 	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/y": "-"})
 	s.Close()
 	s = open()
