@@ -625,6 +625,27 @@ func TestKeyIndexDamageErrorsSayWhereAndWhat(t *testing.T) {
 		_, err := s.Get(ctx, "c", "Patient", "p1")
 		says(t, err, r)
 	})
+	t.Run("the way out", func(t *testing.T) {
+		// What the error says to do: remove VERSION, and the next load
+		// rebuilds the index from the stored changes.
+		dir, open := setup(t, 15)
+		r := keyFiles(t, dir, ".run")[0]
+		damage(t, r, keyRunHeader+100)
+		s := open()
+		_, err := s.Get(ctx, "c", "Patient", "p1")
+		says(t, err, r)
+		s.Close()
+		if err := os.Remove(filepath.Join(filepath.Dir(r), keyVersion)); err != nil {
+			t.Fatal(err)
+		}
+		s = open()
+		defer s.Close()
+		want := map[string]string{}
+		for i := range 15 {
+			want[fmt.Sprintf("Patient/p%d", i)] = "1"
+		}
+		checkAll(t, s, "c", want)
+	})
 	t.Run("run read by a lookup", func(t *testing.T) {
 		dir, open := setup(t, 15)
 		s := open()
