@@ -6,15 +6,19 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	stdsync "sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +106,39 @@ func benchBulk(t *testing.T, resources int) {
 	}
 	fmt.Printf("BENCH sync.bulk.memory  resources=%d  agent_peak_rss=%dMB (peaks: anonymous %dMB, file-backed mmap %dMB; idle before the sync %dMB; GOMEMLIMIT %s)  goal<=200MB  %s\n",
 		want.Total, peak.hwm>>20, peak.anon>>20, peak.file>>20, idle["VmRSS"]>>20, limit, verdict(peak.hwm <= 200<<20))
+	// What the sync left on disk (docs/bulk.md, sizing): the records
+	// directory holds the resources, the store mostly their index.
+	records, store := diskBytes(t, filepath.Join(e.home, "records")), diskBytes(t, filepath.Join(e.home, "store"))
+	fmt.Printf("BENCH sync.bulk.disk  resources=%d  records=%dMB  store=%dMB (%.0f bytes/resource)  baseline(export NDJSON)=%dMB  (information)\n",
+		want.Total, records>>20, store>>20, float64(store)/float64(want.Total), bytes>>20)
+}
+
+// diskBytes is the disk space the files under dir take (allocated blocks:
+// Badger's files are sparse while it runs).
+func diskBytes(t *testing.T, dir string) int64 {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // compacted away meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n += st.Blocks * 512
+		} else {
+			n += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Logf("disk use of %s: %v", dir, err)
+	}
+	return n
 }
 
 func waitSyncFor(t *testing.T, e *agentEnv, id string, patience time.Duration) *agentv1.Sync {
