@@ -49,7 +49,6 @@ import (
 
 // merge applies one parsed list to (copies of) the catalog's sources.
 type merge struct {
-	c      *Catalog
 	list   *importers.List
 	listID string
 	origin string
@@ -78,7 +77,7 @@ func (c *Catalog) newMerge(list *importers.List, opts ImportOptions) *merge {
 		prio = linkedPriority
 	}
 	m := &merge{
-		c: c, list: list, listID: opts.ListID, origin: opts.Origin, prio: prio, now: c.now().UTC(),
+		list: list, listID: opts.ListID, origin: opts.Origin, prio: prio, now: c.now().UTC(),
 		changed: map[string]*Source{}, old: map[string]*Source{}, seen: map[string]bool{},
 		eps: map[string]*Endpoint{}, epsNew: map[string]*Endpoint{}, setups: map[string]Setup{},
 	}
