@@ -39,23 +39,12 @@ func keyFiles(t *testing.T, dir, suffix string) []string {
 	return out
 }
 
-// checkAll asserts that every resource in want reads back at its version
-// and that the list holds each exactly once.
+// checkAll asserts that the list holds every resource in want exactly once
+// at its version (checkExactly), that each reads back at it, and the count.
 func checkAll(t *testing.T, s *Store, conn string, want map[string]string) {
 	t.Helper()
 	ctx := context.Background()
-	all, _ := list(t, s, conn, Query{})
-	seen := map[string]bool{}
-	for _, r := range all {
-		k := r.Type + "/" + r.ID
-		if seen[k] {
-			t.Fatalf("%s listed twice", k)
-		}
-		seen[k] = true
-	}
-	if len(all) != len(want) {
-		t.Fatalf("listed %d resources, want %d", len(all), len(want))
-	}
+	checkExactly(t, s, conn, want)
 	for k, v := range want {
 		typ, id, _ := strings.Cut(k, "/")
 		r, err := s.Get(ctx, conn, typ, id)

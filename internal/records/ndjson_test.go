@@ -137,6 +137,8 @@ func ndjsonFile(n int) (file []byte, want map[string]string, malformed int) {
 	return file, want, malformed
 }
 
+// checkExactly asserts that the list holds each resource of want exactly
+// once, at its version ("-": a tombstone), and nothing else.
 func checkExactly(t *testing.T, s *Store, conn string, want map[string]string) {
 	t.Helper()
 	all, _ := list(t, s, conn, Query{})
@@ -147,8 +149,12 @@ func checkExactly(t *testing.T, s *Store, conn string, want map[string]string) {
 			t.Fatalf("%s listed twice", k)
 		}
 		seen[k] = true
-		if want[k] != r.VersionID {
-			t.Fatalf("%s at version %q, want %q", k, r.VersionID, want[k])
+		got := r.VersionID
+		if r.Deleted {
+			got = "-"
+		}
+		if want[k] != got {
+			t.Fatalf("%s at version %q, want %q", k, got, want[k])
 		}
 	}
 	if len(all) != len(want) {
