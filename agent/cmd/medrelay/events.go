@@ -79,14 +79,7 @@ func followOnce(cmd *cobra.Command, g *globals, req *agentv1.SubscribeRequest, r
 		if err != nil {
 			return err
 		}
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				if err == io.EOF {
-					return nil
-				}
-				return err
-			}
+		return recvAll(stream, func(resp *agentv1.SubscribeResponse) error {
 			*reconnecting = false
 			e := resp.GetEvent()
 			if err := printEvent(cmd.OutOrStdout(), e, g.json); err != nil {
@@ -94,7 +87,8 @@ func followOnce(cmd *cobra.Command, g *globals, req *agentv1.SubscribeRequest, r
 			}
 			// Resume after this event if the stream breaks.
 			req.FromNow, req.FromCursor = false, e.GetId()
-		}
+			return nil
+		})
 	})
 }
 

@@ -102,6 +102,23 @@ func (g *globals) printResult(cmd *cobra.Command, m proto.Message, human func(ou
 	return human(cmd.OutOrStdout())
 }
 
+// recvAll hands every message of a server stream to each, until the stream
+// ends (nil), fails, or each fails (that error).
+func recvAll[T any](st interface{ Recv() (*T, error) }, each func(*T) error) error {
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := each(m); err != nil {
+			return err
+		}
+	}
+}
+
 // printJSON writes a proto message as JSON with the proto field names.
 func printJSON(cmd *cobra.Command, m proto.Message) error {
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: false}.Marshal(m)

@@ -80,15 +80,7 @@ func recordsListCmd(g *globals) *cobra.Command {
 				}
 				out := newRecordOutput(cmd.OutOrStdout(), ndjson, g.json)
 				cursor, n, deleted := since, 0, 0
-				for {
-					m, err := st.Recv()
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					if err != nil {
-						out.w.Flush()
-						return err
-					}
+				err = recvAll(st, func(m *agentv1.ListRecordsResponse) error {
 					cursor = m.GetCursor()
 					for _, r := range m.GetRecords() {
 						n++
@@ -99,6 +91,11 @@ func recordsListCmd(g *globals) *cobra.Command {
 							return err
 						}
 					}
+					return nil
+				})
+				if err != nil {
+					out.w.Flush()
+					return err
 				}
 				if err := out.flush(); err != nil {
 					return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 
@@ -37,15 +36,7 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 				}
 				out := newRecordOutput(cmd.OutOrStdout(), ndjson, g.json)
 				n, pages, total := 0, int32(0), int64(-1)
-				for {
-					m, err := st.Recv()
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					if err != nil {
-						out.w.Flush()
-						return err
-					}
+				err = recvAll(st, func(m *agentv1.SearchRecordsResponse) error {
 					pages = max(pages, m.GetPage())
 					if m.GetTotal() > 0 {
 						total = m.GetTotal()
@@ -56,6 +47,11 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 							return err
 						}
 					}
+					return nil
+				})
+				if err != nil {
+					out.w.Flush()
+					return err
 				}
 				if err := out.flush(); err != nil {
 					return err

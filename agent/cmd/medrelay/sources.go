@@ -193,23 +193,19 @@ name) updates it; sources no longer in it become suspended.`,
 				}
 				pr := newProgress(cmd.ErrOrStderr())
 				var sum *agentv1.ImportSummary
-				for {
-					resp, err := stream.Recv()
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					if err != nil {
-						pr.done()
-						return err
-					}
+				err = recvAll(stream, func(resp *agentv1.DirectoryServiceImportResponse) error {
 					if p := resp.GetProgress(); p != nil {
 						pr.update(p)
 					}
 					if s := resp.GetSummary(); s != nil {
 						sum = s
 					}
-				}
+					return nil
+				})
 				pr.done()
+				if err != nil {
+					return err
+				}
 				if err := <-sendErr; err != nil {
 					return err
 				}

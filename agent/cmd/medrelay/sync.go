@@ -351,28 +351,19 @@ func watchSync(cmd *cobra.Command, g *globals, c *client.Client, id string) erro
 		view = newSyncView(out)
 	}
 	var last *agentv1.Sync
-	for {
-		m, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			if view != nil {
-				view.close()
-			}
-			return err
-		}
+	err = recvAll(st, func(m *agentv1.WatchSyncResponse) error {
 		last = m.GetSync()
 		if g.json {
-			if err := printJSONLine(cmd, last); err != nil {
-				return err
-			}
-			continue
+			return printJSONLine(cmd, last)
 		}
 		view.update(last)
-	}
+		return nil
+	})
 	if view != nil {
 		view.close()
+	}
+	if err != nil {
+		return err
 	}
 	if last == nil {
 		return errors.New("the agent ended the watch without a status")
@@ -575,15 +566,7 @@ func exportRecords(ctx context.Context, c *client.Client, conn string, types []s
 		return fl, nil
 	}
 	cursor := since
-	for {
-		m, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			_ = closeAll(false)
-			return "", nil, err
-		}
+	err = recvAll(st, func(m *agentv1.ListRecordsResponse) error {
 		for _, r := range m.GetRecords() {
 			name := r.GetResourceType() + ".ndjson"
 			line := r.GetJson()
@@ -598,14 +581,18 @@ func exportRecords(ctx context.Context, c *client.Client, conn string, types []s
 				err = f.w.WriteByte('\n')
 			}
 			if err != nil {
-				_ = closeAll(false)
-				return "", nil, err
+				return err
 			}
 			counts[name]++
 		}
 		if m.GetCursor() != "" {
 			cursor = m.GetCursor()
 		}
+		return nil
+	})
+	if err != nil {
+		_ = closeAll(false)
+		return "", nil, err
 	}
 	return cursor, counts, closeAll(true)
 }
