@@ -55,7 +55,8 @@ func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
 // Health answers /healthz: nil when the agent is healthy, else why not.
 type Health func(ctx context.Context) map[string]error
 
-// AdminServer is the loopback listener for /metrics and /healthz.
+// AdminServer is the loopback listener for /metrics, /healthz and, with
+// debug_pprof, Go's profiles under /debug/pprof/.
 type AdminServer struct {
 	srv *http.Server
 	l   net.Listener
@@ -63,8 +64,8 @@ type AdminServer struct {
 }
 
 // ListenAdmin binds addr (port 0 picks a free port) and returns the server,
-// not yet serving.
-// With pprof it also serves Go's profiles under /debug/pprof/.
+// not yet serving. With pprof it also serves Go's profiles; a CPU profile
+// or trace in progress holds up Shutdown until it ends or ctx does.
 func (m *Metrics) ListenAdmin(addr string, health Health, pprof bool, log *slog.Logger) (*AdminServer, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
