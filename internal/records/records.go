@@ -271,21 +271,12 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 				if o == seq || gone[o] {
 					continue
 				}
-				found, err := s.changes.PeekTx(tx, changeKey(conn, o, c.typ), func(ov []byte) error {
-					oc, err := decodeChange(ov, nil)
-					if err != nil {
-						return fmt.Errorf("change %d: %w", o, err)
-					}
-					if oc.id != c.id {
-						return errOtherKey
-					}
-					return nil
-				})
-				if errors.Is(err, errOtherKey) || err == nil && !found {
-					continue
-				}
+				_, found, err := s.changeOf(tx, conn, o, c.typ, c.id)
 				if err != nil {
 					return err
+				}
+				if !found {
+					continue
 				}
 				drop := o
 				if o > keep {
@@ -334,24 +325,12 @@ func (s *Store) current(tx *store.Txn, ck *connKeys, typ, id string, cands []uin
 		return 0, change{}, false, cands, err
 	}
 	for _, seq := range cands {
-		var c change
-		found, err := s.changes.PeekTx(tx, changeKey(ck.conn, seq, typ), func(v []byte) error {
-			var err error
-			if c, err = decodeChange(v, nil); err != nil {
-				return fmt.Errorf("change %d of %s/%s: %w", seq, typ, clip(id), err)
-			}
-			if c.id != id {
-				return errOtherKey
-			}
-			return nil
-		})
-		switch {
-		case errors.Is(err, errOtherKey), err == nil && !found:
-			// Another resource with the same hash, or a change superseded
-			// (or never stored: a batch a crash cut short).
-			continue
-		case err != nil:
+		c, found, err := s.changeOf(tx, ck.conn, seq, typ, id)
+		if err != nil {
 			return 0, c, false, cands, err
+		}
+		if !found {
+			continue
 		}
 		// Newest first: the first one stored is the current one.
 		if c.json != nil {
@@ -360,6 +339,27 @@ func (s *Store) current(tx *store.Txn, ck *connKeys, typ, id string, cands []uin
 		return seq, c, true, cands, nil
 	}
 	return 0, change{}, false, cands, nil
+}
+
+// changeOf reads change seq of (typ, id), a key index candidate, in tx.
+// found is false when the candidate is not one: a change superseded (or
+// never stored: a batch a crash cut short), or another resource's with the
+// same hash. c.json is PeekTx's value, not a copy: clone it to keep it.
+func (s *Store) changeOf(tx *store.Txn, conn string, seq uint64, typ, id string) (c change, found bool, err error) {
+	found, err = s.changes.PeekTx(tx, changeKey(conn, seq, typ), func(v []byte) error {
+		var err error
+		if c, err = decodeChange(v, nil); err != nil {
+			return fmt.Errorf("change %d of %s/%s: %w", seq, typ, clip(id), err)
+		}
+		if c.id != id {
+			return errOtherKey
+		}
+		return nil
+	})
+	if errors.Is(err, errOtherKey) {
+		return change{}, false, nil
+	}
+	return c, found && err == nil, err
 }
 
 // dropLegacyHeads removes the heads table an earlier version kept (the key
