@@ -498,8 +498,12 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 	db, s, _ := setup()
 	w, _ := s.NewWriter("c")
 	batch(w)
+	ck, err := s.connKeys(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
 	rec := &recorder{}
-	_, first, err := w.plan(ctx, rec, nil)
+	_, first, err := w.plan(ctx, ck, rec, nil)
 	if err != nil || first == 0 {
 		t.Fatal(first, err)
 	}

@@ -230,7 +230,7 @@ func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, Counts,
 		return nil, Counts{}, err
 	}
 	var ops opList
-	n, first, err := w.plan(ctx, &ops, app)
+	n, first, err := w.plan(ctx, ck, &ops, app)
 	if err != nil {
 		return nil, n, err
 	}
@@ -328,17 +328,14 @@ func (s batchSink) del(t *store.Table[[]byte], key string) error {
 // the pending marker first (if anything is written), then per change the
 // new change entry and the removal of the superseded change
 // (readers and repair rely on that order). It returns the counts and the first sequence used (0:
-// nothing written). Callers hold the connection's lock.
-func (w *Writer) plan(ctx context.Context, out sink, app *appender) (Counts, uint64, error) {
+// nothing written). ck is the connection's key index, loaded by the caller.
+// Callers hold the connection's lock.
+func (w *Writer) plan(ctx context.Context, ck *connKeys, out sink, app *appender) (Counts, uint64, error) {
 	var n Counts
 	var first uint64
 	s := w.s
-	ck, err := s.connKeys(ctx, w.conn)
-	if err != nil {
-		return n, 0, err
-	}
 	w.pairs = w.pairs[:0]
-	err = s.db.View(ctx, func(tx *store.Txn) error {
+	err := s.db.View(ctx, func(tx *store.Txn) error {
 		for i := range w.items {
 			it := &w.items[i]
 			hk := headKey(w.conn, it.typ, it.id)
