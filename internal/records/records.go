@@ -244,7 +244,6 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 		return err
 	}
 	b := s.db.NewBatch()
-	out := batchSink{b}
 	gone := map[uint64]bool{} // changes this repair deletes
 	var cands []uint64
 	err = s.db.View(ctx, func(tx *store.Txn) error {
@@ -283,7 +282,7 @@ func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
 					drop, keep = keep, o
 				}
 				gone[drop] = true
-				if err := s.deleteChange(out, conn, c.typ, drop); err != nil {
+				if err := store.BatchDelete(b, s.changes, changeKey(conn, drop, c.typ)); err != nil {
 					return err
 				}
 			}
@@ -393,10 +392,6 @@ func (s *Store) dropLegacyHeads(ctx context.Context) error {
 		s.log.Info("removed the heads table of an earlier version; key indexes are rebuilt from the change index", "entries", n)
 	}
 	return nil
-}
-
-func (s *Store) deleteChange(out sink, conn, typ string, seq uint64) error {
-	return out.del(s.changes, changeKey(conn, seq, typ))
 }
 
 // repairIfPending finishes a batch of conn left pending by a failed flush.

@@ -441,20 +441,6 @@ func TestStoreDeleteConnection(t *testing.T) {
 	}
 }
 
-// recorder keeps one commit's writes (op, as the Writer collects them) to
-// replay them in part.
-type recorder struct{ ops []op }
-
-func (r *recorder) put(t *store.Table[[]byte], key string, v []byte) error {
-	r.ops = append(r.ops, op{t: t, key: key, val: bytes.Clone(v)})
-	return nil
-}
-
-func (r *recorder) del(t *store.Table[[]byte], key string) error {
-	r.ops = append(r.ops, op{t: t, key: key, del: true})
-	return nil
-}
-
 // A Badger WriteBatch is not atomic: a crash leaves some prefix of it
 // stored. For every prefix of one commit's writes, Open must finish the
 // batch and the caller's resume (from its last progress marker) must end in
@@ -502,24 +488,24 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{}
-	_, first, err := w.plan(ctx, ck, rec, nil)
+	var ops opList // one commit's writes, as the Writer collects them, to replay in part
+	_, first, err := w.plan(ctx, ck, &ops, nil)
 	if err != nil || first == 0 {
 		t.Fatal(first, err)
 	}
 	marker := markerTable(db)
-	rec.ops = append(rec.ops, op{t: marker, key: "m", val: []byte("done")}, op{t: s.pending, key: "c", del: true})
+	ops = append(ops, op{t: marker, key: "m", val: []byte("done")}, op{t: s.pending, key: "c", del: true})
 	// Which table each op went to, to replay it on a fresh store.
 	which := func(t *store.Table[[]byte]) int {
 		return map[*store.Table[[]byte]]int{s.heads: 0, s.changes: 1, s.pending: 2, marker: 3}[t]
 	}
 	db.Close()
 
-	for k := 0; k <= len(rec.ops); k++ {
+	for k := 0; k <= len(ops); k++ {
 		db, s, cur := setup()
 		b := db.NewBatch()
 		tables := []*store.Table[[]byte]{s.heads, s.changes, s.pending, markerTable(db)}
-		for _, o := range rec.ops[:k] {
+		for _, o := range ops[:k] {
 			tb := tables[which(o.t)]
 			var err error
 			if o.del {
@@ -538,7 +524,7 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		// handed out before (Badger leases ahead); the in-memory store
 		// here was not restarted, so move it on by hand.
 		for {
-			if n, _ := db.NextSeq(seqName); n > first+uint64(len(rec.ops)) {
+			if n, _ := db.NextSeq(seqName); n > first+uint64(len(ops)) {
 				break
 			}
 		}
@@ -575,7 +561,7 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		all, _ := list(t, s, "c", Query{})
 		since, _ := list(t, s, "c", Query{After: cur})
 		if !slices.Equal(listed(all), want) || !slices.Equal(listed(since), wantSince) {
-			t.Fatalf("prefix %d of %d: list %v since %v, want %v since %v", k, len(rec.ops), listed(all), listed(since), want, wantSince)
+			t.Fatalf("prefix %d of %d: list %v since %v, want %v since %v", k, len(ops), listed(all), listed(since), want, wantSince)
 		}
 		for _, typ := range []string{"Patient", "Observation", "Condition"} {
 			byType, _ := list(t, s, "c", Query{Types: []string{typ}})

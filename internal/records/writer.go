@@ -281,14 +281,12 @@ type op struct {
 	del bool
 }
 
-func (l *opList) put(t *store.Table[[]byte], key string, v []byte) error {
+func (l *opList) put(t *store.Table[[]byte], key string, v []byte) {
 	*l = append(*l, op{t: t, key: key, val: v})
-	return nil
 }
 
-func (l *opList) del(t *store.Table[[]byte], key string) error {
+func (l *opList) del(t *store.Table[[]byte], key string) {
 	*l = append(*l, op{t: t, key: key, del: true})
-	return nil
 }
 
 func (l opList) apply(b *store.Batch) error {
@@ -306,23 +304,6 @@ func (l opList) apply(b *store.Batch) error {
 	return nil
 }
 
-// sink receives a commit's writes in order: a store.Batch, or in tests a
-// recorder that replays every prefix of them.
-type sink interface {
-	put(t *store.Table[[]byte], key string, v []byte) error
-	del(t *store.Table[[]byte], key string) error
-}
-
-type batchSink struct{ b *store.Batch }
-
-func (s batchSink) put(t *store.Table[[]byte], key string, v []byte) error {
-	return store.BatchPut(s.b, t, key, v)
-}
-
-func (s batchSink) del(t *store.Table[[]byte], key string) error {
-	return store.BatchDelete(s.b, t, key)
-}
-
 // plan decides what each buffered change does and sends the writes to out
 // (and the bodies to app, when the store keeps them in segments):
 // the pending marker first (if anything is written), then per change the
@@ -330,7 +311,7 @@ func (s batchSink) del(t *store.Table[[]byte], key string) error {
 // (readers and repair rely on that order). It returns the counts and the first sequence used (0:
 // nothing written). ck is the connection's key index, loaded by the caller.
 // Callers hold the connection's lock.
-func (w *Writer) plan(ctx context.Context, ck *connKeys, out sink, app *appender) (Counts, uint64, error) {
+func (w *Writer) plan(ctx context.Context, ck *connKeys, out *opList, app *appender) (Counts, uint64, error) {
 	var n Counts
 	var first uint64
 	s := w.s
@@ -365,9 +346,7 @@ func (w *Writer) plan(ctx context.Context, ck *connKeys, out sink, app *appender
 			if first == 0 {
 				// First in the batch: if any of it is stored, so is this.
 				first = seq
-				if err := out.put(s.pending, w.conn, encodePending(seq)); err != nil {
-					return err
-				}
+				out.put(s.pending, w.conn, encodePending(seq))
 			}
 			c := change{deleted: it.deleted, lastUpdated: it.lastUpdated, hash: it.hash, typ: it.typ, id: it.id, versionID: it.version}
 			if found {
@@ -388,15 +367,11 @@ func (w *Writer) plan(ctx context.Context, ck *connKeys, out sink, app *appender
 			// Full slice expression: later appends must never write into
 			// a value the batch still holds.
 			val := w.vals[start:len(w.vals):len(w.vals)]
-			if err := out.put(s.changes, changeKey(w.conn, seq, it.typ), val); err != nil {
-				return err
-			}
+			out.put(s.changes, changeKey(w.conn, seq, it.typ), val)
 			h := c.head(seq)
 			w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
 			if found {
-				if err := s.deleteChange(out, w.conn, it.typ, cur.seq); err != nil {
-					return err
-				}
+				out.del(s.changes, changeKey(w.conn, cur.seq, it.typ))
 			}
 			w.heads[hk] = h
 			if it.deleted {
