@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -407,19 +408,6 @@ func TestKeyIndexFailedLoadKeepsNoFiles(t *testing.T) {
 	}
 }
 
-// warnings counts the warnings a store logs.
-type warnings struct{ n atomic.Int32 }
-
-func (w *warnings) Enabled(context.Context, slog.Level) bool { return true }
-func (w *warnings) Handle(_ context.Context, r slog.Record) error {
-	if r.Level >= slog.LevelWarn {
-		w.n.Add(1)
-	}
-	return nil
-}
-func (w *warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
-func (w *warnings) WithGroup(string) slog.Handler      { return w }
-
 // No run holds more than keyRunMaxPairs pairs, merged ones included, so
 // its blocks' nonces (run id, 32-bit offset) are never used twice; at the
 // real limit that is a 4 GiB run, here 100 pairs. Merges that would pass it
@@ -433,7 +421,7 @@ func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
 	dir := t.TempDir()
 	db := openDB(t, filepath.Join(dir, "store"))
 	defer db.Close()
-	var warned warnings
+	var warned messages
 	open := func() *Store {
 		s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
 		if err != nil {
@@ -473,8 +461,8 @@ func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
 	if merged == 0 {
 		t.Fatalf("no run was merged: %d runs", len(runs))
 	}
-	if n := warned.n.Load(); n > 0 {
-		t.Fatalf("%d warnings (failed merges)", n)
+	if got := warned.lines(); len(got) > 0 {
+		t.Fatalf("%d warnings (failed merges): %q", len(got), got)
 	}
 	s = open()
 	defer s.Close()
@@ -491,7 +479,7 @@ func TestKeyIndexDeleteDuringMerge(t *testing.T) {
 	dir := t.TempDir()
 	db := openDB(t, filepath.Join(dir, "store"))
 	defer db.Close()
-	var warned warnings
+	var warned messages
 	s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
 	if err != nil {
 		t.Fatal(err)
@@ -532,8 +520,8 @@ func TestKeyIndexDeleteDuringMerge(t *testing.T) {
 	if files := segFiles(t, dir); len(files) != 0 {
 		t.Fatalf("files left by the merge: %v", files)
 	}
-	if n := warned.n.Load(); n > 0 {
-		t.Fatalf("%d warnings (a failed merge)", n)
+	if got := warned.lines(); len(got) > 0 {
+		t.Fatalf("%d warnings (a failed merge): %q", len(got), got)
 	}
 }
 
@@ -557,6 +545,13 @@ func (m *messages) Handle(_ context.Context, r slog.Record) error {
 }
 func (m *messages) WithAttrs([]slog.Attr) slog.Handler { return m }
 func (m *messages) WithGroup(string) slog.Handler      { return m }
+
+// lines returns what was logged so far.
+func (m *messages) lines() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.got)
+}
 
 // A damaged key index file is named by its full path (a connection's
 // directory is a hash of its id) with the way out: the index is rebuilt
@@ -666,10 +661,9 @@ func TestKeyIndexDamageErrorsSayWhereAndWhat(t *testing.T) {
 		}
 		s.keys.merges.Wait() // (Close would abandon it)
 		s.Close()
-		logged.mu.Lock()
-		defer logged.mu.Unlock()
-		if len(logged.got) != 1 || !strings.Contains(logged.got[0], r) || !strings.Contains(logged.got[0], "block 0") {
-			t.Fatalf("logged %q, want the merge's failure naming %s, block 0", logged.got, r)
+		got := logged.lines()
+		if len(got) != 1 || !strings.Contains(got[0], r) || !strings.Contains(got[0], "block 0") {
+			t.Fatalf("logged %q, want the merge's failure naming %s, block 0", got, r)
 		}
 	})
 }
