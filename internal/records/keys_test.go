@@ -417,18 +417,9 @@ func TestKeyIndexRunsStayUnderTheNonceLimit(t *testing.T) {
 	old := keyRunMaxPairs
 	keyRunMaxPairs = 100
 	t.Cleanup(func() { keyRunMaxPairs = old })
-	ctx := context.Background()
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
 	var warned messages
-	open := func() *Store {
-		s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	open := reopener(t, dir, WithLogger(slog.New(&warned)))
 	s := open()
 	want := map[string]string{}
 	var rs [][]byte
@@ -477,13 +468,8 @@ func TestKeyIndexDeleteDuringMerge(t *testing.T) {
 	smallRuns(t, 10)
 	ctx := context.Background()
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
 	var warned messages
-	s, err := Open(ctx, db, WithLogger(slog.New(&warned)), WithSegments(filepath.Join(dir, "records"), segKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := reopener(t, dir, WithLogger(slog.New(&warned)))()
 	defer s.Close()
 	var merging atomic.Bool
 	keyFault = func(step string) error {
@@ -644,13 +630,8 @@ func TestKeyIndexDamageErrorsSayWhereAndWhat(t *testing.T) {
 	})
 	t.Run("merge", func(t *testing.T) {
 		dir := t.TempDir()
-		db := openDB(t, filepath.Join(dir, "store"))
-		defer db.Close()
 		var logged messages
-		s, err := Open(ctx, db, WithLogger(slog.New(&logged)), WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := reopener(t, dir, WithLogger(slog.New(&logged)))()
 		for i := range 30 { // 3 runs
 			put(t, s, "c", res("Patient", fmt.Sprintf("p%d", i), "1", ""))
 		}

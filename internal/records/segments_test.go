@@ -27,12 +27,14 @@ func segStore(t *testing.T, dir string, key []byte) *Store {
 
 // reopener returns a function that opens a new Store over dir's files (one
 // Badger handle for all, as Badger allows one per process): a restart.
-func reopener(t *testing.T, dir string) func() *Store {
+// opts come after the defaults (a quiet logger, segments in dir/records).
+func reopener(t *testing.T, dir string, opts ...Option) func() *Store {
 	t.Helper()
 	db := openDB(t, filepath.Join(dir, "store"))
 	t.Cleanup(func() { db.Close() })
+	opts = append([]Option{quiet, WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)
 	return func() *Store {
-		s, err := Open(context.Background(), db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+		s, err := Open(context.Background(), db, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
