@@ -90,11 +90,9 @@ func fault(step string) error {
 	return keyFault(step)
 }
 
-// keyOf hashes a resource's type and id.
-func keyOf(typ, id string) uint64 { return keyHash(typ, id) }
-
-// keyHash is keyOf's hash (a variable so tests can make keys collide).
-var keyHash = xxKey
+// keyOf hashes a resource's type and id (a variable so tests can make keys
+// collide).
+var keyOf = xxKey
 
 func xxKey(typ, id string) uint64 {
 	var d xxhash.Digest

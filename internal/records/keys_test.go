@@ -124,9 +124,9 @@ func TestKeyIndexRunsMergesAndRestart(t *testing.T) {
 // Keys whose hashes collide are told apart by the change entries.
 func TestKeyIndexHashCollisions(t *testing.T) {
 	smallRuns(t, 20)
-	old := keyHash
-	keyHash = func(typ, id string) uint64 { return uint64(len(id) % 2) } // two hashes for everything
-	t.Cleanup(func() { keyHash = old })
+	old := keyOf
+	keyOf = func(typ, id string) uint64 { return uint64(len(id) % 2) } // two hashes for everything
+	t.Cleanup(func() { keyOf = old })
 	dir := t.TempDir()
 	open := reopener(t, dir)
 	s := open()
