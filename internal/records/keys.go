@@ -624,13 +624,18 @@ func (ck *connKeys) newRun(n int, pairs func(func(keyPair) bool)) (*keyRun, erro
 	}
 }
 
-func sortPairs(p []keyPair) {
-	slices.SortFunc(p, func(a, b keyPair) int {
-		if c := cmp.Compare(a.hash, b.hash); c != 0 {
-			return c
-		}
-		return cmp.Compare(b.seq, a.seq)
-	})
+func sortPairs(p []keyPair) { slices.SortFunc(p, comparePairs) }
+
+// comparePairs orders pairs as runs hold them: by hash, newest sequence
+// first.
+func comparePairs(a, b keyPair) int {
+	switch {
+	case a.hash < b.hash || a.hash == b.hash && a.seq > b.seq:
+		return -1
+	case a == b:
+		return 0
+	}
+	return 1
 }
 
 // lookup returns the sequences paired with (typ, id), newest first.
@@ -766,8 +771,7 @@ func mergePairs(runs []*keyRun, failed *error) func(func(keyPair) bool) {
 		for len(cs) > 0 {
 			best := 0
 			for i := 1; i < len(cs); i++ {
-				a, b := cs[i].buf[0], cs[best].buf[0]
-				if a.hash < b.hash || a.hash == b.hash && a.seq > b.seq {
+				if comparePairs(cs[i].buf[0], cs[best].buf[0]) < 0 {
 					best = i
 				}
 			}
