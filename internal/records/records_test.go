@@ -521,8 +521,9 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		// After a restart the sequence continues beyond every number it
-		// handed out before (Badger leases ahead); the in-memory store
-		// here was not restarted, so move it on by hand.
+		// handed out before (it hands out values from a stored lease);
+		// the in-memory store here was not restarted, so move it on by
+		// hand.
 		for {
 			if n, _ := db.NextSeq(seqName); n > first+uint64(len(ops)) {
 				break
@@ -533,8 +534,8 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("prefix %d: %v", k, err)
 		}
-		// Consistent before the resume too: every change entry belongs
-		// to a head and each resource is listed once.
+		// Consistent before the resume too: each resource is listed
+		// once, and Get finds it at the change listed.
 		mid, _ := list(t, s, "c", Query{})
 		ids := map[string]bool{}
 		for _, r := range mid {
