@@ -301,6 +301,9 @@ paste the new one (medrelay credentials jwks) before rotating.`,
 				}
 				return g.printResult(cmd, resp, func(out io.Writer) error {
 					cr := resp.GetCredential()
+					if len(cr.GetKeyIds()) == 0 {
+						return fmt.Errorf("the agent rotated the key of %s but named no key in its answer", cr.GetId())
+					}
 					fmt.Fprintf(out, "Rotated the key of %s (%s): now signing with %s.\n", cr.GetId(), credTarget(cr), cr.GetKeyIds()[0])
 					return nil
 				})
