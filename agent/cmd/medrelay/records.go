@@ -93,14 +93,19 @@ func recordsListCmd(g *globals) *cobra.Command {
 					}
 					return nil
 				})
+				errOut := cmd.ErrOrStderr()
 				if err != nil {
-					out.w.Flush()
+					// The cursor of the last whole message is where a
+					// later list can continue from.
+					err = out.failed(err)
+					if cursor != "" {
+						fmt.Fprintf(errOut, "%d records received before the error; cursor: %s\n", n, cursor)
+					}
 					return err
 				}
 				if err := out.flush(); err != nil {
 					return err
 				}
-				errOut := cmd.ErrOrStderr()
 				if ndjson && deleted > 0 {
 					fmt.Fprintf(errOut, "%d deleted resources left out (see them with --json)\n", deleted)
 				}
@@ -125,6 +130,7 @@ func recordsListCmd(g *globals) *cobra.Command {
 type recordOutput struct {
 	w            *bufio.Writer
 	tbl          *table // nil unless the output is a table
+	rows         int    // table rows printed
 	ndjson, json bool
 }
 
@@ -144,6 +150,20 @@ func (o *recordOutput) flush() error {
 		}
 	}
 	return o.w.Flush()
+}
+
+// failed ends an output that a stream error cut short: what arrived is
+// printed all the same (a table's rows wait in the tabwriter for their
+// column widths, so flushing only the buffer would drop them), and the
+// stream's error is returned for main to print after it.
+func (o *recordOutput) failed(err error) error {
+	if o.tbl != nil && o.rows == 0 {
+		return err // a header alone says nothing
+	}
+	if ferr := o.flush(); ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	return err
 }
 
 func (o *recordOutput) print(r *agentv1.Record) error {
@@ -178,6 +198,7 @@ func (o *recordOutput) print(r *agentv1.Record) error {
 		size = bytesHuman(int64(len(r.GetJson())))
 	}
 	o.tbl.row(r.GetResourceType(), r.GetId(), r.GetVersionId(), updated, state, size)
+	o.rows++
 	return nil
 }
 

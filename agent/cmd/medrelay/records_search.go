@@ -50,7 +50,10 @@ func recordsSearchCmd(g *globals) *cobra.Command {
 					return nil
 				})
 				if err != nil {
-					out.w.Flush()
+					err = out.failed(err)
+					if n > 0 {
+						fmt.Fprintf(cmd.ErrOrStderr(), "%d resources from %d pages received before the error\n", n, pages)
+					}
 					return err
 				}
 				if err := out.flush(); err != nil {

@@ -23,7 +23,7 @@ import (
 	agentv1 "github.com/medrelay/medrelay/proto/gen/medrelay/agent/v1"
 )
 
-func startRecordsAPI(t *testing.T, ndjson string) string {
+func startRecordsAPI(t *testing.T, ndjson string, opts ...records.Option) string {
 	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
@@ -31,7 +31,7 @@ func startRecordsAPI(t *testing.T, ndjson string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs, err := records.Open(ctx, db, records.WithLogger(log))
+	recs, err := records.Open(ctx, db, append([]records.Option{records.WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,5 +142,37 @@ func TestRecordsListAndGet(t *testing.T) {
 	}
 	if _, _, err := run(t, sock, "records", "get", "conn1", "Patient"); err == nil || !strings.Contains(err.Error(), "TYPE/ID") {
 		t.Fatalf("get without id: %v", err)
+	}
+}
+
+// A stream that fails after some records arrived still prints those rows
+// (the table is not lost), then the error, and the command fails. The
+// failure is a real one: the agent sends a record larger than the client
+// accepts in one message (16 MiB), after a first message of two records.
+func TestRecordsListTablePrintsRowsBeforeStreamError(t *testing.T) {
+	big := `{"resourceType":"Binary","id":"big","data":"` + strings.Repeat("A", 17<<20) + `"}`
+	// Bodies in segment files, as the agent keeps them: the in-memory
+	// store's values are limited to 1 MiB.
+	sock := startRecordsAPI(t, patient+"\n"+`{"resourceType":"Observation","id":"o1","status":"final"}`+"\n"+big+"\n",
+		records.WithSegments(t.TempDir(), bytes.Repeat([]byte{6}, 32)))
+
+	for _, mode := range [][]string{nil, {"--ndjson"}, {"--json"}} {
+		out, errOut, err := run(t, sock, append([]string{"records", "list", "conn1"}, mode...)...)
+		if err == nil {
+			t.Fatalf("%v: the stream did not fail (output %d bytes)", mode, len(out))
+		}
+		if exitCode(err) != 1 || !strings.Contains(explain(err), "larger than max") {
+			t.Fatalf("%v: exit %d, %v (want 1, the message size error)", mode, exitCode(err), explain(err))
+		}
+		if !strings.Contains(out, "p1") || !strings.Contains(out, "o1") || strings.Contains(out, `"big"`) {
+			t.Fatalf("%v: want the two records received before the error, got:\n%.300s", mode, out)
+		}
+		if mode == nil && !strings.HasPrefix(out, "TYPE") {
+			t.Fatalf("table without its header:\n%s", out)
+		}
+		// The cursor reached is given, to continue from.
+		if !strings.Contains(errOut, "2 records received before the error") || !strings.Contains(errOut, "cursor: ") {
+			t.Fatalf("%v: stderr %q", mode, errOut)
+		}
 	}
 }
