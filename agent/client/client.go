@@ -148,10 +148,13 @@ func (c *Client) Socket() string { return c.socket }
 func (c *Client) Close() error { return c.conn.Close() }
 
 // waitForSocket tries to connect until the agent answers or wait passes:
-// a missing socket or a refused connection mean "not up (yet)"; anything
-// else (permission denied) is reported at once.
+// a missing socket or a refused connection mean "not up (yet)", and so does
+// an attempt that timed out (an agent too busy to accept, or the caller's
+// deadline passing mid-dial); anything else (permission denied) is reported
+// at once.
 func waitForSocket(ctx context.Context, socket string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
+	var timedOut error // the last attempt's timeout, if it timed out
 	for {
 		dctx, cancel := context.WithTimeout(ctx, time.Second)
 		conn, err := dialSocket(dctx, socket)
@@ -160,29 +163,46 @@ func waitForSocket(ctx context.Context, socket string, wait time.Duration) error
 			conn.Close()
 			return nil
 		}
-		if !notRunning(err) {
+		// net's "i/o timeout" matches context.DeadlineExceeded.
+		timedOut = nil
+		if errors.Is(err, context.DeadlineExceeded) {
+			timedOut = err
+		}
+		if !notRunning(err) && timedOut == nil {
 			if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES) {
 				return fmt.Errorf("%w: cannot open %s: your user may not access the agent's socket (ask an administrator to add you to its group)", ErrPermissionDenied, socket)
 			}
 			return fmt.Errorf("medrelay client: connect %s: %w", socket, err)
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return &notRunningError{socket: socket}
+			return &notRunningError{socket: socket, timedOut: timedOut}
 		}
 		select {
 		case <-ctx.Done():
-			return &notRunningError{socket: socket}
+			return &notRunningError{socket: socket, timedOut: timedOut}
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-type notRunningError struct{ socket string }
+// notRunningError is ErrAgentNotRunning with the socket that was tried.
+type notRunningError struct {
+	socket string
+	// timedOut is the dial's error when the last attempt to connect timed
+	// out rather than finding no socket or no listener.
+	timedOut error
+}
 
 func (e *notRunningError) Error() string {
+	if e.timedOut != nil {
+		return fmt.Sprintf("the medrelay agent is not running or not answering (connecting to %s timed out)", e.socket)
+	}
 	return fmt.Sprintf("the medrelay agent is not running (nothing answers on %s)", e.socket)
 }
 func (e *notRunningError) Is(t error) bool { return t == ErrAgentNotRunning }
+
+// Unwrap keeps a timeout visible to errors.Is(err, context.DeadlineExceeded).
+func (e *notRunningError) Unwrap() error { return e.timedOut }
 
 type tokenCreds string
 

@@ -616,9 +616,9 @@ func TestCommandsGolden(t *testing.T) {
 	tr.run("apps", "revoke", "other")
 	tr.as(app.Token, "status")
 
-	// No agent: exit status 2, after the client's startup wait (3 s). A
-	// shorter deadline can end a dial in the middle and read as another
-	// error.
+	// No agent: exit status 2, after the client's startup wait (3 s). (A
+	// deadline that ends a dial in the middle says so, with the same exit
+	// status: TestCLIDialTimeoutSaysAgentNotReachable.)
 	tr.sock = filepath.Join(t.TempDir(), "none.sock")
 	n.add(tr.sock, "<no-socket>")
 	tr.run("status")
