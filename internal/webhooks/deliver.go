@@ -265,9 +265,9 @@ func (m *Manager) sleep(ctx context.Context, d time.Duration) bool {
 // the endpoint is disabled, or ctx ends (false). A pending retry of e read
 // from the store resumes where it stood.
 func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Progress) bool {
-	attempts, next := 0, time.Time{}
+	attempts, next, first := 0, time.Time{}, time.Time{}
 	if p.Pending != nil && p.Pending.Seq == e.Seq {
-		attempts, next = p.Pending.Attempts, p.Pending.NextAt
+		attempts, next, first = p.Pending.Attempts, p.Pending.NextAt, p.Pending.FirstAt
 	}
 	for {
 		if !next.IsZero() {
@@ -301,19 +301,29 @@ func (m *Manager) deliver(ctx context.Context, w *worker, e events.Event, p *Pro
 			return true
 		}
 		p.LastFailureAt, p.LastError = at.Time, at.describe()
-		if attempts > len(DefaultSchedule) {
-			p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts}
+		if first.IsZero() {
+			first = at.Time
+		}
+		// The schedule is spaced from each attempt, so a stop of the agent
+		// would push the rest of it back by as long: past the window (a
+		// retry made late, after a restart) the event is given up as after
+		// the last attempt, not retried for days more.
+		if attempts > len(DefaultSchedule) || !at.Time.Before(first.Add(retryWindow())) {
+			p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts, FirstAt: first}
 			if !m.record(ctx, w, at, *p) {
 				return false
 			}
-			first := e.Time
+			late := ""
+			if attempts <= len(DefaultSchedule) {
+				late = fmt.Sprintf(" (retries end %s after the first attempt and this one came later, as after a stop of the agent)", retryWindow())
+			}
 			m.autoDisable(ctx, w, *p, ReasonDeliveryFailed,
-				fmt.Sprintf("event %d (%s) failed %d attempts since %s; last: %s", e.Seq, e.Type, attempts, first.UTC().Format(time.RFC3339), at.describe()), &at)
+				fmt.Sprintf("event %d (%s) failed %d attempts since %s%s; last: %s", e.Seq, e.Type, attempts, e.Time.UTC().Format(time.RFC3339), late, at.describe()), &at)
 			return false
 		}
 		next = m.clock.Now().Add(DefaultSchedule[attempts-1])
 		at.NextAt = next
-		p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts, NextAt: next}
+		p.Pending = &Pending{Seq: e.Seq, Type: e.Type, Attempts: attempts, NextAt: next, FirstAt: first}
 		if !m.record(ctx, w, at, *p) {
 			return false
 		}

@@ -14,66 +14,16 @@ import (
 
 	"github.com/medrelay/medrelay/agent/client"
 	"github.com/medrelay/medrelay/internal/events"
+	"github.com/medrelay/medrelay/internal/sandbox/sandboxtest"
 	"github.com/medrelay/medrelay/internal/store"
 	"github.com/medrelay/medrelay/internal/webhooks"
 )
 
-// fakeClock is a clock the test moves by hand: the retry schedule spans
-// days and tests never sleep that long.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.waiters = append(c.waiters, fakeWaiter{at: c.now.Add(d), ch: ch})
-	return ch
-}
-
-// Advance moves the clock and fires every timer that falls due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			keep = append(keep, w)
-		}
-	}
-	c.waiters = keep
-}
-
-// Waiting reports how many timers are pending.
-func (c *fakeClock) Waiting() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.waiters)
+// newClock is the shared test clock, standing at a fixed time until the
+// test advances it: the retry schedule spans days and tests never sleep
+// that long. The manager waits on its After channels; Waiting says when.
+func newClock() *sandboxtest.Clock {
+	return sandboxtest.FrozenClock(time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC))
 }
 
 // eventually polls cond until it holds; the deadline only keeps a broken
@@ -107,14 +57,14 @@ type env struct {
 	db     *store.DB
 	log    *events.Log
 	m      *webhooks.Manager
-	clock  *fakeClock
+	clock  *sandboxtest.Clock
 	opts   []webhooks.Option
 	logger *slog.Logger
 }
 
 func newEnv(t *testing.T, opts ...webhooks.Option) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), clock: newFakeClock(), logger: quiet}
+	e := &env{t: t, dir: t.TempDir(), clock: newClock(), logger: quiet}
 	e.opts = append([]webhooks.Option{webhooks.WithClock(e.clock), webhooks.WithTimeout(2 * time.Second)}, opts...)
 	e.open()
 	t.Cleanup(e.close)

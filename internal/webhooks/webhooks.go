@@ -104,6 +104,10 @@ type Pending struct {
 	Type     string    `json:"type"`
 	Attempts int       `json:"attempts"`
 	NextAt   time.Time `json:"next_at"`
+	// FirstAt is the first attempt's time, where the retry window starts
+	// (zero in progress saved by earlier versions: the window then starts
+	// at the next attempt).
+	FirstAt time.Time `json:"first_at,omitzero"`
 }
 
 // Attempt is one HTTP request to an endpoint, kept for the retention of
@@ -171,10 +175,22 @@ func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 
 // DefaultSchedule is how long to wait after each failed attempt before the
 // next: the first retry at once, the last about three and a half days after
-// the event. After the last attempt fails the endpoint is disabled.
+// the first attempt (retryWindow). After the last attempt fails the
+// endpoint is disabled, and so it is when an attempt fails after the window
+// has passed (the agent was stopped in the middle of the schedule).
 var DefaultSchedule = []time.Duration{
 	0, time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour,
 	12 * time.Hour, 24 * time.Hour, 24 * time.Hour, 24 * time.Hour,
+}
+
+// retryWindow is how long after its first attempt an event is retried: the
+// whole schedule.
+func retryWindow() time.Duration {
+	var w time.Duration
+	for _, d := range DefaultSchedule {
+		w += d
+	}
+	return w
 }
 
 // Option configures a Manager.

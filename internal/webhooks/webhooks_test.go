@@ -114,7 +114,7 @@ func TestTypeFilterAndEventsBeforeCreationAreNotDelivered(t *testing.T) {
 // endpoint is disabled and says so in the app's events and the log.
 func TestRetryScheduleThenDisabledWithEvent(t *testing.T) {
 	var logBuf syncBuffer
-	e := &env{t: t, dir: t.TempDir(), clock: newFakeClock(), logger: slog.New(slog.NewTextHandler(&logBuf, nil))}
+	e := &env{t: t, dir: t.TempDir(), clock: newClock(), logger: slog.New(slog.NewTextHandler(&logBuf, nil))}
 	e.opts = []webhooks.Option{webhooks.WithClock(e.clock), webhooks.WithTimeout(2 * time.Second)}
 	e.open()
 	t.Cleanup(e.close)
@@ -426,7 +426,7 @@ func TestRotatedSecretSignsAlongsideThePreviousFor24Hours(t *testing.T) {
 // events or the log (at debug level), and a restart still signs with it.
 func TestSecretStaysSecret(t *testing.T) {
 	var logBuf syncBuffer
-	e := &env{t: t, dir: t.TempDir(), clock: newFakeClock(), logger: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	e := &env{t: t, dir: t.TempDir(), clock: newClock(), logger: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	e.opts = []webhooks.Option{webhooks.WithClock(e.clock), webhooks.WithTimeout(2 * time.Second)}
 	e.open()
 	t.Cleanup(e.close)
@@ -726,5 +726,90 @@ func TestRevokedAppsEndpointsStop(t *testing.T) {
 	})
 	if r.count() != 1 {
 		t.Fatalf("%d deliveries after the app was revoked", r.count()-1)
+	}
+}
+
+// Retries give up at the end of the documented window: ten attempts over
+// about three and a half days from the first (docs/webhooks.md, "Order,
+// retries and the attempt history"), also when the agent was stopped in the
+// middle of them. A retry found overdue after a restart is made once; when
+// it fails after the window has passed the endpoint is disabled, instead of
+// the rest of the schedule starting over days after the event. A shorter
+// stop, inside the window, does not cut the schedule short.
+func TestRetriesGiveUpAtTheEndOfTheWindow(t *testing.T) {
+	var window time.Duration
+	for _, d := range webhooks.DefaultSchedule {
+		window += d
+	}
+	for _, tc := range []struct {
+		name     string
+		down     time.Duration
+		giveUp   bool
+		nextWait time.Duration // after the attempt made on restart
+	}{
+		{name: "stopped past the window", down: 10 * 24 * time.Hour, giveUp: true},
+		{name: "stopped inside the window", down: time.Hour, nextWait: 5 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t)
+			r := newReceiver(t, e.clock.Now)
+			ep, sec := e.create("app", r.srv.URL)
+			r.setSecret(sec)
+			r.setRespond(func(int, delivery) int { return http.StatusServiceUnavailable })
+			start := e.clock.Now()
+			ev := e.append("app", events.ConnectionStateChanged, nil)
+			// Attempts 1 and 2 (the first retry is at once), then a minute's wait.
+			eventually(t, "two failed attempts", func() bool { return r.count() >= 2 && e.clock.Waiting() >= 1 })
+
+			e.close()
+			e.clock.Advance(tc.down) // also fires the stopped worker's timer
+			if e.clock.Waiting() != 0 {
+				t.Fatalf("%d timers left before the restart", e.clock.Waiting())
+			}
+			e.open()
+			// The overdue retry is made at once; then the worker gives up or
+			// waits on the clock for the next.
+			eventually(t, "the resumed worker to give up or wait", func() bool {
+				return r.count() >= 3 && (e.status(ep.ID).State == webhooks.Disabled || e.clock.Waiting() >= 1)
+			})
+			if n := r.count(); n != 3 {
+				t.Fatalf("%d attempts, want 3", n)
+			}
+			if got := r.deliveries()[2]; got.Header.Get(webhooks.HeaderAttempt) != "3" || got.Event == nil || got.Event.ID != ev.Cursor() {
+				t.Fatalf("the attempt after the restart: %s (attempt %q)", got.Body, got.Header.Get(webhooks.HeaderAttempt))
+			}
+			st := e.status(ep.ID)
+			if !tc.giveUp {
+				want := start.Add(tc.down + tc.nextWait)
+				if st.State != webhooks.Enabled || st.Progress.Pending == nil || st.Progress.Pending.Attempts != 3 || !st.Progress.Pending.NextAt.Equal(want) {
+					t.Fatalf("inside the window: %s, pending %+v, want attempt 4 at %s", st.State, st.Progress.Pending, want)
+				}
+				r.setRespond(nil)
+				e.clock.Advance(tc.nextWait)
+				eventually(t, "the fourth attempt", func() bool { return e.status(ep.ID).Progress.Cursor == ev.Seq })
+				return
+			}
+			if st.State != webhooks.Disabled || !strings.HasPrefix(st.DisabledReason, webhooks.ReasonDeliveryFailed) ||
+				!strings.Contains(st.DisabledReason, "failed 3 attempts") || !strings.Contains(st.DisabledReason, "retries end 86h36m0s after the first attempt") {
+				t.Fatalf("past the window (%s after the first attempt, window %s): %s %q, pending %+v",
+					e.clock.Now().Sub(start), window, st.State, st.DisabledReason, st.Progress.Pending)
+			}
+			var list []events.Event
+			var err error
+			eventually(t, "a webhook.endpoint_disabled event", func() bool {
+				list, err = e.log.Read(ctx, events.Filter{AppID: "app", Types: map[string]bool{events.WebhookEndpointDisable: true}}, 0, 10)
+				return err != nil || len(list) > 0
+			})
+			var data webhooks.DisabledData
+			if err != nil || json.Unmarshal(list[0].Data, &data) != nil || data.Attempts != 3 || data.EventID != ev.Cursor() || data.LastStatus != http.StatusServiceUnavailable {
+				t.Fatalf("endpoint_disabled event: %v %+v", err, data)
+			}
+			// Given up: nothing more is tried, whatever the clock does.
+			e.clock.Advance(window)
+			if n := r.count(); n != 3 {
+				t.Fatalf("%d attempts after giving up", n)
+			}
+		})
 	}
 }

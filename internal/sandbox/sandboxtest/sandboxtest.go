@@ -66,6 +66,12 @@ type Clock struct {
 	mu     sync.Mutex
 	frozen time.Time // zero: follow the wall clock
 	off    time.Duration
+	timers []*clockTimer // pending After channels
+}
+
+type clockTimer struct {
+	at time.Time
+	ch chan time.Time
 }
 
 // FrozenClock returns a Clock that stands at t until the test advances it.
@@ -75,17 +81,72 @@ func FrozenClock(t time.Time) *Clock { return &Clock{frozen: t} }
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.nowLocked()
+}
+
+func (c *Clock) nowLocked() time.Time {
 	if c.frozen.IsZero() {
 		return time.Now().Add(c.off)
 	}
 	return c.frozen.Add(c.off)
 }
 
-// Advance moves the clock on by d.
+// Advance moves the clock on by d, firing the After channels it passes.
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.off += d
-	c.mu.Unlock()
+	now := c.nowLocked()
+	keep := c.timers[:0]
+	for _, t := range c.timers {
+		if t.at.After(now) {
+			keep = append(keep, t)
+		} else {
+			t.ch <- now
+		}
+	}
+	c.timers = keep
+}
+
+// After returns a channel that receives the clock's time once d has passed
+// on it: when Advance reaches it, or (a clock that follows the wall clock)
+// when d of wall time has passed, whichever comes first. For components
+// that wait on their clock (retry schedules spanning days).
+func (c *Clock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.nowLocked()
+		return ch
+	}
+	t := &clockTimer{at: c.nowLocked().Add(d), ch: ch}
+	c.timers = append(c.timers, t)
+	if c.frozen.IsZero() {
+		time.AfterFunc(d, func() { c.fire(t) })
+	}
+	return ch
+}
+
+// fire sends on t's channel unless Advance did already.
+func (c *Clock) fire(t *clockTimer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, x := range c.timers {
+		if x == t {
+			c.timers = append(c.timers[:i], c.timers[i+1:]...)
+			t.ch <- c.nowLocked()
+			return
+		}
+	}
+}
+
+// Waiting is how many After channels have not fired yet: a test advances
+// the clock once the component waits on it.
+func (c *Clock) Waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
 }
 
 // Start runs a sandbox on a random loopback port with auto-approve on, closed
