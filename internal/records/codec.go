@@ -185,6 +185,39 @@ func decodeChange(v []byte, types names) (change, error) {
 	return c, nil
 }
 
+// typeBytes is the resource type of a stored change (nil when the value
+// does not decode): a type-filtered list reads it without decoding the rest.
+func typeBytes(v []byte) []byte {
+	if len(v) < 2 || v[0] != formatV1 {
+		return nil
+	}
+	v = v[2:]
+	_, n := binary.Uvarint(v)
+	if n <= 0 {
+		return nil
+	}
+	v = v[n:]
+	if _, n = binary.Varint(v); n <= 0 || len(v)-n < 8 {
+		return nil
+	}
+	v = v[n+8:]
+	l, n := binary.Uvarint(v)
+	if n <= 0 || uint64(len(v)-n) < l {
+		return nil
+	}
+	return v[n : n+int(l)]
+}
+
+// appendChange encodes c as stored: its header, then the body when it is
+// kept inline.
+func appendChange(b []byte, c *change) []byte {
+	b = c.appendHeader(b)
+	if !c.ext {
+		b = append(b, c.json...)
+	}
+	return b
+}
+
 func readString(v []byte) (string, []byte, bool) {
 	l, n := binary.Uvarint(v)
 	if n <= 0 || uint64(len(v)-n) < l {

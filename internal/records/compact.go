@@ -6,21 +6,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/medrelay/medrelay/internal/store"
 )
 
-// Segment compaction. A new version of a resource leaves the old body in
-// its segment, unreferenced. Compact copies the bodies still referenced out
-// of segments that are mostly garbage into the connection's current
-// segment, points their change entries at the copies, and deletes a segment
-// at the next run once nothing refers to it: a reader that read a change
-// entry just before the move still finds the old file in between (a page
-// reads its bodies right after its entries; runs are minutes apart).
+// Compaction. A new version of a resource leaves the old body in its
+// segment, unreferenced, and the superseded change in the change log.
+// Compact rewrites the change log without its superseded changes, copying
+// the bodies still referenced out of segments that are mostly garbage into
+// the connection's current segment on the way, and deletes a segment at
+// the next run once nothing refers to it: a reader that read a change just
+// before the rewrite still finds the old file in between (a page reads its
+// bodies right after its changes; runs are minutes apart).
 //
-// A crash part-way leaves some entries pointing at copies and the rest at
-// the old segment, all readable; the next run finishes.
+// The rewritten log is a new file, committed in one transaction that also
+// drops the lengths of the files it replaces: a crash part-way leaves the
+// old log in place and the new file unreferenced (removed at the next load).
 
 // compactBelow is the share of a segment's bytes still referenced under
 // which it is rewritten.
@@ -36,10 +39,11 @@ type CompactStats struct {
 	Moved     int   // bodies copied
 	Removed   int   // segment files deleted
 	Reclaimed int64 // bytes of files deleted
+	Dropped   int   // superseded changes dropped from the change log
 }
 
-// Compact reclaims the space of replaced bodies in conn's segments.
-// Writers of conn wait while a segment is copied.
+// Compact reclaims the space of replaced bodies in conn's segments and of
+// superseded changes in its change log. Writers of conn wait meanwhile.
 func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) {
 	var st CompactStats
 	if s.segs == nil {
@@ -54,18 +58,19 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 	if _, gone := s.deleted.Load(conn); gone {
 		return st, nil
 	}
-	if err := s.repairIfPending(ctx, conn); err != nil {
+	l, err := s.changeLog(ctx, conn)
+	if err != nil {
 		return st, err
 	}
 	files, err := s.segs.files(conn)
-	if err != nil || len(files) == 0 {
+	if err != nil {
 		return st, err
 	}
 	live := map[uint64]int64{}
-	err = s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
+	err = l.scan(ctx, 0, func(seq uint64, v []byte) error {
 		c, err := decodeChange(v, nil)
 		if err != nil {
-			return fmt.Errorf("change %s: %w", k, err)
+			return fmt.Errorf("change %d: %w", seq, err)
 		}
 		if c.ext {
 			live[c.loc.seg] += int64(c.loc.n)
@@ -96,87 +101,138 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 			move[id] = true
 		}
 	}
-	if len(move) > 0 {
-		n, err := s.moveOut(ctx, conn, move)
+	l.mu.RLock()
+	dead, total, nfiles := len(l.dead), l.total, len(l.files)
+	l.mu.RUnlock()
+	// The log is rewritten when a quarter of it is superseded (each change
+	// is then rewritten a bounded number of times), when it is spread over
+	// many files (a process appends to a file of its own), and to repoint
+	// moved bodies.
+	if len(move) > 0 || (dead > 0 && 4*dead >= total) || dead >= maxDead || nfiles > manySegments {
+		n, err := s.rewrite(ctx, l, move)
 		if err != nil {
 			return st, fmt.Errorf("records: compact %s: %w", conn, err)
 		}
 		st.Rewritten += len(move)
 		st.Moved += n
+		st.Dropped += dead
 	}
 	return st, nil
 }
 
 // manySegments and smallSegment: a connection with more segments than
-// manySegments has those under smallSegment merged.
+// manySegments has those under smallSegment merged (and one with more log
+// files than manySegments has its log rewritten).
 const (
 	manySegments = 8
 	smallSegment = 4 << 20
 )
 
-// moveOut copies the referenced bodies of the segments in segs to the
-// current segment and repoints their change entries, a batch at a time.
-// Callers hold the connection's lock.
-func (s *Store) moveOut(ctx context.Context, conn string, segs map[uint64]bool) (int, error) {
+// maxDead: a log with this many superseded changes is rewritten whatever
+// its size (their set is held in memory, about 40 bytes each).
+const maxDead = 1 << 20
+
+// rewrite writes l anew without its superseded changes, copying the bodies
+// in the segments of move to the current segment. It returns how many
+// bodies it copied. Callers hold the connection's lock.
+func (s *Store) rewrite(ctx context.Context, l *changeLog, move map[uint64]bool) (int, error) {
+	conn := l.conn
+	a := l.appender(true)
 	moved := 0
-	after := ""
+	var after uint64
+	var seal, val []byte
 	for {
-		var keys []string
+		var seqs []uint64
 		var recs []Record
 		var cs []change
 		size := 0
-		err := s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/", After: after}, func(k string, v []byte) error {
-			after = k
+		err := l.scan(ctx, after, func(seq uint64, v []byte) error {
 			c, err := decodeChange(v, nil)
 			if err != nil {
-				return fmt.Errorf("change %s: %w", k, err)
+				return fmt.Errorf("change %d: %w", seq, err)
 			}
-			if !c.ext || !segs[c.loc.seg] {
-				return nil
+			c.json = slices.Clone(c.json)
+			after = seq
+			seqs, recs, cs = append(seqs, seq), append(recs, Record{Type: c.typ, ID: c.id}), append(cs, c)
+			if c.ext && move[c.loc.seg] {
+				size += int(c.loc.n)
 			}
-			keys, recs, cs = append(keys, k), append(recs, Record{Type: c.typ, ID: c.id}), append(cs, c)
-			if size += int(c.loc.n); size >= 4<<20 || len(keys) >= 5000 {
+			if size >= 4<<20 || len(seqs) >= 5000 {
 				return store.ErrStopScan
 			}
 			return nil
 		})
 		if err != nil {
+			a.failed()
 			return moved, err
 		}
-		if len(keys) == 0 {
-			return moved, nil
+		if len(seqs) == 0 {
+			break
 		}
-		bodies := make([][]byte, len(keys))
-		if err := s.readBodies(conn, recs, cs, func(i int, b []byte) { bodies[i] = b }); err != nil {
+		// The bodies to copy, read in one go.
+		var mrecs []Record
+		var mcs []change
+		var at []int
+		for i, c := range cs {
+			if c.ext && !c.deleted && move[c.loc.seg] {
+				mrecs, mcs, at = append(mrecs, recs[i]), append(mcs, c), append(at, i)
+			}
+		}
+		bodies := make([][]byte, len(cs))
+		if err := s.readBodies(conn, mrecs, mcs, func(i int, b []byte) { bodies[at[i]] = b }); err != nil {
+			a.failed()
 			return moved, err
 		}
-		// As in Writer.send: the copies are written and synced before
-		// any entry pointing at them goes to the store.
-		app := s.segs.appender(conn, nil)
-		var ops opList
-		var vals []byte
+		app := s.segs.appender(conn, seal)
 		for i := range cs {
-			c := cs[i]
-			if c.loc, err = app.add(c.typ, c.id, bodies[i]); err != nil {
+			c := &cs[i]
+			if bodies[i] != nil {
+				if c.loc, err = app.add(c.typ, c.id, bodies[i]); err != nil {
+					a.failed()
+					return moved, err
+				}
+				moved++
+			}
+			// Every change it superseded is left behind.
+			c.prev = 0
+			val = appendChange(val[:0], c)
+			if err := a.add(seqs[i], val, 0); err != nil {
+				a.failed()
 				return moved, err
 			}
-			start := len(vals)
-			vals = c.appendHeader(vals)
-			ops.put(s.changes, keys[i], vals[start:len(vals):len(vals)])
 		}
-		if err := app.write(true); err != nil {
+		// The copies are synced before the log that points at them is
+		// committed (below).
+		err = app.write(true)
+		seal = app.buf
+		if err == nil {
+			err = a.flush()
+		}
+		if err != nil {
+			a.failed()
 			return moved, err
 		}
-		b := s.db.NewBatch()
-		if err := ops.apply(b); err != nil {
-			b.Cancel()
-			return moved, err
-		}
-		if err := b.Flush(true); err != nil {
-			return moved, err
-		}
-		moved += len(keys)
 	}
+	if a.empty() {
+		return moved, nil
+	}
+	if err := a.write(); err != nil {
+		a.failed()
+		return moved, err
+	}
+	b := s.db.NewAtomicBatch()
+	if err := a.commit(b); err != nil {
+		b.Cancel()
+		a.failed()
+		return moved, err
+	}
+	// As in Writer.Commit: published once committed, synced after.
+	if err := b.Flush(false); err != nil {
+		a.failed()
+		return moved, err
+	}
+	a.publish()
+	return moved, s.db.Sync()
 }
 
 // RunCompactor compacts every connection's segments every interval until

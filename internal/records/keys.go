@@ -23,8 +23,6 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-
-	"github.com/medrelay/medrelay/internal/store"
 )
 
 // The key index finds a resource's change from its type and id. It used to
@@ -1021,19 +1019,15 @@ func bloomHas(f []uint64, h uint64) bool {
 	return true
 }
 
-// scanChanges calls add for every change entry of conn (the rebuild of its
+// scanChanges calls add for every live change of l (the rebuild of its
 // key index).
-func (s *Store) scanChanges(conn string) func(ctx context.Context, add func(typ, id string, seq uint64) error) error {
+func scanChanges(l *changeLog) func(ctx context.Context, add func(typ, id string, seq uint64) error) error {
 	return func(ctx context.Context, add func(typ, id string, seq uint64) error) error {
 		in := names{}
-		return s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
-			seq, _, err := parseChangeKey(k[len(conn)+1:])
-			if err != nil {
-				return err
-			}
+		return l.scan(ctx, 0, func(seq uint64, v []byte) error {
 			c, err := decodeChange(v, in)
 			if err != nil {
-				return fmt.Errorf("change %s: %w", k, err)
+				return fmt.Errorf("change %d: %w", seq, err)
 			}
 			return add(c.typ, c.id, seq)
 		})

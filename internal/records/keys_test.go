@@ -159,7 +159,7 @@ func TestKeyIndexAheadOfTheStore(t *testing.T) {
 	w.Put(res("Patient", "b", "1", ""))
 	mu := s.lock("c")
 	mu.Lock()
-	b, n, err := w.send(ctx, nil) // bodies and key entries written, batch not
+	b, _, n, err := w.send(ctx, nil) // bodies, key entries and log blocks written, not committed
 	mu.Unlock()
 	if err != nil || n.Written != 2 {
 		t.Fatal(n, err)

@@ -9,35 +9,32 @@
 // # Change index
 //
 // Every put or delete that changes a resource gets the next value of a
-// store-wide sequence; the resource's entry in the change index moves to that
-// sequence, so the index holds each resource once, at its latest change. A
+// store-wide sequence and is appended to the connection's change log
+// (changelog.go) at that sequence; the change it superseded is no longer
+// listed, so the index holds each resource once, at its latest change. A
 // copy identical to the stored one (a re-ingested file, a resumed download)
 // changes nothing. A copy whose meta.lastUpdated is older than the stored
 // one's is stale and ignored, as is a put older than a tombstone's time.
 //
 // Writes to one connection are serialised (one lock per connection, held
-// from sequence allocation until the batch is flushed), and Badger makes
-// commits visible in order, so a reader that has seen sequence n will never
-// later find a change below n: a cursor never skips anything.
+// from sequence allocation until the commit is published), so changes become
+// visible in sequence order: a reader that has seen sequence n will never
+// later find a change below n, and a cursor never skips anything.
 //
 // A resource's current change is found through the connection's key index
 // (keys.go), files of (hash of type/id, sequence) pairs written
 // sequentially beside the segments; its candidates are checked against the
-// change entries, which stay the truth.
+// change log, which stays the truth.
 //
 // # Exactly-once ingest
 //
-// Writer.Commit writes and syncs the bodies and the key index entries
-// first, then flushes a batch (a Badger WriteBatch, not atomic) laid out
-// as: a pending marker naming the batch's first sequence, the record
-// changes, the caller's progress marker, and the removal of the pending
-// marker. Badger persists a prefix of what was written, so after a crash
-// either the caller's progress is stored and everything before it is, or it
-// is not and some prefix of the records may be. Open then finishes any
-// interrupted batch from the change entries it finds (each names the change
-// it superseded), and the caller resumes from its last progress marker:
-// records already stored are identical and change nothing. None are lost and
-// none appear twice.
+// Writer.Commit writes and syncs the bodies, the key index entries and the
+// change log's new blocks first (in parallel), then stores the change log's
+// new length and the caller's progress marker in one Badger transaction.
+// After a crash either both are stored or neither is: blocks past a log's
+// committed length are never read, and the caller resumes from its last
+// progress marker (records already stored are identical and change
+// nothing). None are lost and none appear twice.
 package records
 
 import (
@@ -106,7 +103,9 @@ func ParseCursor(c string) (uint64, error) {
 
 // Store is the record store. Safe for concurrent use.
 type Store struct {
-	db      *store.DB
+	db *store.DB
+	// heads, changes and pending are the tables of earlier versions, read
+	// once to convert them (legacy.go).
 	heads   *store.Table[[]byte]
 	changes *store.Table[[]byte]
 	pending *store.Table[[]byte]
@@ -119,6 +118,8 @@ type Store struct {
 	// heads table it replaced is only read to remove what an earlier
 	// version left there.
 	keys *keyIndexes
+	// logs holds each connection's change index (changelog.go).
+	logs *changeLogs
 
 	locks sync.Map // connection id → *sync.Mutex
 	// deleted holds the connections whose records were deleted while this
@@ -143,8 +144,8 @@ func WithSegments(dir string, key []byte) Option {
 
 const seqName = "records"
 
-// Open returns the record store kept in db, first finishing any batch a
-// crash interrupted.
+// Open returns the record store kept in db, first converting what an
+// earlier version stored.
 func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 	s := &Store{
 		db:      db,
@@ -165,30 +166,12 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 		s.segs = g
 	}
 	s.keys = &keyIndexes{segs: s.segs, log: s.log, byID: map[string]*connKeys{}}
+	s.logs = newChangeLogs(db, s.segs)
 	if err := s.dropLegacyHeads(ctx); err != nil {
 		return nil, err
 	}
-	type interrupted struct {
-		conn  string
-		first uint64
-	}
-	var todo []interrupted
-	err := s.pending.Scan(ctx, store.ScanOptions{}, func(conn string, v []byte) error {
-		first, err := decodePending(v)
-		if err != nil {
-			return fmt.Errorf("records: pending batch of %s: %w", conn, err)
-		}
-		todo = append(todo, interrupted{conn, first})
-		return nil
-	})
-	if err != nil {
+	if err := s.convertLegacyChanges(ctx); err != nil {
 		return nil, err
-	}
-	for _, t := range todo {
-		s.log.Warn("finishing a record batch interrupted by a crash", "connection", t.conn, "from_seq", t.first)
-		if err := s.repair(ctx, t.conn, t.first); err != nil {
-			return nil, err
-		}
 	}
 	return s, nil
 }
@@ -205,6 +188,7 @@ func (s *Store) SegmentBytes() int64 {
 // Close closes the segment and key index files. The store's writers must
 // have stopped.
 func (s *Store) Close() error {
+	s.logs.close()
 	s.keys.close()
 	if s.segs != nil {
 		s.segs.close()
@@ -228,187 +212,66 @@ func checkConn(conn string) error {
 	return nil
 }
 
-func encodePending(first uint64) []byte { return []byte(seqHex(first)) }
-
-func decodePending(v []byte) (uint64, error) { return parseSeqHex(string(v)) }
-
-// repair finishes an interrupted batch of conn whose first sequence was
-// first: every change entry from first on is rolled forward (the head moves
-// to the newest change of its resource, superseded entries are removed). Each
-// step is idempotent, and the pending marker goes last, so a crash during
-// repair just means repairing again. Callers hold the connection's lock (or
-// run before anyone else can write).
-func (s *Store) repair(ctx context.Context, conn string, first uint64) error {
-	ck, err := s.connKeys(ctx, conn)
-	if err != nil {
-		return err
-	}
-	b := s.db.NewBatch()
-	gone := map[uint64]bool{} // changes this repair deletes
-	var cands []uint64
-	err = s.db.View(ctx, func(tx *store.Txn) error {
-		return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/", After: afterSeq(conn, first-1)}, func(k string, v []byte) error {
-			seq, _, err := parseChangeKey(k[len(conn)+1:])
-			if err != nil {
-				return err
-			}
-			if gone[seq] {
-				return nil
-			}
-			c, err := decodeChange(v, nil)
-			if err != nil {
-				return fmt.Errorf("change %s: %w", k, err)
-			}
-			// Keep the newest stored change of the resource, drop the rest
-			// (the batch wrote the new one and may not have reached the
-			// removal of the one it superseded).
-			if cands, err = ck.lookup(c.typ, c.id, cands); err != nil {
-				return err
-			}
-			keep := seq
-			for _, o := range cands {
-				if o == seq || gone[o] {
-					continue
-				}
-				_, found, err := s.changeOf(tx, conn, o, c.typ, c.id)
-				if err != nil {
-					return err
-				}
-				if !found {
-					continue
-				}
-				drop := o
-				if o > keep {
-					drop, keep = keep, o
-				}
-				gone[drop] = true
-				if err := store.BatchDelete(b, s.changes, changeKey(conn, drop, c.typ)); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	})
-	if err == nil {
-		err = store.BatchDelete(b, s.pending, conn)
-	}
-	if err != nil {
-		b.Cancel()
-		return fmt.Errorf("records: repair %s: %w", conn, err)
-	}
-	if err := b.Flush(true); err != nil {
-		return fmt.Errorf("records: repair %s: %w", conn, err)
-	}
-	return nil
-}
-
 // errOtherKey: a key index candidate belongs to another resource (a hash
 // shared by two keys).
 var errOtherKey = errors.New("another resource")
 
-// connKeys returns conn's key index, loaded (or rebuilt).
-func (s *Store) connKeys(ctx context.Context, conn string) (*connKeys, error) {
-	ck := s.keys.get(conn)
-	if err := ck.ensure(ctx, s.scanChanges(conn)); err != nil {
+// changeLog returns conn's change log, loaded.
+func (s *Store) changeLog(ctx context.Context, conn string) (*changeLog, error) {
+	l := s.logs.get(conn)
+	if err := l.ensure(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// connKeys returns conn's key index, loaded (or rebuilt from l).
+func (s *Store) connKeys(ctx context.Context, l *changeLog) (*connKeys, error) {
+	ck := s.keys.get(l.conn)
+	if err := ck.ensure(ctx, scanChanges(l)); err != nil {
 		return nil, err
 	}
 	return ck, nil
 }
 
-// current finds the stored change of (typ, id) in tx: its sequence and
-// the change (found false when the resource was never stored). cands is
+// current finds the stored change of (typ, id): its sequence and the
+// change (found false when the resource was never stored). cands is
 // scratch space, returned for reuse.
-func (s *Store) current(tx *store.Txn, ck *connKeys, typ, id string, cands []uint64) (uint64, change, bool, []uint64, error) {
+func (s *Store) current(ctx context.Context, l *changeLog, ck *connKeys, typ, id string, cands []uint64) (uint64, change, bool, []uint64, error) {
 	cands, err := ck.lookup(typ, id, cands)
 	if err != nil {
 		return 0, change{}, false, cands, err
 	}
 	for _, seq := range cands {
-		c, found, err := s.changeOf(tx, ck.conn, seq, typ, id)
+		c, found, err := changeOf(ctx, l, seq, typ, id)
 		if err != nil {
 			return 0, c, false, cands, err
 		}
-		if !found {
-			continue
+		if found {
+			// Newest first: the first one stored is the current one.
+			return seq, c, true, cands, nil
 		}
-		// Newest first: the first one stored is the current one.
-		if c.json != nil {
-			c.json = slices.Clone(c.json) // PeekTx's value is only valid inside it
-		}
-		return seq, c, true, cands, nil
 	}
 	return 0, change{}, false, cands, nil
 }
 
-// changeOf reads change seq of (typ, id), a key index candidate, in tx.
-// found is false when the candidate is not one: a change superseded (or
-// never stored: a batch a crash cut short), or another resource's with the
-// same hash. c.json is PeekTx's value, not a copy: clone it to keep it.
-func (s *Store) changeOf(tx *store.Txn, conn string, seq uint64, typ, id string) (c change, found bool, err error) {
-	found, err = s.changes.PeekTx(tx, changeKey(conn, seq, typ), func(v []byte) error {
-		var err error
-		if c, err = decodeChange(v, nil); err != nil {
-			return fmt.Errorf("change %d of %s/%s: %w", seq, typ, clip(id), err)
-		}
-		if c.id != id {
-			return errOtherKey
-		}
-		return nil
-	})
-	if errors.Is(err, errOtherKey) {
+// changeOf reads change seq of (typ, id), a key index candidate. found is
+// false when the candidate is not one: a change superseded (or never
+// committed: a batch a crash cut short), or another resource's with the
+// same hash. c.json is the caller's.
+func changeOf(ctx context.Context, l *changeLog, seq uint64, typ, id string) (change, bool, error) {
+	v, found, err := l.get(ctx, seq)
+	if err != nil || !found {
+		return change{}, false, err
+	}
+	c, err := decodeChange(v, nil)
+	if err != nil {
+		return c, false, fmt.Errorf("records: change %d of %s: %w", seq, l.conn, err)
+	}
+	if c.typ != typ || c.id != id {
 		return change{}, false, nil
 	}
-	return c, found && err == nil, err
-}
-
-// dropLegacyHeads removes the heads table an earlier version kept (the key
-// index replaced it and is rebuilt from the change entries).
-func (s *Store) dropLegacyHeads(ctx context.Context) error {
-	n := 0
-	for {
-		b := s.db.NewBatch()
-		k := 0
-		err := s.heads.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(key string, _ []byte) error {
-			if k >= 100000 {
-				return store.ErrStopScan
-			}
-			k++
-			return store.BatchDelete(b, s.heads, key)
-		})
-		if err != nil {
-			b.Cancel()
-			return fmt.Errorf("records: remove the old heads table: %w", err)
-		}
-		if k == 0 {
-			b.Cancel()
-			break
-		}
-		if err := b.Flush(true); err != nil {
-			return fmt.Errorf("records: remove the old heads table: %w", err)
-		}
-		n += k
-	}
-	if n > 0 {
-		s.log.Info("removed the heads table of an earlier version; key indexes are rebuilt from the change index", "entries", n)
-	}
-	return nil
-}
-
-// repairIfPending finishes a batch of conn left pending by a failed flush.
-// Callers hold the connection's lock.
-func (s *Store) repairIfPending(ctx context.Context, conn string) error {
-	v, err := s.pending.Get(ctx, conn)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	first, err := decodePending(v)
-	if err != nil {
-		return fmt.Errorf("records: pending batch of %s: %w", conn, err)
-	}
-	return s.repair(ctx, conn, first)
+	return c, true, nil
 }
 
 // Get returns the stored record (possibly a tombstone) of one resource.
@@ -422,29 +285,24 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 	if !ValidID(id) {
 		return Record{}, fmt.Errorf("%w: %q", ErrBadID, clip(id))
 	}
-	ck, err := s.connKeys(ctx, conn)
+	l, err := s.changeLog(ctx, conn)
 	if err != nil {
 		return Record{}, err
 	}
-	var r Record
-	var c change
-	err = s.db.View(ctx, func(tx *store.Txn) error {
-		seq, cur, found, _, err := s.current(tx, ck, typ, id, nil)
-		if err != nil {
-			return err
-		}
-		if !found {
-			return fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
-		}
-		c = cur
-		r = Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
-		if !c.deleted && !c.ext {
-			r.JSON = c.json
-		}
-		return nil
-	})
+	ck, err := s.connKeys(ctx, l)
 	if err != nil {
-		return r, err
+		return Record{}, err
+	}
+	seq, c, found, _, err := s.current(ctx, l, ck, typ, id, nil)
+	if err != nil {
+		return Record{}, err
+	}
+	if !found {
+		return Record{}, fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
+	}
+	r := Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
+	if !c.deleted && !c.ext {
+		r.JSON = c.json
 	}
 	err = s.readBodies(conn, []Record{r}, []change{c}, func(_ int, b []byte) { r.JSON = b })
 	return r, err
@@ -529,6 +387,10 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 	if q.PageBytes <= 0 {
 		q.PageBytes = 1 << 20
 	}
+	l, err := s.changeLog(ctx, conn)
+	if err != nil {
+		return q.After, err
+	}
 	cursor, total := q.After, 0
 	typeNames := names{}
 	for {
@@ -539,9 +401,9 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 		var p page
 		var err error
 		if len(types) == 0 {
-			p, err = s.pageAll(ctx, conn, cursor, want, q.PageBytes, typeNames)
+			p, err = s.pageAll(ctx, l, cursor, want, q.PageBytes, typeNames)
 		} else {
-			p, err = s.pageTypes(ctx, conn, types, cursor, want, q.PageBytes, typeNames)
+			p, err = s.pageTypes(ctx, l, types, cursor, want, q.PageBytes, typeNames)
 		}
 		if err != nil {
 			return cursor, err
@@ -568,98 +430,53 @@ type page struct {
 }
 
 // pageAll reads one page of every type, in change order.
-func (s *Store) pageAll(ctx context.Context, conn string, after uint64, limit, maxBytes int, in names) (page, error) {
+func (s *Store) pageAll(ctx context.Context, l *changeLog, after uint64, limit, maxBytes int, in names) (page, error) {
+	return s.pageTypes(ctx, l, nil, after, limit, maxBytes, in)
+}
+
+// pageTypes reads one page of the given types (nil: all), in change order.
+// A walk stops after maxKeysPerPage entries so a rare type in a large
+// connection still answers in bounded pages.
+func (s *Store) pageTypes(ctx context.Context, l *changeLog, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
 	p := page{next: after, records: make([]Record, 0, min(limit, 4096))}
 	var cs []change
-	size := 0
-	prefix := conn + "/"
-	err := s.changes.Scan(ctx, store.ScanOptions{Prefix: prefix, After: afterSeq(conn, after), Limit: limit}, func(k string, v []byte) error {
-		seq, _, err := parseChangeKey(k[len(prefix):])
-		if err != nil {
-			return err
+	size, walked := 0, 0
+	err := l.scan(ctx, after, func(seq uint64, v []byte) error {
+		p.next = seq
+		walked++
+		if types != nil && !hasType(types, typeBytes(v)) {
+			if walked >= maxKeysPerPage {
+				p.more = true
+				return store.ErrStopScan
+			}
+			return nil
 		}
 		r, c, err := recordOf(seq, v, in)
 		if err != nil {
-			return fmt.Errorf("records: change %s: %w", k, err)
+			return fmt.Errorf("records: change %d of %s: %w", seq, l.conn, err)
 		}
 		p.records = append(p.records, r)
 		cs = append(cs, c)
-		p.next = seq
 		size += bodySize(c)
-		if len(p.records) >= limit || size >= maxBytes {
+		if len(p.records) >= limit || size >= maxBytes || walked >= maxKeysPerPage {
 			p.more = true
 			return store.ErrStopScan
 		}
 		return nil
 	})
 	if err == nil {
-		err = s.readBodies(conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
+		err = s.readBodies(l.conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
 	}
 	return p, err
 }
 
-// pageTypes reads one page of the given types: it walks the change keys
-// alone (the type is in the key; resources live in the value log) and reads
-// the values of those it returns. A walk stops after maxKeysPerPage keys so
-// a rare type in a large connection still answers in bounded pages.
-func (s *Store) pageTypes(ctx context.Context, conn string, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
-	p := page{next: after}
-	var cs []change
-	prefix := conn + "/"
-	err := s.db.View(ctx, func(tx *store.Txn) error {
-		var keys []string
-		var last uint64
-		walked := 0
-		err := s.changes.ScanTx(tx, store.ScanOptions{Prefix: prefix, After: afterSeq(conn, after), KeysOnly: true}, func(k string, _ []byte) error {
-			seq, typ, err := parseChangeKey(k[len(prefix):])
-			if err != nil {
-				return err
-			}
-			last = seq
-			walked++
-			if slices.Contains(types, typ) {
-				keys = append(keys, k)
-			}
-			if len(keys) >= limit || walked >= maxKeysPerPage {
-				p.more = true
-				return store.ErrStopScan
-			}
-			return nil
-		})
-		if err != nil {
-			return err
+func hasType(types []string, t []byte) bool {
+	for _, x := range types {
+		if x == string(t) {
+			return true
 		}
-		p.records = make([]Record, 0, len(keys))
-		cs = make([]change, 0, len(keys))
-		size := 0
-		for i, k := range keys {
-			seq, _, err := parseChangeKey(k[len(prefix):])
-			if err != nil {
-				return err
-			}
-			v, err := s.changes.GetTx(tx, k)
-			if err != nil {
-				return err
-			}
-			r, c, err := recordOf(seq, v, in)
-			if err != nil {
-				return err
-			}
-			p.records = append(p.records, r)
-			cs = append(cs, c)
-			if size += bodySize(c); size >= maxBytes && i < len(keys)-1 {
-				p.more = true
-				p.next = seq
-				return nil
-			}
-		}
-		p.next = max(last, after)
-		return nil
-	})
-	if err == nil {
-		err = s.readBodies(conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
 	}
-	return p, err
+	return false
 }
 
 // maxKeysPerPage bounds the keys one page of a type-filtered list walks
@@ -671,7 +488,11 @@ func (s *Store) Count(ctx context.Context, conn string) (int, error) {
 	if err := checkConn(conn); err != nil {
 		return 0, err
 	}
-	return s.changes.Count(ctx, conn+"/")
+	l, err := s.changeLog(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return l.count(), nil
 }
 
 // DeleteConnection removes every record of conn, tombstones and change index
@@ -686,7 +507,7 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	defer mu.Unlock()
 	b := s.db.NewBatch()
 	prefix := conn + "/"
-	for _, t := range []*store.Table[[]byte]{s.heads, s.changes} {
+	for _, t := range []*store.Table[[]byte]{s.heads, s.changes, s.logs.lengths, s.logs.blocks} {
 		err := t.Scan(ctx, store.ScanOptions{Prefix: prefix, KeysOnly: true}, func(k string, _ []byte) error {
 			return store.BatchDelete(b, t, k)
 		})
@@ -702,8 +523,10 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	if err := b.Flush(true); err != nil {
 		return fmt.Errorf("records: delete %s: %w", conn, err)
 	}
-	// The key index first: its files are closed and its merge has ended
-	// before the directory holding them goes.
+	// The log and key index first: their files are closed (and the key
+	// index's merge has ended) before the directory holding them goes.
+	gone := fmt.Errorf("%w: %s", ErrDeleted, conn)
+	s.logs.drop(conn, gone)
 	s.keys.drop(conn)
 	if s.segs != nil {
 		// After the index: a crash in between leaves files nothing points

@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -425,7 +429,7 @@ func TestStoreDeleteConnection(t *testing.T) {
 	if _, err := s.Get(ctx, "c1", "Patient", "a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after delete: %v", err)
 	}
-	for _, tb := range []*store.Table[[]byte]{s.heads, s.changes} {
+	for _, tb := range []*store.Table[[]byte]{s.heads, s.changes, s.logs.lengths, s.logs.blocks} {
 		if n, _ := tb.Count(ctx, "c1/"); n != 0 {
 			t.Fatalf("%d keys left", n)
 		}
@@ -441,12 +445,13 @@ func TestStoreDeleteConnection(t *testing.T) {
 	}
 }
 
-// A Badger WriteBatch is not atomic: a crash leaves some prefix of it
-// stored. For every prefix of one commit's writes, Open must finish the
-// batch and the caller's resume (from its last progress marker) must end in
-// exactly the state of an uninterrupted commit, each resource once in the
-// change index.
-func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
+// A crash at any step of a commit: the bodies, key index entries and change
+// log blocks written (in full, torn, or not at all) and the transaction
+// that commits them and the caller's marker stored or not. After a restart
+// each resource is listed once, and the caller's resume (from its last
+// progress marker) ends in exactly the state of an uninterrupted commit.
+// Both ways a store keeps its log: files beside the segments, and Badger.
+func TestStoreCrashMidCommitRecovers(t *testing.T) {
 	ctx := context.Background()
 	lu := func(m int) string { return fmt.Sprintf("2025-%02d-01T00:00:00Z", m) }
 	before := [][]byte{res("Patient", "a", "1", lu(1)), res("Patient", "b", "1", lu(1)), res("Condition", "c", "1", lu(1))}
@@ -467,122 +472,153 @@ func TestStoreEveryPrefixOfABatchRecovers(t *testing.T) {
 		}
 	}
 	markerTable := func(db *store.DB) *store.Table[[]byte] { return store.NewTable[[]byte](db, store.Name("test_marker")) }
-	setup := func() (*store.DB, *Store, uint64) {
-		db := openDB(t, "")
-		s, err := Open(ctx, db, quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		put(t, s, "c", before...)
-		_, cur := list(t, s, "c", Query{})
-		return db, s, cur
+	markerFor := func(db *store.DB) Marker {
+		return func(b *store.Batch, _ Counts) error { return store.BatchPut(b, markerTable(db), "m", []byte("done")) }
 	}
+	wantBefore := []string{"Patient/a@1", "Patient/b@1", "Condition/c@1"}
 	want := []string{"Condition/c@1", "Observation/d@1", "Patient/a@3", "Observation/e@1", "Patient/b@-"}
 	wantSince := []string{"Observation/d@1", "Patient/a@3", "Observation/e@1", "Patient/b@-"}
 
-	// Record the writes of the batch once.
-	db, s, _ := setup()
-	w, _ := s.NewWriter("c")
-	batch(w)
-	ck, err := s.connKeys(ctx, "c")
-	if err != nil {
-		t.Fatal(err)
+	type mode struct {
+		name string
+		open func(t *testing.T) (open func() *Store, dir string)
 	}
-	var ops opList // one commit's writes, as the Writer collects them, to replay in part
-	_, first, err := w.plan(ctx, ck, &ops, nil)
-	if err != nil || first == 0 {
-		t.Fatal(first, err)
-	}
-	marker := markerTable(db)
-	ops = append(ops, op{t: marker, key: "m", val: []byte("done")}, op{t: s.pending, key: "c", del: true})
-	// Which table each op went to, to replay it on a fresh store.
-	which := func(t *store.Table[[]byte]) int {
-		return map[*store.Table[[]byte]]int{s.heads: 0, s.changes: 1, s.pending: 2, marker: 3}[t]
-	}
-	db.Close()
-
-	for k := 0; k <= len(ops); k++ {
-		db, s, cur := setup()
-		b := db.NewBatch()
-		tables := []*store.Table[[]byte]{s.heads, s.changes, s.pending, markerTable(db)}
-		for _, o := range ops[:k] {
-			tb := tables[which(o.t)]
-			var err error
-			if o.del {
-				err = store.BatchDelete(b, tb, o.key)
-			} else {
-				err = store.BatchPut(b, tb, o.key, o.val)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := b.Flush(false); err != nil {
-			t.Fatal(err)
-		}
-		// After a restart the sequence continues beyond every number it
-		// handed out before (it hands out values from a stored lease);
-		// the in-memory store here was not restarted, so move it on by
-		// hand.
-		for {
-			if n, _ := db.NextSeq(seqName); n > first+uint64(len(ops)) {
-				break
-			}
-		}
-		// Restart: Open finishes the interrupted batch.
-		s, err := Open(ctx, db, quiet)
-		if err != nil {
-			t.Fatalf("prefix %d: %v", k, err)
-		}
-		// Consistent before the resume too: each resource is listed
-		// once, and Get finds it at the change listed.
-		mid, _ := list(t, s, "c", Query{})
-		ids := map[string]bool{}
-		for _, r := range mid {
-			if ids[r.Type+"/"+r.ID] {
-				t.Fatalf("prefix %d: %s/%s listed twice after repair", k, r.Type, r.ID)
-			}
-			ids[r.Type+"/"+r.ID] = true
-			if g, err := s.Get(ctx, "c", r.Type, r.ID); err != nil || g.Seq != r.Seq {
-				t.Fatalf("prefix %d: Get %s/%s = %+v, %v; listed at %d", k, r.Type, r.ID, g, err, r.Seq)
-			}
-		}
-		nc, _ := s.changes.Count(ctx, "c/")
-		if nc != len(mid) {
-			t.Fatalf("prefix %d after repair: %d changes, %d listed", k, nc, len(mid))
-		}
-		// Resume: the caller replays unless its marker was stored.
-		if _, err := markerTable(db).Get(ctx, "m"); errors.Is(err, store.ErrNotFound) {
-			w, _ := s.NewWriter("c")
-			batch(w)
-			if _, err := w.Commit(ctx, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		all, _ := list(t, s, "c", Query{})
-		since, _ := list(t, s, "c", Query{After: cur})
-		if !slices.Equal(listed(all), want) || !slices.Equal(listed(since), wantSince) {
-			t.Fatalf("prefix %d of %d: list %v since %v, want %v since %v", k, len(ops), listed(all), listed(since), want, wantSince)
-		}
-		for _, typ := range []string{"Patient", "Observation", "Condition"} {
-			byType, _ := list(t, s, "c", Query{Types: []string{typ}})
-			var wantType []string
-			for _, r := range all {
-				if r.Type == typ {
-					wantType = append(wantType, r.Type+"/"+r.ID+"@"+r.VersionID+map[bool]string{true: "-"}[r.Deleted])
+	modes := []mode{
+		{"files", func(t *testing.T) (func() *Store, string) {
+			dir := t.TempDir()
+			return reopener(t, dir), dir
+		}},
+		{"badger", func(t *testing.T) (func() *Store, string) {
+			db := openDB(t, "")
+			t.Cleanup(func() { db.Close() })
+			return func() *Store {
+				s, err := Open(ctx, db, quiet)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			if !slices.Equal(listed(byType), wantType) {
-				t.Fatalf("prefix %d: type %s lists %v, want %v", k, typ, listed(byType), wantType)
-			}
-		}
-		nc, _ = s.changes.Count(ctx, "c/")
-		np, _ := s.pending.Count(ctx, "")
-		if nc != 5 || np != 0 {
-			t.Fatalf("prefix %d: %d changes, %d pending; want 5, 0", k, nc, np)
-		}
-		db.Close()
+				return s
+			}, ""
+		}},
 	}
+	crashes := []struct {
+		name      string
+		committed bool
+		tear      bool // the log's uncommitted tail cut short
+	}{
+		{"written, not committed", false, false},
+		{"written and torn, not committed", false, true},
+		{"committed, not published", true, false},
+	}
+	for _, m := range modes {
+		for _, c := range crashes {
+			t.Run(m.name+"/"+c.name, func(t *testing.T) {
+				open, dir := m.open(t)
+				s := open()
+				put(t, s, "c", before...)
+				_, cur := list(t, s, "c", Query{})
+				if got, _ := list(t, s, "c", Query{}); !slices.Equal(listed(got), wantBefore) {
+					t.Fatalf("before: %v", listed(got))
+				}
+				w, _ := s.NewWriter("c")
+				batch(w)
+				mu := s.lock("c")
+				mu.Lock()
+				b, _, _, err := w.send(ctx, markerFor(s.db))
+				if err == nil && c.committed {
+					err = b.Flush(true)
+				} else if err == nil {
+					b.Cancel()
+				}
+				mu.Unlock()
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Close() // the crash: nothing published, files closed
+				if c.tear && dir != "" {
+					logs := filesUnder(t, dir, ".log")
+					if len(logs) != 1 {
+						t.Fatalf("log files: %v", logs)
+					}
+					fi, _ := os.Stat(logs[0])
+					if err := os.Truncate(logs[0], fi.Size()-7); err != nil {
+						t.Fatal(err)
+					}
+				}
+				s = open()
+				defer s.Close()
+				mid, _ := list(t, s, "c", Query{})
+				ids := map[string]bool{}
+				for _, r := range mid {
+					if ids[r.Type+"/"+r.ID] {
+						t.Fatalf("%s/%s listed twice after the crash", r.Type, r.ID)
+					}
+					ids[r.Type+"/"+r.ID] = true
+					if g, err := s.Get(ctx, "c", r.Type, r.ID); err != nil || g.Seq != r.Seq {
+						t.Fatalf("Get %s/%s = %+v, %v; listed at %d", r.Type, r.ID, g, err, r.Seq)
+					}
+				}
+				if n, _ := s.Count(ctx, "c"); n != len(mid) {
+					t.Fatalf("Count %d, %d listed", n, len(mid))
+				}
+				_, err = markerTable(s.db).Get(ctx, "m")
+				switch {
+				case c.committed && err != nil:
+					t.Fatalf("committed, but the marker is not stored: %v", err)
+				case !c.committed && !errors.Is(err, store.ErrNotFound):
+					t.Fatalf("not committed, but the marker is stored: %v", err)
+				case !c.committed && !slices.Equal(listed(mid), wantBefore):
+					t.Fatalf("not committed, but the list is %v", listed(mid))
+				}
+				// Resume: the caller replays unless its marker was stored.
+				if !c.committed {
+					w, _ := s.NewWriter("c")
+					batch(w)
+					if _, err := w.Commit(ctx, markerFor(s.db)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				all, _ := list(t, s, "c", Query{})
+				since, _ := list(t, s, "c", Query{After: cur})
+				if !slices.Equal(listed(all), want) || !slices.Equal(listed(since), wantSince) {
+					t.Fatalf("list %v since %v, want %v since %v", listed(all), listed(since), want, wantSince)
+				}
+				for _, typ := range []string{"Patient", "Observation", "Condition"} {
+					byType, _ := list(t, s, "c", Query{Types: []string{typ}})
+					var wantType []string
+					for _, r := range all {
+						if r.Type == typ {
+							wantType = append(wantType, r.Type+"/"+r.ID+"@"+r.VersionID+map[bool]string{true: "-"}[r.Deleted])
+						}
+					}
+					if !slices.Equal(listed(byType), wantType) {
+						t.Fatalf("type %s lists %v, want %v", typ, listed(byType), wantType)
+					}
+				}
+				if n, _ := s.Count(ctx, "c"); n != 5 {
+					t.Fatalf("Count %d, want 5", n)
+				}
+				// And once more after a clean restart.
+				s.Close()
+				s = open()
+				if again, _ := list(t, s, "c", Query{}); !slices.Equal(listed(again), want) {
+					t.Fatalf("after a restart: %v", listed(again))
+				}
+			})
+		}
+	}
+}
+
+// filesUnder lists the files under dir whose names end in suffix.
+func filesUnder(t *testing.T, dir, suffix string) []string {
+	t.Helper()
+	var out []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, suffix) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
 }
 
 // A writer still running when its connection's records are deleted cannot

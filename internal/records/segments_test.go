@@ -192,32 +192,6 @@ func TestSegmentsRotateAndRestart(t *testing.T) {
 	}
 }
 
-// Bodies written before segments existed (kept in the store's values)
-// still read once the store keeps new bodies in segments.
-func TestSegmentsReadOlderInlineBodies(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
-	inline, err := Open(ctx, db, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := res("Patient", "a", "1", "")
-	put(t, inline, "c", a)
-	s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	b := res("Patient", "b", "1", "")
-	put(t, s, "c", b)
-	got, _ := list(t, s, "c", Query{})
-	if len(got) != 2 || !bytes.Equal(got[0].JSON, a) || !bytes.Equal(got[1].JSON, b) {
-		t.Fatalf("listed %v", listed(got))
-	}
-}
-
 // Deleting a connection's records removes its segments, and other
 // connections' records stay.
 func TestSegmentsGoWithTheConnection(t *testing.T) {

@@ -21,7 +21,7 @@ type Writer struct {
 	sync  bool
 	items []item
 	arena []byte            // JSON of buffered puts
-	vals  []byte            // values built by Commit (reused)
+	vals  []byte            // a change's value, built by plan (reused)
 	seal  []byte            // sealed bodies for the segment (reused)
 	names map[string]string // interned type names
 	heads map[string]head   // heads as changed by the commit in progress
@@ -185,10 +185,7 @@ func decide(cur head, found bool, it *item) verdict {
 //
 // The connection's lock is held until the batch is stored, so that the
 // next batch decides against this one's heads, and readers see changes in
-// sequence order. (Handing the batch over under the lock and waiting
-// outside it, with the heads of batches in flight kept aside for the next
-// plan, was tried: a 1M-resource sync was no faster, the machine's two
-// cores being busy with Badger's writes and compactions already.)
+// sequence order.
 func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	if len(w.items) == 0 && marker == nil {
 		return Counts{}, nil
@@ -198,9 +195,19 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	mu := s.lock(w.conn)
 	mu.Lock()
 	defer mu.Unlock()
-	b, n, err := w.send(ctx, marker)
+	b, la, n, err := w.send(ctx, marker)
 	if err == nil {
-		err = b.Flush(w.sync)
+		// Committed first, synced after: once the transaction is in
+		// Badger its entries are the log's, whether or not the sync then
+		// fails, and must be visible to the next plan.
+		if err = b.Flush(false); err != nil {
+			la.failed()
+		} else {
+			la.publish()
+			if w.sync {
+				err = s.db.Sync()
+			}
+		}
 	}
 	if err != nil {
 		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
@@ -208,179 +215,124 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	return n, nil
 }
 
-// send plans the batch, writes its bodies and fills a store batch, ready
-// to flush. Callers hold the connection's lock.
-func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, Counts, error) {
+// send plans the batch, writes its bodies, key index entries and change
+// log blocks, and fills the store batch that commits them, ready to flush.
+// Callers hold the connection's lock.
+func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, *logAppend, Counts, error) {
 	s := w.s
 	if _, gone := s.deleted.Load(w.conn); gone {
-		return nil, Counts{}, fmt.Errorf("%w: %s", ErrDeleted, w.conn)
+		return nil, nil, Counts{}, fmt.Errorf("%w: %s", ErrDeleted, w.conn)
 	}
-	if err := s.repairIfPending(ctx, w.conn); err != nil {
-		return nil, Counts{}, err
+	l, err := s.changeLog(ctx, w.conn)
+	if err != nil {
+		return nil, nil, Counts{}, err
+	}
+	ck, err := s.connKeys(ctx, l)
+	if err != nil {
+		return nil, nil, Counts{}, err
 	}
 	var app *appender
 	if s.segs != nil {
 		app = s.segs.appender(w.conn, w.seal)
 	}
-	// The writes are collected first: the bodies must be stored before
-	// any entry pointing at them reaches the store, and a Badger
-	// WriteBatch commits parts of a large batch while it is filled.
-	ck, err := s.connKeys(ctx, w.conn)
+	la := l.appender(false)
+	n, err := w.plan(ctx, l, ck, la, app)
 	if err != nil {
-		return nil, Counts{}, err
+		la.failed()
+		return nil, nil, n, err
 	}
-	var ops opList
-	n, first, err := w.plan(ctx, ck, &ops, app)
-	if err != nil {
-		return nil, n, err
-	}
-	// The key index entries are journaled (and synced) at the same time,
-	// for the same reason: a change the index cannot find would be stored
-	// again as a new one.
-	jerr := make(chan error, 1)
+	// Bodies, key index entries and log blocks are written and synced at
+	// once, all before the transaction that commits them: an entry that
+	// outlived its body after a power cut would read as stored (and
+	// unchanged on the next sync) while the body is gone, and a change the
+	// key index cannot find would be stored again as a new one. The bodies
+	// are synced even for a writer WithoutSync (measured: no slower).
+	jerr, lerr := make(chan error, 1), make(chan error, 1)
 	go func() { jerr <- ck.journal(w.pairs) }()
+	go func() { lerr <- la.write() }()
 	if app != nil {
-		// Written and synced before the entries that point at them, even
-		// for a writer WithoutSync: Badger's unsynced writes and ours
-		// reach the disk in no particular order, and an entry that
-		// outlived its body after a power cut would read as stored (and
-		// unchanged on the next sync) while the body is gone. Measured:
-		// no slower (a 1M-resource sync took 15.3s against 18-20s without
-		// the sync).
 		err = app.write(true)
 		w.seal = app.buf
 	}
-	if err = errors.Join(err, <-jerr); err != nil {
-		return nil, n, err
+	if err = errors.Join(err, <-jerr, <-lerr); err != nil {
+		la.failed()
+		return nil, nil, n, err
 	}
 	if err := ck.add(w.pairs); err != nil {
-		return nil, n, err
+		la.failed()
+		return nil, nil, n, err
 	}
-	b := s.db.NewBatch()
-	err = ops.apply(b)
+	b := s.db.NewAtomicBatch()
+	err = la.commit(b)
 	if err == nil && marker != nil {
 		err = marker(b, n)
 	}
-	if err == nil && first != 0 {
-		err = store.BatchDelete(b, s.pending, w.conn)
-	}
 	if err != nil {
 		b.Cancel()
-		return nil, n, err
+		la.failed()
+		return nil, nil, n, err
 	}
-	return b, n, nil
+	return b, la, n, nil
 }
 
-// opList collects a commit's writes to apply them later, in order.
-type opList []op
-
-type op struct {
-	t   *store.Table[[]byte]
-	key string
-	val []byte
-	del bool
-}
-
-func (l *opList) put(t *store.Table[[]byte], key string, v []byte) {
-	*l = append(*l, op{t: t, key: key, val: v})
-}
-
-func (l *opList) del(t *store.Table[[]byte], key string) {
-	*l = append(*l, op{t: t, key: key, del: true})
-}
-
-func (l opList) apply(b *store.Batch) error {
-	for _, o := range l {
-		var err error
-		if o.del {
-			err = store.BatchDelete(b, o.t, o.key)
-		} else {
-			err = store.BatchPut(b, o.t, o.key, o.val)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// plan decides what each buffered change does and sends the writes to out
-// (and the bodies to app, when the store keeps them in segments):
-// the pending marker first (if anything is written), then per change the
-// new change entry and the removal of the superseded change
-// (readers and repair rely on that order). It returns the counts and the first sequence used (0:
-// nothing written). ck is the connection's key index, loaded by the caller.
-// Callers hold the connection's lock.
-func (w *Writer) plan(ctx context.Context, ck *connKeys, out *opList, app *appender) (Counts, uint64, error) {
+// plan decides what each buffered change does and adds the new changes to
+// la (and their bodies to app, when the store keeps them in segments) and
+// their key index entries to w.pairs. It returns the counts. Callers hold
+// the connection's lock.
+func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, la *logAppend, app *appender) (Counts, error) {
 	var n Counts
-	var first uint64
 	s := w.s
 	w.pairs = w.pairs[:0]
-	err := s.db.View(ctx, func(tx *store.Txn) error {
-		for i := range w.items {
-			it := &w.items[i]
-			hk := headKey(w.conn, it.typ, it.id)
-			cur, found := w.heads[hk]
-			if !found {
-				seq, c, ok, cands, err := s.current(tx, ck, it.typ, it.id, w.cands)
-				w.cands = cands
-				if err != nil {
-					return err
-				}
-				if ok {
-					cur, found = c.head(seq), true
-				}
-			}
-			switch decide(cur, found, it) {
-			case unchanged:
-				n.Unchanged++
-				continue
-			case stale:
-				n.Stale++
-				continue
-			}
-			seq, err := s.db.NextSeq(seqName)
+	for i := range w.items {
+		it := &w.items[i]
+		hk := headKey(w.conn, it.typ, it.id)
+		cur, found := w.heads[hk]
+		if !found {
+			seq, c, ok, cands, err := s.current(ctx, l, ck, it.typ, it.id, w.cands)
+			w.cands = cands
 			if err != nil {
-				return err
+				return n, err
 			}
-			if first == 0 {
-				// First in the batch: if any of it is stored, so is this.
-				first = seq
-				out.put(s.pending, w.conn, encodePending(seq))
-			}
-			c := change{deleted: it.deleted, lastUpdated: it.lastUpdated, hash: it.hash, typ: it.typ, id: it.id, versionID: it.version}
-			if found {
-				c.prev = cur.seq
-			}
-			body := w.arena[it.off : it.off+it.n]
-			if app != nil && !it.deleted {
-				if c.loc, err = app.add(it.typ, it.id, body); err != nil {
-					return err
-				}
-				c.ext = true
-			}
-			start := len(w.vals)
-			w.vals = c.appendHeader(w.vals)
-			if !c.ext {
-				w.vals = append(w.vals, body...)
-			}
-			// Full slice expression: later appends must never write into
-			// a value the batch still holds.
-			val := w.vals[start:len(w.vals):len(w.vals)]
-			out.put(s.changes, changeKey(w.conn, seq, it.typ), val)
-			h := c.head(seq)
-			w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
-			if found {
-				out.del(s.changes, changeKey(w.conn, cur.seq, it.typ))
-			}
-			w.heads[hk] = h
-			if it.deleted {
-				n.Deleted++
-			} else {
-				n.Written++
+			if ok {
+				cur, found = c.head(seq), true
 			}
 		}
-		return nil
-	})
-	return n, first, err
+		switch decide(cur, found, it) {
+		case unchanged:
+			n.Unchanged++
+			continue
+		case stale:
+			n.Stale++
+			continue
+		}
+		seq, err := s.db.NextSeq(seqName)
+		if err != nil {
+			return n, err
+		}
+		c := change{deleted: it.deleted, lastUpdated: it.lastUpdated, hash: it.hash, typ: it.typ, id: it.id, versionID: it.version}
+		if found {
+			c.prev = cur.seq
+		}
+		body := w.arena[it.off : it.off+it.n]
+		if app != nil && !it.deleted {
+			if c.loc, err = app.add(it.typ, it.id, body); err != nil {
+				return n, err
+			}
+			c.ext = true
+		} else if !it.deleted {
+			c.json = body
+		}
+		w.vals = appendChange(w.vals[:0], &c)
+		if err := la.add(seq, w.vals, c.prev); err != nil {
+			return n, err
+		}
+		w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
+		w.heads[hk] = c.head(seq)
+		if it.deleted {
+			n.Deleted++
+		} else {
+			n.Written++
+		}
+	}
+	return n, nil
 }

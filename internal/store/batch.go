@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -13,7 +14,41 @@ import (
 // the data it covers.
 type Batch struct {
 	wb *badger.WriteBatch
+	tx *badger.Txn // an atomic batch (NewAtomicBatch)
 	db *DB
+}
+
+// ErrTooBig: an atomic batch grew past what one transaction holds.
+var ErrTooBig = errors.New("store: too much for one atomic batch")
+
+// NewAtomicBatch starts a batch that is stored whole or not at all, even
+// across a crash (one Badger transaction): small commits of metadata that
+// must move together. Adding more than a transaction holds fails with
+// ErrTooBig. Call Flush (or Cancel) exactly once.
+func (d *DB) NewAtomicBatch() *Batch {
+	return &Batch{tx: d.bdb.NewTransaction(true), db: d}
+}
+
+func (b *Batch) set(k, v []byte) error {
+	if b.tx != nil {
+		err := b.tx.Set(k, v)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			err = ErrTooBig
+		}
+		return err
+	}
+	return b.wb.Set(k, v)
+}
+
+func (b *Batch) del(k []byte) error {
+	if b.tx != nil {
+		err := b.tx.Delete(k)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			err = ErrTooBig
+		}
+		return err
+	}
+	return b.wb.Delete(k)
 }
 
 // NewBatch starts a batch. Call Flush (or Cancel) exactly once.
@@ -27,7 +62,7 @@ func BatchPut[T any](b *Batch, t *Table[T], key string, v T) error {
 	if err != nil {
 		return err
 	}
-	if err := b.wb.Set(t.key(key), enc); err != nil {
+	if err := b.set(t.key(key), enc); err != nil {
 		return fmt.Errorf("store: batch put %s: %w", t.name, err)
 	}
 	return nil
@@ -35,7 +70,7 @@ func BatchPut[T any](b *Batch, t *Table[T], key string, v T) error {
 
 // BatchDelete adds a delete of key of table t.
 func BatchDelete[T any](b *Batch, t *Table[T], key string) error {
-	if err := b.wb.Delete(t.key(key)); err != nil {
+	if err := b.del(t.key(key)); err != nil {
 		return fmt.Errorf("store: batch delete %s: %w", t.name, err)
 	}
 	return nil
@@ -44,7 +79,11 @@ func BatchDelete[T any](b *Batch, t *Table[T], key string) error {
 // Flush writes everything added and waits for it. With sync true it also
 // fsyncs.
 func (b *Batch) Flush(sync bool) error {
-	if err := b.wb.Flush(); err != nil {
+	if b.tx != nil {
+		if err := b.tx.Commit(); err != nil {
+			return fmt.Errorf("store: batch commit: %w", err)
+		}
+	} else if err := b.wb.Flush(); err != nil {
 		return fmt.Errorf("store: batch flush: %w", err)
 	}
 	if sync {
@@ -56,4 +95,10 @@ func (b *Batch) Flush(sync bool) error {
 }
 
 // Cancel discards the batch.
-func (b *Batch) Cancel() { b.wb.Cancel() }
+func (b *Batch) Cancel() {
+	if b.tx != nil {
+		b.tx.Discard()
+		return
+	}
+	b.wb.Cancel()
+}

@@ -50,9 +50,11 @@ const (
 	SyncSchedules Name = "sync_schedules" // schedule id → schedule (--every)
 
 	// Records (package records). Keys start with the connection id.
-	Records       Name = "records"        // connection/type/id → head (change seq, version, lastUpdated, hash)
-	RecordChanges Name = "record_changes" // connection/seq/type → change header + the source's raw JSON (or a tombstone)
-	RecordPending Name = "record_pending" // connection → first seq of a batch being written (crash repair)
+	Records       Name = "records"        // connection/type/id → head (earlier versions; removed at open)
+	RecordChanges Name = "record_changes" // connection/seq/type → change (earlier versions; moved to the change log at open)
+	RecordPending Name = "record_pending" // connection → first seq of a batch being written (read only to convert stores of earlier versions)
+	RecordLogs    Name = "record_logs"    // connection/file id → committed length of a change log file
+	RecordBlocks  Name = "record_blocks"  // connection/file id/offset → change log block (stores without a records directory)
 )
 
 // sysPrefix marks keys that belong to the store itself (sequences); table keys

@@ -1,0 +1,186 @@
+package records
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// Stores written by earlier versions. They kept a heads table (replaced by
+// the key index, rebuilt from the change log) and the change index in
+// Badger, one entry per resource (replaced by the change log). Open removes
+// the one and moves the other, once.
+
+// dropLegacyHeads removes the heads table an earlier version kept.
+// index replaced it and is rebuilt from the change entries).
+func (s *Store) dropLegacyHeads(ctx context.Context) error {
+	n := 0
+	for {
+		b := s.db.NewBatch()
+		k := 0
+		err := s.heads.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(key string, _ []byte) error {
+			if k >= 100000 {
+				return store.ErrStopScan
+			}
+			k++
+			return store.BatchDelete(b, s.heads, key)
+		})
+		if err != nil {
+			b.Cancel()
+			return fmt.Errorf("records: remove the old heads table: %w", err)
+		}
+		if k == 0 {
+			b.Cancel()
+			break
+		}
+		if err := b.Flush(true); err != nil {
+			return fmt.Errorf("records: remove the old heads table: %w", err)
+		}
+		n += k
+	}
+	if n > 0 {
+		s.log.Info("removed the heads table of an earlier version; key indexes are rebuilt from the change index", "entries", n)
+	}
+	return nil
+}
+
+// convertLegacyChanges moves every connection's change entries from Badger
+// to its change log.
+func (s *Store) convertLegacyChanges(ctx context.Context) error {
+	for {
+		var conn string
+		err := s.changes.Scan(ctx, store.ScanOptions{KeysOnly: true, Limit: 1}, func(k string, _ []byte) error {
+			conn, _, _ = strings.Cut(k, "/")
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("records: convert the change index: %w", err)
+		}
+		if conn == "" {
+			return nil
+		}
+		if err := s.convertLegacyConn(ctx, conn); err != nil {
+			return fmt.Errorf("records: convert the change index of %s: %w", conn, err)
+		}
+	}
+}
+
+// convertLegacyConn writes conn's Badger change entries to its change log,
+// commits it, then removes them. A crash before the commit converts again
+// from the start (the file written is not committed); a crash after it
+// finds the log committed and only removes what is left.
+func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
+	start := time.Now()
+	l, err := s.changeLog(ctx, conn)
+	if err != nil {
+		return err
+	}
+	l.mu.RLock()
+	done := l.total > 0
+	l.mu.RUnlock()
+	n := 0
+	if !done {
+		// An interrupted batch (its pending marker names its first
+		// sequence) may have left a change and the one it superseded both
+		// stored: from there on, a change keeps its prev when that change
+		// is still there, and the log then lists only the newer. Elsewhere
+		// the superseded change was removed with the batch that replaced it.
+		var pendingFirst uint64
+		if v, err := s.pending.Get(ctx, conn); err == nil {
+			if pendingFirst, err = parseSeqHex(string(v)); err != nil {
+				return fmt.Errorf("pending batch: %w", err)
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		a := l.appender(false)
+		var val []byte
+		err := s.db.View(ctx, func(tx *store.Txn) error {
+			return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
+				seq, typ, err := parseChangeKey(k[len(conn)+1:])
+				if err != nil {
+					return err
+				}
+				c, err := decodeChange(v, nil)
+				if err != nil {
+					return fmt.Errorf("change %s: %w", k, err)
+				}
+				if c.prev != 0 {
+					keep := false
+					if pendingFirst != 0 && seq >= pendingFirst {
+						keep, err = s.changes.PeekTx(tx, changeKey(conn, c.prev, typ), func([]byte) error { return nil })
+						if err != nil {
+							return err
+						}
+					}
+					if !keep {
+						c.prev = 0
+					}
+				}
+				val = appendChange(val[:0], &c)
+				if err := a.add(seq, val, c.prev); err != nil {
+					return err
+				}
+				n++
+				if len(a.buf) >= 1<<20 {
+					return a.flush()
+				}
+				return nil
+			})
+		})
+		if err == nil {
+			err = a.write()
+		}
+		if err != nil {
+			a.failed()
+			return err
+		}
+		b := s.db.NewAtomicBatch()
+		if err := a.commit(b); err != nil {
+			b.Cancel()
+			a.failed()
+			return err
+		}
+		if err := b.Flush(false); err != nil {
+			a.failed()
+			return err
+		}
+		a.publish()
+		if err := s.db.Sync(); err != nil {
+			return err
+		}
+	}
+	for {
+		b := s.db.NewBatch()
+		k := 0
+		err := s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/", KeysOnly: true}, func(key string, _ []byte) error {
+			if k >= 100000 {
+				return store.ErrStopScan
+			}
+			k++
+			return store.BatchDelete(b, s.changes, key)
+		})
+		if err == nil && k < 100000 {
+			// The last batch: the pending marker goes with it.
+			err = store.BatchDelete(b, s.pending, conn)
+		}
+		if err != nil {
+			b.Cancel()
+			return err
+		}
+		if err := b.Flush(true); err != nil {
+			return err
+		}
+		if k < 100000 {
+			break
+		}
+	}
+	if n > 0 {
+		s.log.Info("moved a connection's change index to its change log", "connection", conn, "changes", n, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
