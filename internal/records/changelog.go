@@ -282,21 +282,39 @@ func (l *changeLog) removeOrphans(lengths map[uint64]int64) error {
 // and calls fn with every entry. Used at load, when blocks is empty.
 func (l *changeLog) readFile(ctx context.Context, f *logFile, fn func(seq uint64, v []byte) error) error {
 	if l.dir == "" {
-		return l.ls.blocks.Scan(ctx, store.ScanOptions{Prefix: l.conn + "/" + seqHex(f.id) + "/"}, func(k string, v []byte) error {
-			off, err := parseSeqHex(k[len(k)-16:])
+		// Blocks follow each other: an entry at an offset inside the block
+		// before it is the leftover of a failed append (an earlier version
+		// appended to the same file again), never read.
+		var next int64
+		err := l.ls.blocks.Scan(ctx, store.ScanOptions{Prefix: l.conn + "/" + seqHex(f.id) + "/"}, func(k string, v []byte) error {
+			u, err := parseSeqHex(k[len(k)-16:])
 			if err != nil {
 				return err
 			}
-			if int64(off) >= f.size {
+			off := int64(u)
+			switch {
+			case off >= f.size:
 				return store.ErrStopScan
+			case off < next:
+				return nil
+			case off > next:
+				return l.damaged(f, next, errors.New("no block there"))
 			}
-			first, payload, err := l.openBlock(f.id, int64(off), v)
+			first, payload, err := l.openBlock(f.id, off, v)
 			if err != nil {
 				return err
 			}
-			f.blocks = append(f.blocks, logBlock{first: first, off: int64(off), size: int64(len(v))})
-			return eachEntry(first, payload, fn)
+			f.blocks = append(f.blocks, logBlock{first: first, off: off, size: int64(len(v))})
+			next = off + int64(len(v))
+			if err := eachEntry(first, payload, fn); err != nil {
+				return fmt.Errorf("change log block %s at %d: %w", blockKey(l.conn, f.id, off), off, err)
+			}
+			return nil
 		})
+		if err == nil && next < f.size {
+			err = l.damaged(f, next, io.ErrUnexpectedEOF)
+		}
+		return err
 	}
 	fh, err := os.Open(l.filePath(f.id))
 	if err != nil {
@@ -324,7 +342,7 @@ func (l *changeLog) readFile(ctx context.Context, f *logFile, fn func(seq uint64
 		}
 		f.blocks = append(f.blocks, logBlock{first: first, off: off, size: size})
 		if err := eachEntry(first, payload, fn); err != nil {
-			return err
+			return fmt.Errorf("change log %s block at %d: %w", l.filePath(f.id), off, err)
 		}
 		off += size
 	}
@@ -524,12 +542,19 @@ func (l *changeLog) count() int {
 // built in memory, written beyond the file's committed length, then
 // committed with the length in a Badger transaction and published.
 // Callers hold the connection's commit lock throughout.
+//
+// An append rolls over to a new file once its file reaches maxLogFile
+// (before the next block, whose offset is half its nonce): a rewrite or a
+// conversion of a large log spreads over several files, each committed
+// with the rest.
 type logAppend struct {
 	l    *changeLog
 	f    *logFile // nil until the first write
 	base int64    // f's committed length when this append started
 	// fresh: f is a new file, for a rewrite (it replaces every other).
 	fresh bool
+	// done: the files this append filled before f, written and synced.
+	done []logPart
 
 	buf     []byte // encoded blocks not yet written to the file
 	written int64  // bytes written to the file past base
@@ -545,6 +570,13 @@ type logAppend struct {
 	kv       []logKV // blocks for Badger (no records directory)
 }
 
+// logPart is what an append wrote to one file it then left for another.
+type logPart struct {
+	f             *logFile
+	base, written int64
+	blocks        []logBlock
+}
+
 type logKV struct {
 	key string
 	val []byte
@@ -557,11 +589,16 @@ func (l *changeLog) appender(fresh bool) *logAppend { return &logAppend{l: l, fr
 func (a *logAppend) add(seq uint64, v []byte, prev uint64) error {
 	if a.f == nil {
 		// A block's offset (its nonce) needs the file.
-		if err := a.start(); err != nil {
+		if err := a.start(a.fresh); err != nil {
 			return err
 		}
 	}
 	if a.curN == 0 {
+		if a.base+a.written+int64(len(a.buf)) >= maxLogFile {
+			if err := a.roll(); err != nil {
+				return err
+			}
+		}
 		a.curFirst = seq
 		a.cur = binary.AppendUvarint(a.cur[:0], 0)
 	} else {
@@ -576,18 +613,35 @@ func (a *logAppend) add(seq uint64, v []byte, prev uint64) error {
 		a.prevs = append(a.prevs, prev)
 	}
 	if len(a.cur) >= logBlockTarget || a.curN >= logBlockEntries {
-		a.closeBlock()
+		return a.closeBlock()
 	}
 	return nil
+}
+
+// roll finishes the file appended to (written and synced, to be committed
+// with the rest) and goes on in a new one.
+func (a *logAppend) roll() error {
+	if err := a.flush(); err != nil {
+		return err
+	}
+	if a.l.dir != "" {
+		if err := a.f.f.Sync(); err != nil {
+			a.failed()
+			return fmt.Errorf("records: sync change log: %w", err)
+		}
+	}
+	a.done = append(a.done, logPart{f: a.f, base: a.base, written: a.written, blocks: a.blocks})
+	a.blocks, a.written = nil, 0
+	return a.start(true)
 }
 
 // empty says whether nothing was added.
 func (a *logAppend) empty() bool { return a.entries == 0 }
 
-// start picks the file to append to: the log's own, or a new one.
-func (a *logAppend) start() error {
+// start picks the file to append to: the log's own, or (fresh) a new one.
+func (a *logAppend) start(fresh bool) error {
 	l := a.l
-	if !a.fresh && l.w != nil && l.w.size < maxLogFile {
+	if !fresh && l.w != nil && l.w.size < maxLogFile {
 		a.f, a.base = l.w, l.w.size
 		return nil
 	}
@@ -619,11 +673,20 @@ func (a *logAppend) start() error {
 	return nil
 }
 
-func (a *logAppend) closeBlock() {
+// maxLogOffset: a block's offset is 32 bits of its nonce.
+const maxLogOffset = 1 << 32
+
+func (a *logAppend) closeBlock() error {
 	if a.curN == 0 {
-		return
+		return nil
 	}
 	off := a.base + a.written + int64(len(a.buf))
+	if off >= maxLogOffset {
+		// Unreachable while maxLogFile is far below it (add rolls over
+		// first); checked before sealing, as a nonce must never repeat.
+		a.failed()
+		return errors.New("records: change log file past 4 GiB")
+	}
 	var hdr [logHeaderSize]byte
 	n := len(a.cur)
 	if a.l.dir != "" {
@@ -644,6 +707,7 @@ func (a *logAppend) closeBlock() {
 	}
 	a.blocks = append(a.blocks, logBlock{first: a.curFirst, off: off, size: int64(len(a.buf) - start)})
 	a.curN = 0
+	return nil
 }
 
 // flush writes the blocks built so far to the file (not synced): a long
@@ -661,10 +725,6 @@ func (a *logAppend) flush() error {
 	}
 	a.written += int64(len(a.buf))
 	a.buf = a.buf[:0]
-	if a.base+a.written > 1<<32 {
-		a.failed()
-		return errors.New("records: change log file past 4 GiB")
-	}
 	return nil
 }
 
@@ -675,19 +735,30 @@ func (a *logAppend) write() error {
 	if a.empty() {
 		return nil
 	}
-	a.closeBlock()
+	if err := a.closeBlock(); err != nil {
+		return err
+	}
 	if err := a.flush(); err != nil {
 		return err
 	}
 	if a.l.dir == "" {
+		// Stored blocks past the file's committed length: as with a file,
+		// the file is not appended to again if this append fails (its
+		// blocks stay under keys the next append would not all replace).
+		a.touched = true
 		b := a.l.ls.db.NewBatch()
 		for _, kv := range a.kv {
 			if err := store.BatchPut(b, a.l.ls.blocks, kv.key, kv.val); err != nil {
 				b.Cancel()
+				a.failed()
 				return err
 			}
 		}
-		return b.Flush(false)
+		if err := b.Flush(false); err != nil {
+			a.failed()
+			return err
+		}
+		return nil
 	}
 	if err := a.f.f.Sync(); err != nil {
 		a.failed()
@@ -696,7 +767,12 @@ func (a *logAppend) write() error {
 	return nil
 }
 
-// commit adds the new committed length to b (the commit's atomic batch);
+// parts is every file this append wrote to, in order, the current one last.
+func (a *logAppend) parts() []logPart {
+	return append(slices.Clip(a.done), logPart{f: a.f, base: a.base, written: a.written, blocks: a.blocks})
+}
+
+// commit adds the new committed lengths to b (the commit's atomic batch);
 // a rewrite also removes the lengths of the files it replaces.
 func (a *logAppend) commit(b *store.Batch) error {
 	if a.empty() {
@@ -709,69 +785,88 @@ func (a *logAppend) commit(b *store.Batch) error {
 			}
 		}
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], uint64(a.base+a.written))
-	return store.BatchPut(b, a.l.ls.lengths, a.l.lengthKey(a.f.id), v[:])
+	for _, p := range a.parts() {
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(p.base+p.written))
+		if err := store.BatchPut(b, a.l.ls.lengths, a.l.lengthKey(p.f.id), v[:]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// publish makes the committed entries visible, once b was stored.
-func (a *logAppend) publish() {
+// publish makes the committed entries visible, once b was stored. A
+// rewrite returns the files it replaced, closed: the caller removes them
+// (retire) once the transaction that dropped them is synced.
+func (a *logAppend) publish() []*logFile {
 	if a.empty() {
-		return
+		return nil
 	}
 	l := a.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.gone != nil {
-		return
+		return nil
 	}
-	f := a.f
+	var old []*logFile
 	if a.fresh {
-		l.retireLocked()
+		old = l.files
+		for _, f := range old {
+			if f.f != nil {
+				f.f.Close()
+			}
+		}
+		l.w = nil
 		l.files, l.dead, l.total = nil, map[uint64]struct{}{}, 0
 	}
-	if len(l.files) == 0 || l.files[len(l.files)-1] != f {
-		l.files = append(l.files, f)
+	for _, p := range a.parts() {
+		f := p.f
+		if len(l.files) == 0 || l.files[len(l.files)-1] != f {
+			l.files = append(l.files, f)
+		}
+		f.blocks = append(f.blocks, p.blocks...)
+		f.size = p.base + p.written
 	}
-	f.blocks = append(f.blocks, a.blocks...)
-	f.size = a.base + a.written
-	if f.mine {
-		l.w = f
+	if a.f.mine {
+		l.w = a.f
 	}
 	l.total += a.entries
 	for _, p := range a.prevs {
 		l.dead[p] = struct{}{}
 	}
+	return old
 }
 
-// retireLocked closes and removes every file of the log (a rewrite
-// replaced them). Callers hold mu: no reader is inside a file.
-func (l *changeLog) retireLocked() {
-	for _, f := range l.files {
-		if f.f != nil {
-			f.f.Close()
-			_ = os.Remove(l.filePath(f.id))
-		}
+// retire removes the files a rewrite replaced (publish closed them).
+// Callers remove them only once the transaction that dropped their lengths
+// is synced: a power cut before would find those lengths and no files.
+func (l *changeLog) retire(old []*logFile) {
+	if l.dir == "" {
+		return
 	}
-	l.w = nil
+	for _, f := range old {
+		_ = os.Remove(l.filePath(f.id))
+	}
 }
 
 // failed ends an append that will not be committed. When bytes may have
-// reached the file past its committed length, appends to it stop: their
+// reached a file past its committed length, appends to it stop: their
 // offsets (nonces) must not be used again.
 func (a *logAppend) failed() {
-	if !a.touched {
+	if !a.touched || a.f == nil {
 		return
 	}
 	l := a.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.w == a.f {
-		l.w = nil
-	}
-	// A new file nothing committed is closed here and removed at the next
-	// load.
-	if a.f != nil && a.f.f != nil && !slices.Contains(l.files, a.f) {
-		a.f.f.Close()
+	for _, p := range a.parts() {
+		if l.w == p.f {
+			l.w = nil
+		}
+		// A new file nothing committed is closed here and removed at the
+		// next load.
+		if p.f.f != nil && !slices.Contains(l.files, p.f) {
+			p.f.f.Close()
+		}
 	}
 }

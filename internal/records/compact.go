@@ -102,11 +102,18 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 		}
 	}
 	l.mu.RLock()
-	dead, total, nfiles := len(l.dead), l.total, len(l.files)
+	dead, total, nfiles := len(l.dead), l.total, 0
+	for _, f := range l.files {
+		// A rewrite fills files up to maxLogFile: only the others (a
+		// file per start, or per failed append) are worth merging.
+		if f.size < maxLogFile/2 {
+			nfiles++
+		}
+	}
 	l.mu.RUnlock()
 	// The log is rewritten when a quarter of it is superseded (each change
 	// is then rewritten a bounded number of times), when it is spread over
-	// many files (a process appends to a file of its own), and to repoint
+	// many small files (a process appends to a file of its own), and to repoint
 	// moved bodies.
 	if len(move) > 0 || (dead > 0 && 4*dead >= total) || dead >= maxDead || nfiles > manySegments {
 		n, err := s.rewrite(ctx, l, move)
@@ -121,7 +128,7 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 }
 
 // manySegments and smallSegment: a connection with more segments than
-// manySegments has those under smallSegment merged (and one with more log
+// manySegments has those under smallSegment merged (and one with more small log
 // files than manySegments has its log rewritten).
 const (
 	manySegments = 8
@@ -226,13 +233,19 @@ func (s *Store) rewrite(ctx context.Context, l *changeLog, move map[uint64]bool)
 		a.failed()
 		return moved, err
 	}
-	// As in Writer.Commit: published once committed, synced after.
+	// As in Writer.Commit: published once committed, synced after; the
+	// replaced files go only once the transaction that drops them is
+	// synced (if the sync fails, the next load removes them).
 	if err := b.Flush(false); err != nil {
 		a.failed()
 		return moved, err
 	}
-	a.publish()
-	return moved, s.db.Sync()
+	old := a.publish()
+	if err := s.db.Sync(); err != nil {
+		return moved, err
+	}
+	l.retire(old)
+	return moved, nil
 }
 
 // RunCompactor compacts every connection's segments every interval until

@@ -1,0 +1,191 @@
+package records
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/medrelay/medrelay/internal/store"
+)
+
+// smallLogFiles makes the change log roll over to a new file past n bytes
+// for the test.
+func smallLogFiles(t *testing.T, n int64) {
+	t.Helper()
+	old := maxLogFile
+	maxLogFile = n
+	t.Cleanup(func() { maxLogFile = old })
+}
+
+// logSizes is the size of every change log file under dir.
+func logSizes(t *testing.T, dir string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	for _, p := range filesUnder(t, dir, ".log") {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[p] = fi.Size()
+	}
+	return out
+}
+
+// patients is n versions-v resources Patient/p0..p(n-1).
+func patients(n int, v string) [][]byte {
+	var out [][]byte
+	for i := range n {
+		out = append(out, res("Patient", fmt.Sprint("p", i), v, ""))
+	}
+	return out
+}
+
+func wantPatients(n int, v string) map[string]string {
+	out := map[string]string{}
+	for i := range n {
+		out[fmt.Sprint("Patient/p", i)] = v
+	}
+	return out
+}
+
+// A block's offset is half its nonce (32 bits of it), so no block may
+// start past what a file may hold. Every append (a commit, a compaction's
+// rewrite, a conversion) rolls over to a new file once the file reaches
+// maxLogFile, instead of only the next append: a rewrite of a large log
+// would otherwise go on past 4 GiB in one file, sealing blocks whose
+// nonce offset wrapped, and fail at every run.
+func TestChangeLogAppendsRollOverAtMaxLogFile(t *testing.T) {
+	ctx := context.Background()
+	smallLogFiles(t, 8<<10)
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	// One commit of some 40 KiB of changes.
+	put(t, s, "c", patients(500, "1")...)
+	checkSizes := func(when string) int {
+		t.Helper()
+		sizes := logSizes(t, dir)
+		for p, n := range sizes {
+			if n > maxLogFile+logBlockTarget+1024 {
+				t.Fatalf("%s: %s is %d bytes, past the %d-byte limit by more than a block", when, filepath.Base(p), n, maxLogFile)
+			}
+		}
+		return len(sizes)
+	}
+	if n := checkSizes("a large commit"); n < 3 {
+		t.Fatalf("a large commit: %d files", n)
+	}
+	checkAll(t, s, "c", wantPatients(500, "1"))
+	// Every change superseded: the rewrite is as large again.
+	put(t, s, "c", patients(500, "2")...)
+	if _, err := s.Compact(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if n := checkSizes("a rewrite"); n < 3 {
+		t.Fatalf("a rewrite: %d files", n)
+	}
+	checkAll(t, s, "c", wantPatients(500, "2"))
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", wantPatients(500, "2"))
+	if n, _ := s.Count(ctx, "c"); n != 500 {
+		t.Fatalf("Count %d after a restart", n)
+	}
+}
+
+// Without a records directory, blocks are Badger entries keyed by file and
+// offset. A commit that fails after its blocks were stored (here its
+// marker fails) must leave nothing a later load reads: the next commits to
+// the same file once wrote their (smaller) blocks over the first of them,
+// and the load, which reads every entry under the file's committed length,
+// then listed the failed commit's changes as stored.
+func TestChangeLogBadgerBlocksOfAFailedCommitStayUnread(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, "")
+	defer db.Close()
+	s, err := Open(ctx, db, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "c", res("Patient", "first", "1", ""))
+	// A failed commit of several blocks.
+	w, _ := s.NewWriter("c")
+	for i := range 300 {
+		if _, err := w.Put(res("Observation", fmt.Sprint("lost", i), "1", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("marker failed")
+	if _, err := w.Commit(ctx, func(*store.Batch, Counts) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("commit: %v", err)
+	}
+	put(t, s, "c", res("Patient", "small", "1", ""))
+	put(t, s, "c", patients(300, "1")...)
+	want := wantPatients(300, "1")
+	want["Patient/first"], want["Patient/small"] = "1", "1"
+	checkAll(t, s, "c", want)
+	s.Close()
+	s, err = Open(ctx, db, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checkAll(t, s, "c", want)
+	got, _ := list(t, s, "c", Query{})
+	if len(got) != len(want) {
+		t.Fatalf("after a restart %d listed, want %d: %v", len(got), len(want), listed(got)[:5])
+	}
+}
+
+var _ = slices.Equal[[]string]
+
+// A log spread over many files is rewritten into few (each process appends
+// to a file of its own), but a log that fills many files is not rewritten
+// again at every run for it.
+func TestChangeLogCompactionMergesSmallFilesOnly(t *testing.T) {
+	ctx := context.Background()
+	smallLogFiles(t, 8<<10)
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	put(t, s, "c", patients(3000, "1")...)
+	full := logSizes(t, dir)
+	if len(full) <= manySegments {
+		t.Fatalf("%d files, want more than %d", len(full), manySegments)
+	}
+	if _, err := s.Compact(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if got := logSizes(t, dir); !maps.Equal(got, full) {
+		t.Fatalf("full files rewritten: %d files before, %d after", len(full), len(got))
+	}
+	// A file per start: many small files, merged.
+	s.Close()
+	for i := range manySegments + 1 {
+		s = open()
+		put(t, s, "c", res("Observation", fmt.Sprint("o", i), "1", ""))
+		s.Close()
+	}
+	s = open()
+	defer s.Close()
+	if n := len(logSizes(t, dir)); n != len(full)+manySegments+1 {
+		t.Fatalf("%d files after the restarts", n)
+	}
+	if _, err := s.Compact(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(logSizes(t, dir)); n > len(full)+1 {
+		t.Fatalf("%d files after compaction, want at most %d", n, len(full)+1)
+	}
+	want := wantPatients(3000, "1")
+	for i := range manySegments + 1 {
+		want[fmt.Sprint("Observation/o", i)] = "1"
+	}
+	checkAll(t, s, "c", want)
+}
