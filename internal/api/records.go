@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"unsafe"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -82,14 +83,25 @@ func (s *recordService) access(ctx context.Context, conn string) error {
 }
 
 func recordProto(r *records.Record) *agentv1.Record {
-	p := &agentv1.Record{
-		ResourceType: r.Type, Id: r.ID, VersionId: r.VersionID, Deleted: r.Deleted,
-		Json: r.JSON, Cursor: r.Cursor(),
+	p := &agentv1.Record{}
+	fillRecord(p, r, nil)
+	return p
+}
+
+// fillRecord sets p from r; ts (may be nil) is where its timestamp goes.
+func fillRecord(p *agentv1.Record, r *records.Record, ts *timestamppb.Timestamp) {
+	p.ResourceType, p.Id, p.VersionId, p.Deleted = r.Type, r.ID, r.VersionID, r.Deleted
+	p.Json = r.JSON
+	if p.Cursor == "" {
+		p.Cursor = r.Cursor()
 	}
 	if !r.LastUpdated.IsZero() {
-		p.LastUpdated = timestamppb.New(r.LastUpdated)
+		if ts == nil {
+			ts = &timestamppb.Timestamp{}
+		}
+		ts.Seconds, ts.Nanos = r.LastUpdated.Unix(), int32(r.LastUpdated.Nanosecond())
+		p.LastUpdated = ts
 	}
-	return p
 }
 
 func (s *recordService) ListRecords(req *agentv1.ListRecordsRequest, stream agentv1.RecordService_ListRecordsServer) error {
@@ -111,13 +123,23 @@ func (s *recordService) ListRecords(req *agentv1.ListRecordsRequest, stream agen
 	page = min(page, maxRecordPage)
 	// The store is read in large pages (fewer read transactions and
 	// iterators), sent in messages of the caller's page size.
+	// Reuse: each message is encoded by stream.Send before it returns.
 	q := records.Query{Types: req.GetTypes(), After: after, Limit: int(req.GetLimit()),
-		PageRecords: max(page, storeReadRecords), PageBytes: storeReadBytes}
+		PageRecords: max(page, storeReadRecords), PageBytes: storeReadBytes, Reuse: true}
 	sent := false
 	send := func(rs []records.Record, cursor uint64) error {
 		msg := &agentv1.ListRecordsResponse{Cursor: records.FormatCursor(cursor), Records: make([]*agentv1.Record, len(rs))}
+		// A message's records and timestamps in two allocations, not
+		// two per record: a large list is mostly this loop.
+		recs, stamps := make([]agentv1.Record, len(rs)), make([]timestamppb.Timestamp, len(rs))
+		cursors := make([]byte, 0, 20*len(rs)) // never grows: its strings alias it
 		for i := range rs {
-			msg.Records[i] = recordProto(&rs[i])
+			at := len(cursors)
+			if cursors = records.AppendCursor(cursors, rs[i].Seq); len(cursors) > at {
+				recs[i].Cursor = unsafe.String(&cursors[at], len(cursors)-at)
+			}
+			fillRecord(&recs[i], &rs[i], &stamps[i])
+			msg.Records[i] = &recs[i]
 		}
 		sent = true
 		return stream.Send(msg)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unsafe"
 )
 
 // Keys. Every key starts with the connection id, so a connection's records
@@ -218,12 +219,19 @@ func appendChange(b []byte, c *change) []byte {
 	return b
 }
 
+// readString reads a length-prefixed string. It aliases v rather than
+// copying (a list decodes a million ids): a change's bytes are a block
+// read into a buffer of its own, or a Badger value used only inside its
+// transaction, and are never written to afterwards.
 func readString(v []byte) (string, []byte, bool) {
 	l, n := binary.Uvarint(v)
 	if n <= 0 || uint64(len(v)-n) < l {
 		return "", nil, false
 	}
-	return string(v[n : n+int(l)]), v[n+int(l):], true
+	if l == 0 {
+		return "", v[n:], true
+	}
+	return unsafe.String(&v[n], int(l)), v[n+int(l):], true
 }
 
 func (c *change) head(seq uint64) head {

@@ -89,6 +89,14 @@ func FormatCursor(seq uint64) string {
 	return strconv.FormatUint(seq, 10)
 }
 
+// AppendCursor appends FormatCursor(seq) to b.
+func AppendCursor(b []byte, seq uint64) []byte {
+	if seq == 0 {
+		return b
+	}
+	return strconv.AppendUint(b, seq, 10)
+}
+
 // ParseCursor reads a cursor; "" is the beginning.
 func ParseCursor(c string) (uint64, error) {
 	if c == "" {
@@ -325,6 +333,11 @@ func recordOf(seq uint64, v []byte, types names) (Record, change, error) {
 // readBodies reads the segment-kept bodies of recs (cs are their changes,
 // in the same order) and passes each to set with its index.
 func (s *Store) readBodies(conn string, recs []Record, cs []change, set func(i int, body []byte)) error {
+	return s.readBodiesInto(conn, recs, cs, nil, set)
+}
+
+// readBodiesInto is readBodies reading into scratch (see segments.read).
+func (s *Store) readBodiesInto(conn string, recs []Record, cs []change, scratch *[]byte, set func(i int, body []byte)) error {
 	var refs []bodyRef
 	for i := range cs {
 		if cs[i].ext && !cs[i].deleted {
@@ -337,7 +350,7 @@ func (s *Store) readBodies(conn string, recs []Record, cs []change, set func(i i
 	if s.segs == nil {
 		return fmt.Errorf("records: %s/%s is kept in a segment, and this store was opened without segments", refs[0].typ, refs[0].id)
 	}
-	return s.segs.read(conn, refs, set)
+	return s.segs.read(conn, refs, scratch, set)
 }
 
 // bodySize is a change's body size, for page limits.
@@ -360,6 +373,11 @@ type Query struct {
 	// call of fn). Defaults: 1000 records, 1 MiB of JSON.
 	PageRecords int
 	PageBytes   int
+	// Reuse lets List read each page into the memory of the one before:
+	// a page's records and their JSON are then valid only until fn
+	// returns (fn copies what it keeps, as the API's stream does when it
+	// encodes a message). It spares a large list most of its allocation.
+	Reuse bool
 }
 
 // List calls fn with the records of conn changed after q.After, in change
@@ -393,6 +411,10 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 	}
 	cursor, total := q.After, 0
 	typeNames := names{}
+	var reuse *pageMem
+	if q.Reuse {
+		reuse = &pageMem{}
+	}
 	for {
 		want := q.PageRecords
 		if q.Limit > 0 {
@@ -401,9 +423,9 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 		var p page
 		var err error
 		if len(types) == 0 {
-			p, err = s.pageAll(ctx, l, cursor, want, q.PageBytes, typeNames)
+			p, err = s.pageAll(ctx, l, cursor, want, q.PageBytes, typeNames, reuse)
 		} else {
-			p, err = s.pageTypes(ctx, l, types, cursor, want, q.PageBytes, typeNames)
+			p, err = s.pageTypes(ctx, l, types, cursor, want, q.PageBytes, typeNames, reuse)
 		}
 		if err != nil {
 			return cursor, err
@@ -429,17 +451,30 @@ type page struct {
 	more    bool
 }
 
+// pageMem is the memory a List with Query.Reuse gives each page anew.
+type pageMem struct {
+	records []Record
+	changes []change
+	bodies  []byte
+}
+
 // pageAll reads one page of every type, in change order.
-func (s *Store) pageAll(ctx context.Context, l *changeLog, after uint64, limit, maxBytes int, in names) (page, error) {
-	return s.pageTypes(ctx, l, nil, after, limit, maxBytes, in)
+func (s *Store) pageAll(ctx context.Context, l *changeLog, after uint64, limit, maxBytes int, in names, reuse *pageMem) (page, error) {
+	return s.pageTypes(ctx, l, nil, after, limit, maxBytes, in, reuse)
 }
 
 // pageTypes reads one page of the given types (nil: all), in change order.
 // A walk stops after maxKeysPerPage entries so a rare type in a large
 // connection still answers in bounded pages.
-func (s *Store) pageTypes(ctx context.Context, l *changeLog, types []string, after uint64, limit, maxBytes int, in names) (page, error) {
-	p := page{next: after, records: make([]Record, 0, min(limit, 4096))}
+func (s *Store) pageTypes(ctx context.Context, l *changeLog, types []string, after uint64, limit, maxBytes int, in names, reuse *pageMem) (page, error) {
+	p := page{next: after}
 	var cs []change
+	var scratch *[]byte
+	if reuse != nil {
+		p.records, cs, scratch = reuse.records[:0], reuse.changes[:0], &reuse.bodies
+	} else {
+		p.records = make([]Record, 0, min(limit, 4096))
+	}
 	size, walked := 0, 0
 	err := l.scan(ctx, after, func(seq uint64, v []byte) error {
 		p.next = seq
@@ -465,7 +500,10 @@ func (s *Store) pageTypes(ctx context.Context, l *changeLog, types []string, aft
 		return nil
 	})
 	if err == nil {
-		err = s.readBodies(l.conn, p.records, cs, func(i int, b []byte) { p.records[i].JSON = b })
+		err = s.readBodiesInto(l.conn, p.records, cs, scratch, func(i int, b []byte) { p.records[i].JSON = b })
+	}
+	if reuse != nil {
+		reuse.records, reuse.changes = p.records, cs
 	}
 	return p, err
 }

@@ -318,8 +318,21 @@ type bodyRef struct {
 // read opens the bodies of refs (all of conn) and passes each to set with
 // its ref's idx. Bodies next to each other in a segment — the usual case, as
 // a list walks changes in the order they were written — are read with one
-// pread.
-func (g *segments) read(conn string, refs []bodyRef, set func(idx int, body []byte)) error {
+// pread. With scratch, bodies are read into *scratch (grown when too small)
+// and are valid until it is used again; without, each run gets a buffer of
+// its own.
+func (g *segments) read(conn string, refs []bodyRef, scratch *[]byte, set func(idx int, body []byte)) error {
+	var pool []byte
+	if scratch != nil {
+		total := 0
+		for _, r := range refs {
+			total += int(r.loc.n)
+		}
+		if cap(*scratch) < total {
+			*scratch = make([]byte, total)
+		}
+		pool = (*scratch)[:total]
+	}
 	var ad []byte
 	for i := 0; i < len(refs); {
 		// A run of bodies contiguous in one segment.
@@ -334,7 +347,12 @@ func (g *segments) read(conn string, refs []bodyRef, set func(idx int, body []by
 		if err != nil {
 			return err
 		}
-		buf := make([]byte, end-first.off)
+		var buf []byte
+		if size := int(end - first.off); pool != nil {
+			buf, pool = pool[:size:size], pool[size:]
+		} else {
+			buf = make([]byte, size)
+		}
 		n, err := r.f.ReadAt(buf, int64(first.off))
 		g.release(r)
 		if n < len(buf) {
