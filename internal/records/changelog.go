@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/medrelay/medrelay/internal/store"
 )
@@ -112,7 +113,13 @@ type changeLog struct {
 	w      *logFile   // appended to; nil until the first append or after a failed one
 	dead   map[uint64]struct{}
 	total  int // committed entries, superseded ones included
+	// gen counts publishes (readers that look a change up in two steps
+	// check that none came in between).
+	gen atomic.Uint64
 }
+
+// generation is the number of appends published so far.
+func (l *changeLog) generation() uint64 { return l.gen.Load() }
 
 func (ls *changeLogs) get(conn string) *changeLog {
 	ls.mu.Lock()
@@ -834,6 +841,7 @@ func (a *logAppend) publish() []*logFile {
 	for _, p := range a.prevs {
 		l.dead[p] = struct{}{}
 	}
+	l.gen.Add(1)
 	return old
 }
 

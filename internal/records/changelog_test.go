@@ -189,3 +189,44 @@ func TestChangeLogCompactionMergesSmallFilesOnly(t *testing.T) {
 	}
 	checkAll(t, s, "c", want)
 }
+
+// Get of a resource that a writer is replacing finds it, at one version or
+// the other: the key index is read before the log, and a change superseded
+// in between (its successor added to the index after the reader looked)
+// made Get answer ErrNotFound for a stored resource.
+func TestChangeLogGetDuringCommitsFindsTheResource(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	const n = 20
+	put(t, s, "c", patients(n, "0")...)
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		defer close(stop)
+		for v := 1; v <= 200; v++ {
+			w, _ := s.NewWriter("c", WithoutSync())
+			for _, r := range patients(n, fmt.Sprint(v)) {
+				w.Put(r)
+			}
+			if _, err := w.Commit(ctx, nil); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			select {
+			case err := <-werr:
+				t.Fatal(err)
+			default:
+			}
+			return
+		default:
+		}
+		if _, err := s.Get(ctx, "c", "Patient", fmt.Sprint("p", i%n)); err != nil {
+			t.Fatalf("Get p%d while it is replaced: %v", i%n, err)
+		}
+	}
+}

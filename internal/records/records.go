@@ -246,21 +246,35 @@ func (s *Store) connKeys(ctx context.Context, l *changeLog) (*connKeys, error) {
 // change (found false when the resource was never stored). cands is
 // scratch space, returned for reuse.
 func (s *Store) current(ctx context.Context, l *changeLog, ck *connKeys, typ, id string, cands []uint64) (uint64, change, bool, []uint64, error) {
-	cands, err := ck.lookup(typ, id, cands)
-	if err != nil {
-		return 0, change{}, false, cands, err
-	}
-	for _, seq := range cands {
-		c, found, err := changeOf(ctx, l, seq, typ, id)
+	for {
+		// A reader (Get) reads the key index, then the log: a commit
+		// published in between may have superseded (and a rewrite
+		// dropped) the candidates it found. That commit added its pairs
+		// to the index before it published, so a new lookup finds them.
+		// (Writers hold the connection's lock: nothing is published
+		// meanwhile.)
+		gen := l.generation()
+		cands, err := ck.lookup(typ, id, cands)
 		if err != nil {
-			return 0, c, false, cands, err
+			return 0, change{}, false, cands, err
 		}
-		if found {
-			// Newest first: the first one stored is the current one.
-			return seq, c, true, cands, nil
+		for _, seq := range cands {
+			c, found, err := changeOf(ctx, l, seq, typ, id)
+			if err != nil {
+				return 0, c, false, cands, err
+			}
+			if found {
+				// Newest first: the first one stored is the current one.
+				return seq, c, true, cands, nil
+			}
+		}
+		if l.generation() == gen {
+			return 0, change{}, false, cands, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, change{}, false, cands, err
 		}
 	}
-	return 0, change{}, false, cands, nil
 }
 
 // changeOf reads change seq of (typ, id), a key index candidate. found is
