@@ -325,7 +325,7 @@ func (l *changeLog) readFile(ctx context.Context, f *logFile, fn func(seq uint64
 	}
 	fh, err := os.Open(l.filePath(f.id))
 	if err != nil {
-		return fmt.Errorf("%w (a committed change log file is gone: %v)", ErrBodyMissing, err)
+		return fmt.Errorf("%w (a committed change log file is gone: %v; %s)", ErrBodyMissing, err, logWayOut)
 	}
 	f.f = fh
 	r := bufio.NewReaderSize(io.NewSectionReader(fh, 0, f.size), 1<<20)
@@ -357,8 +357,12 @@ func (l *changeLog) readFile(ctx context.Context, f *logFile, fn func(seq uint64
 }
 
 func (l *changeLog) damaged(f *logFile, off int64, err error) error {
-	return fmt.Errorf("%w (change log %s is shorter than its committed length at %d: %v)", ErrBodyMissing, l.filePath(f.id), off, err)
+	return fmt.Errorf("%w (change log %s is shorter than its committed length at %d: %v; %s)", ErrBodyMissing, l.filePath(f.id), off, err, logWayOut)
 }
+
+// logWayOut ends the errors of a change log that does not read: it is the
+// connection's only index of its records, and nothing rebuilds it.
+const logWayOut = "restore the records directory from a backup, or delete the connection and sync it again"
 
 // openBlock checks and opens one stored block (header and payload) in
 // place, returning its first sequence and plain payload.
@@ -374,7 +378,7 @@ func (l *changeLog) openBlock(id uint64, off int64, b []byte) (uint64, []byte, e
 	nonce := nonceOf(id, uint64(off))
 	payload, err := aead.Open(b[logHeaderSize:logHeaderSize], nonce[:], b[logHeaderSize:], l.ad(b[:logHeaderSize]))
 	if err != nil {
-		return 0, nil, fmt.Errorf("records: change log %s does not open at %d (wrong key or a damaged file; the records directory must be the one written with this store's key)", l.filePath(id), off)
+		return 0, nil, fmt.Errorf("records: change log %s does not open at %d: a wrong key (the records directory must be opened with the store that wrote it) or a damaged file (%s)", l.filePath(id), off, logWayOut)
 	}
 	return first, payload, nil
 }

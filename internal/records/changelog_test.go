@@ -1,6 +1,7 @@
 package records
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/medrelay/medrelay/internal/store"
@@ -229,4 +231,197 @@ func TestChangeLogGetDuringCommitsFindsTheResource(t *testing.T) {
 			t.Fatalf("Get p%d while it is replaced: %v", i%n, err)
 		}
 	}
+}
+
+// Each start appends to a file of its own; a crash between a file's
+// creation and its first commit, or a commit cut short by one, leaves a
+// file no length names. A load removes exactly those: every committed
+// file stays, through many restarts.
+func TestChangeLogRestartsKeepCommittedFilesAndDropOrphans(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	want := map[string]string{}
+	var orphans []string
+	for i := range 5 {
+		s := open()
+		put(t, s, "c", res("Patient", fmt.Sprint("a", i), "1", ""))
+		put(t, s, "c", res("Patient", fmt.Sprint("b", i), "1", ""))
+		want[fmt.Sprint("Patient/a", i)], want[fmt.Sprint("Patient/b", i)] = "1", "1"
+		checkAll(t, s, "c", want)
+		if got := len(logSizes(t, dir)); got != i+1 {
+			t.Fatalf("start %d: %d log files, want %d", i, got, i+1)
+		}
+		s.Close()
+		// A crash: a file created (empty, or with blocks) and never
+		// committed, under an id the store handed out.
+		id, err := s.db.NextSeq(segSeq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := s.logs.get("c")
+		p := l.filePath(id)
+		body := []byte{}
+		if i%2 == 1 {
+			body = bytes.Repeat([]byte{1}, 100)
+		}
+		if err := os.WriteFile(p, body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		orphans = append(orphans, p)
+	}
+	s := open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+	for _, p := range orphans {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("orphan %s: %v", filepath.Base(p), err)
+		}
+	}
+	if n, _ := s.logs.lengths.Count(ctx, "c/"); n != 5 || len(logSizes(t, dir)) != 5 {
+		t.Fatalf("%d lengths, files %v", n, logSizes(t, dir))
+	}
+}
+
+// A commit that fails after its blocks were written (its marker fails)
+// leaves them past the file's committed length. Nothing is written over
+// them (their offsets, half of their nonces, are spent): the next commit
+// goes to a new file, and a restart reads neither the failed commit's
+// changes nor anything else amiss.
+func TestChangeLogFailedCommitSpendsItsOffsets(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	put(t, s, "c", res("Patient", "a", "1", ""))
+	before := logSizes(t, dir)
+	w, _ := s.NewWriter("c")
+	w.Put(res("Patient", "lost", "1", ""))
+	boom := errors.New("marker failed")
+	if _, err := w.Commit(ctx, func(*store.Batch, Counts) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("commit: %v", err)
+	}
+	grown := logSizes(t, dir)
+	for p, n := range before {
+		if grown[p] <= n {
+			t.Fatalf("the failed commit wrote nothing to %s", p)
+		}
+	}
+	put(t, s, "c", res("Patient", "b", "1", ""))
+	after := logSizes(t, dir)
+	if len(after) != 2 {
+		t.Fatalf("files after the next commit: %v", after)
+	}
+	for p, n := range grown {
+		if after[p] != n {
+			t.Fatalf("%s written after a failed commit: %d bytes, then %d", filepath.Base(p), n, after[p])
+		}
+	}
+	want := map[string]string{"Patient/a": "1", "Patient/b": "1"}
+	checkAll(t, s, "c", want)
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", want)
+}
+
+// A marker too large for one transaction fails its commit with
+// store.ErrTooBig (no change of it stored); the next commit works.
+func TestChangeLogMarkerTooBig(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	open := reopener(t, dir)
+	s := open()
+	progress := store.NewTable[[]byte](s.db, store.Name("test_progress"))
+	w, _ := s.NewWriter("c")
+	w.Put(res("Patient", "lost", "1", ""))
+	_, err := w.Commit(ctx, func(b *store.Batch, _ Counts) error {
+		for i := range 200000 {
+			if err := store.BatchPut(b, progress, fmt.Sprint("k", i), []byte("v")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, store.ErrTooBig) {
+		t.Fatalf("commit with a huge marker: %v", err)
+	}
+	if n, _ := progress.Count(ctx, ""); n != 0 {
+		t.Fatalf("%d marker entries stored", n)
+	}
+	put(t, s, "c", res("Patient", "a", "1", ""))
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1"})
+	s.Close()
+	s = open()
+	defer s.Close()
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1"})
+}
+
+// A change log that does not read gives an error naming the file, what is
+// wrong and the way out; never a panic, never a partial list.
+func TestChangeLogDamageErrorsSayWhereAndTheWayOut(t *testing.T) {
+	ctx := context.Background()
+	type opener func(opts ...Option) *Store
+	setup := func(t *testing.T) (string, string, opener) {
+		dir := t.TempDir()
+		db := openDB(t, filepath.Join(dir, "store"))
+		t.Cleanup(func() { db.Close() })
+		open := func(opts ...Option) *Store {
+			s, err := Open(ctx, db, append([]Option{quiet, WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		s := open()
+		put(t, s, "c", patients(300, "1")...) // several blocks
+		s.Close()
+		files := filesUnder(t, dir, ".log")
+		if len(files) != 1 {
+			t.Fatalf("log files %v", files)
+		}
+		return dir, files[0], open
+	}
+	says := func(t *testing.T, err error, file string, what ...string) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("no error, want one naming %s", file)
+		}
+		for _, w := range append([]string{file, "restore the records directory from a backup"}, what...) {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("error %q does not say %q", err, w)
+			}
+		}
+	}
+	try := func(t *testing.T, open opener, opts ...Option) error {
+		s := open(opts...)
+		defer s.Close()
+		_, err := s.List(ctx, "c", Query{}, func([]Record, uint64) error { return nil })
+		if _, gerr := s.Get(ctx, "c", "Patient", "p1"); (gerr == nil) != (err == nil) {
+			t.Fatalf("List: %v, but Get: %v", err, gerr)
+		}
+		return err
+	}
+	t.Run("a byte changed", func(t *testing.T) {
+		_, f, open := setup(t)
+		b, _ := os.ReadFile(f)
+		b[len(b)/2] ^= 1
+		os.WriteFile(f, b, 0o600)
+		says(t, try(t, open), f, "does not open", "damaged")
+	})
+	t.Run("cut short", func(t *testing.T) {
+		_, f, open := setup(t)
+		fi, _ := os.Stat(f)
+		os.Truncate(f, fi.Size()-100)
+		says(t, try(t, open), f, "shorter than its committed length")
+	})
+	t.Run("removed", func(t *testing.T) {
+		_, f, open := setup(t)
+		os.Remove(f)
+		says(t, try(t, open), f, "is gone")
+	})
+	t.Run("another key", func(t *testing.T) {
+		dir, f, open := setup(t)
+		says(t, try(t, open, WithSegments(filepath.Join(dir, "records"), testKey)), f, "does not open", "wrong key")
+	})
 }
