@@ -3,6 +3,9 @@ package records
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -128,4 +131,78 @@ func TestLegacyChangeIndexConverted(t *testing.T) {
 	if len(filesUnder(t, dir, ".log")) == 0 {
 		t.Fatal("no change log files")
 	}
+}
+
+// A crash during a conversion, before its log was committed, leaves a file
+// no length names (here with blocks of its own): the next start removes it
+// and converts again. A conversion larger than maxLogFile spreads over
+// several files, all committed together. Without a records directory the
+// blocks go to Badger.
+func TestLegacyConversionCrashAndRollover(t *testing.T) {
+	ctx := context.Background()
+	smallLogFiles(t, 2<<10)
+	var cs []legacyChange
+	want := map[string]string{}
+	for i := range 200 {
+		id := fmt.Sprint("p", i)
+		cs = append(cs, legacyChange{seq: uint64(10 + i), typ: "Patient", id: id, version: "1"})
+		want["Patient/"+id] = "1"
+	}
+	t.Run("files", func(t *testing.T) {
+		dir := t.TempDir()
+		db := openDB(t, filepath.Join(dir, "store"))
+		defer db.Close()
+		writeLegacy(t, db, "c", 0, cs...)
+		// What the crashed conversion left.
+		id, err := db.NextSeq(segSeq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := openSegments(db, filepath.Join(dir, "records"), segKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		orphan := filepath.Join(g.connDir("c"), logDirName, seqHex(id)+".log")
+		if err := os.MkdirAll(filepath.Dir(orphan), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(orphan, bytes.Repeat([]byte{3}, 5000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		open := func() *Store {
+			s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		s := open()
+		checkAll(t, s, "c", want)
+		if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the crashed conversion's file: %v", err)
+		}
+		if n := len(filesUnder(t, dir, ".log")); n < 2 {
+			t.Fatalf("%d log files for a conversion past maxLogFile", n)
+		}
+		s.Close()
+		s = open()
+		defer s.Close()
+		checkAll(t, s, "c", want)
+	})
+	t.Run("badger", func(t *testing.T) {
+		db := openDB(t, "")
+		defer db.Close()
+		writeLegacy(t, db, "c", 0, cs...)
+		for _, reopen := range []bool{false, true} {
+			s, err := Open(ctx, db, quiet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkAll(t, s, "c", want)
+			if n, _ := s.changes.Count(ctx, ""); n != 0 {
+				t.Fatalf("reopened %v: %d legacy entries left", reopen, n)
+			}
+			s.Close()
+		}
+	})
 }
