@@ -425,3 +425,87 @@ func TestChangeLogDamageErrorsSayWhereAndTheWayOut(t *testing.T) {
 		says(t, try(t, open, WithSegments(filepath.Join(dir, "records"), testKey)), f, "does not open", "wrong key")
 	})
 }
+
+// FuzzChangeLogBlock: random bytes as a sealed block, as an unsealed one
+// (stores without a records directory) and as a whole log file never
+// panic, and no block opens unless it is one the key sealed at that place.
+func FuzzChangeLogBlock(f *testing.F) {
+	dir := f.TempDir()
+	db := openDB(f, "")
+	f.Cleanup(func() { db.Close() })
+	segs, err := openSegments(db, dir, segKey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ls := newChangeLogs(db, segs)
+	l := ls.get("c")
+	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+		f.Fatal(err)
+	}
+	const id = 5
+	a := &logAppend{l: l, f: &logFile{id: id}}
+	for i := range 300 {
+		c := change{typ: "Patient", id: fmt.Sprint("p", i), versionID: "1", hash: uint64(i), json: []byte(`{"a":1}`)}
+		if i%3 == 0 {
+			c.prev = uint64(i)
+		}
+		if err := a.add(uint64(1000+2*i), appendChange(nil, &c), c.prev); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if err := a.closeBlock(); err != nil {
+		f.Fatal(err)
+	}
+	file := slices.Clone(a.buf)
+	genuine := map[int64][]byte{}
+	for _, b := range a.blocks {
+		genuine[b.off] = file[b.off : b.off+b.size]
+	}
+	if len(genuine) < 3 {
+		f.Fatalf("%d blocks", len(genuine))
+	}
+	plain := &changeLog{ls: &changeLogs{}, conn: "c"}
+	for _, b := range a.blocks {
+		blk := genuine[b.off]
+		f.Add(blk, uint32(b.off))
+		f.Add(blk, uint32(b.off+1))
+		flipped := slices.Clone(blk)
+		flipped[len(flipped)/2] ^= 0x80
+		f.Add(flipped, uint32(b.off))
+		f.Add(blk[:len(blk)-1], uint32(b.off))
+	}
+	f.Add(file, uint32(0))
+	f.Add(file[:len(file)-5], uint32(0))
+	f.Add([]byte{}, uint32(0))
+	f.Add(make([]byte, logHeaderSize), uint32(0))
+	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x80, 0x80, 0x80}, uint32(0))
+	path := l.filePath(id)
+	f.Fuzz(func(t *testing.T, b []byte, off uint32) {
+		// A sealed block.
+		if _, _, err := l.openBlock(id, int64(off), slices.Clone(b)); err == nil {
+			if g, ok := genuine[int64(off)]; !ok || !bytes.Equal(g, b) {
+				t.Fatalf("a forged block opened at %d: %x", off, b)
+			}
+		}
+		// An unsealed one (its entries read as a load reads them).
+		if first, p, err := plain.openBlock(id, int64(off), slices.Clone(b)); err == nil {
+			_ = eachEntry(first, p, func(_ uint64, v []byte) error {
+				prevOf(v)
+				return nil
+			})
+		}
+		// A whole file, as committed.
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		lf := &logFile{id: id, size: int64(len(b))}
+		n := 0
+		err := l.readFile(context.Background(), lf, func(uint64, []byte) error { n++; return nil })
+		if lf.f != nil {
+			lf.f.Close()
+		}
+		if err == nil && !bytes.HasPrefix(file, b) {
+			t.Fatalf("a forged file read (%d entries): %x", n, b)
+		}
+	})
+}
