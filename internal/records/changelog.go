@@ -661,7 +661,7 @@ func (a *logAppend) start(fresh bool) error {
 		return err
 	}
 	f := &logFile{id: id, mine: true}
-	// failed closes (and the next load removes) a new file nothing commits.
+	// failed removes a new file nothing commits.
 	a.touched = true
 	if l.dir != "" {
 		if err := l.ls.segs.makeConnDir(l.conn); err != nil {
@@ -875,10 +875,11 @@ func (a *logAppend) failed() {
 		if l.w == p.f {
 			l.w = nil
 		}
-		// A new file nothing committed is closed here and removed at the
-		// next load.
+		// A new file nothing committed is removed (its id is never handed
+		// out again; a crash before this leaves it to the next load).
 		if p.f.f != nil && !slices.Contains(l.files, p.f) {
 			p.f.f.Close()
+			_ = os.Remove(l.filePath(p.f.id))
 		}
 	}
 }

@@ -4,9 +4,9 @@ package records
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -85,8 +85,7 @@ func TestChangeLogWriteCutShort(t *testing.T) {
 }
 
 // A compaction's rewrite the disk cuts short fails and leaves the log as
-// it was; the cut file is removed at the next load, and the next run
-// rewrites the log.
+// it was (the cut file removed), and the next run rewrites the log.
 func TestChangeLogRewriteCutShort(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -102,8 +101,8 @@ func TestChangeLogRewriteCutShort(t *testing.T) {
 	}
 	want := wantPatients(100, "2")
 	checkAll(t, s, "c", want)
-	cut := filesUnder(t, dir, ".log")
-	if len(cut) != len(before)+1 {
+	// The cut file is removed at once (nothing commits it).
+	if cut := filesUnder(t, dir, ".log"); !slices.Equal(cut, before) {
 		t.Fatalf("log files %v after a cut rewrite of %v", cut, before)
 	}
 	if st, err := s.Compact(ctx, "c"); err != nil || st.Dropped != 100 {
@@ -118,12 +117,7 @@ func TestChangeLogRewriteCutShort(t *testing.T) {
 	if len(after) != 1 {
 		t.Fatalf("log files after a restart: %v", after)
 	}
-	for _, p := range cut {
-		if p == after[0] {
-			t.Fatalf("the rewritten log is %s, an earlier file", filepath.Base(p))
-		}
-		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("%s left: %v", filepath.Base(p), err)
-		}
+	if slices.Contains(before, after[0]) {
+		t.Fatalf("the rewritten log is %s, an earlier file", filepath.Base(after[0]))
 	}
 }

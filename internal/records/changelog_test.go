@@ -509,3 +509,29 @@ func FuzzChangeLogBlock(f *testing.F) {
 		}
 	})
 }
+
+// A commit that fails in a new file (a full disk, retried every few
+// seconds) removes that file: nothing committed names it, and retries do
+// not pile up files until the next start.
+func TestChangeLogFailedCommitsLeaveNoFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := reopener(t, dir)()
+	defer s.Close()
+	put(t, s, "c", res("Patient", "a", "1", ""))
+	boom := errors.New("marker failed")
+	for i := range 5 {
+		w, _ := s.NewWriter("c")
+		w.Put(res("Patient", fmt.Sprint("lost", i), "1", ""))
+		if _, err := w.Commit(ctx, func(*store.Batch, Counts) error { return boom }); !errors.Is(err, boom) {
+			t.Fatalf("commit: %v", err)
+		}
+	}
+	// The first failure ends appends to the committed file; the next ones
+	// each had a new file.
+	if files := filesUnder(t, dir, ".log"); len(files) != 1 {
+		t.Fatalf("log files after failed commits: %v", files)
+	}
+	put(t, s, "c", res("Patient", "b", "1", ""))
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/b": "1"})
+}
