@@ -145,8 +145,6 @@ func TestChangeLogBadgerBlocksOfAFailedCommitStayUnread(t *testing.T) {
 	}
 }
 
-var _ = slices.Equal[[]string]
-
 // A log spread over many files is rewritten into few (each process appends
 // to a file of its own), but a log that fills many files is not rewritten
 // again at every run for it.
