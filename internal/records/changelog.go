@@ -77,6 +77,9 @@ type logFile struct {
 	f      *os.File // nil when the blocks are in Badger
 	// mine: created by this process, which may append to it.
 	mine bool
+	// next is where the next append starts: past every block reserved,
+	// committed or not (mine only; under the log's mu).
+	next int64
 }
 
 // changeLogs holds the log of every connection used since start.
@@ -652,8 +655,15 @@ func (a *logAppend) empty() bool { return a.entries == 0 }
 // start picks the file to append to: the log's own, or (fresh) a new one.
 func (a *logAppend) start(fresh bool) error {
 	l := a.l
-	if !fresh && l.w != nil && l.w.size < maxLogFile {
-		a.f, a.base = l.w, l.w.size
+	l.mu.RLock()
+	w, next := l.w, int64(0)
+	if w != nil {
+		next = w.next
+	}
+	l.mu.RUnlock()
+	if !fresh && w != nil && next < maxLogFile {
+		// After the blocks reserved by the commits in flight.
+		a.f, a.base = w, next
 		return nil
 	}
 	id, err := l.ls.db.NextSeq(segSeq)
@@ -681,6 +691,29 @@ func (a *logAppend) start(fresh bool) error {
 		f.f = fh
 	}
 	a.f, a.base = f, 0
+	return nil
+}
+
+// reserve closes the open block and takes the file's space up to the end
+// of this append's blocks, which the next append (planned before this one
+// is written) starts after. From here on a failure retires the file: the
+// next append would start past space never written. Callers hold the
+// connection's lock.
+func (a *logAppend) reserve() error {
+	if a.empty() {
+		return nil
+	}
+	if err := a.closeBlock(); err != nil {
+		return err
+	}
+	a.touched = true
+	l := a.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a.f.next = a.base + a.written + int64(len(a.buf))
+	if l.gone == nil {
+		l.w = a.f
+	}
 	return nil
 }
 
@@ -837,8 +870,12 @@ func (a *logAppend) publish() []*logFile {
 		}
 		f.blocks = append(f.blocks, p.blocks...)
 		f.size = p.base + p.written
+		f.next = max(f.next, f.size)
 	}
-	if a.f.mine {
+	if a.fresh && a.f.mine {
+		// Appends to a connection's log continue in its rewrite. (A
+		// commit's own file was taken by reserve, and a later commit may
+		// already have moved on to another.)
 		l.w = a.f
 	}
 	l.total += a.entries

@@ -55,6 +55,7 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 	mu := s.lock(conn)
 	mu.Lock()
 	defer mu.Unlock()
+	s.pipe(conn).idle() // commits planned before have ended
 	if _, gone := s.deleted.Load(conn); gone {
 		return st, nil
 	}

@@ -130,6 +130,7 @@ type Store struct {
 	logs *changeLogs
 
 	locks sync.Map // connection id → *sync.Mutex
+	pipes sync.Map // connection id → *pipeline (pipeline.go)
 	// deleted holds the connections whose records were deleted while this
 	// process runs: later commits to them are refused. (After a restart a
 	// deleted connection is revoked, so nothing writes to it any more.)
@@ -557,6 +558,7 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	mu := s.lock(conn)
 	mu.Lock()
 	defer mu.Unlock()
+	s.pipe(conn).idle() // commits planned before have ended
 	b := s.db.NewBatch()
 	prefix := conn + "/"
 	for _, t := range []*store.Table[[]byte]{s.heads, s.changes, s.logs.lengths, s.logs.blocks} {

@@ -521,15 +521,12 @@ func TestStoreCrashMidCommitRecovers(t *testing.T) {
 				}
 				w, _ := s.NewWriter("c")
 				batch(w)
-				mu := s.lock("c")
-				mu.Lock()
 				b, _, _, err := w.send(ctx, markerFor(s.db))
 				if err == nil && c.committed {
 					err = b.Flush(true)
 				} else if err == nil {
 					b.Cancel()
 				}
-				mu.Unlock()
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -73,7 +73,13 @@ type segFile struct {
 	id   uint64
 	path string
 	f    *os.File
-	size int64
+	// next is where the next body goes: past every body reserved, written
+	// or not (under the connection's lock).
+	next int64
+	// users: appenders that reserved space and have not written it yet
+	// (under segments.mu). A retired segment is closed once none is left.
+	users   int
+	retired bool
 }
 
 type reader struct {
@@ -131,15 +137,26 @@ func bodyAD(b []byte, conn, typ, id string) []byte {
 	return append(b, id...)
 }
 
-// appender is one commit's view of a connection's segment: bodies are
-// sealed into buf at the offsets they will have once buf is written.
-// Callers hold the connection's lock from the first add to write.
+// appender is one commit's view of a connection's segment. add reserves
+// each body's place (its offset, half its nonce) under the connection's
+// lock; write seals them there and writes them, outside it, while later
+// commits reserve the places after.
 type appender struct {
 	g    *segments
 	conn string
 	seg  *segFile
+	base int64 // where this commit's bodies start in seg
+	size int64 // their sealed bytes
+	refs []sealRef
 	buf  []byte
 	ad   []byte
+}
+
+// sealRef is a body to seal at its reserved place.
+type sealRef struct {
+	typ, id string
+	body    []byte // the writer's, until its commit ends
+	off     uint64
 }
 
 func (g *segments) appender(conn string, buf []byte) *appender {
@@ -152,13 +169,15 @@ func (a *appender) open() error {
 	g := a.g
 	g.mu.Lock()
 	sf := g.writing[a.conn]
-	g.mu.Unlock()
-	if sf != nil && sf.size < maxSegment {
-		a.seg = sf
+	if sf != nil && sf.next < maxSegment {
+		sf.users++
+		g.mu.Unlock()
+		a.seg, a.base = sf, sf.next
 		return nil
 	}
+	g.mu.Unlock()
 	if sf != nil {
-		g.retire(a.conn, sf)
+		g.retire(a.conn, sf) // full; closed once the commits writing to it are done
 	}
 	id, err := g.db.NextSeq(segSeq)
 	if err != nil {
@@ -172,44 +191,52 @@ func (a *appender) open() error {
 	if err != nil {
 		return fmt.Errorf("records: new segment: %w", err)
 	}
-	a.seg = &segFile{id: id, path: p, f: f}
+	a.seg, a.base = &segFile{id: id, path: p, f: f, users: 1}, 0
 	g.mu.Lock()
 	g.writing[a.conn] = a.seg
 	g.mu.Unlock()
 	return nil
 }
 
-// add seals body into the buffer and returns where it will be.
+// add reserves body's place and returns it. Callers hold the connection's
+// lock; body must stay unchanged until write returns.
 func (a *appender) add(typ, id string, body []byte) (loc, error) {
 	if a.seg == nil {
 		if err := a.open(); err != nil {
 			return loc{}, err
 		}
 	}
-	off := uint64(a.seg.size) + uint64(len(a.buf))
+	off := uint64(a.base + a.size)
 	n := uint64(len(body) + a.g.aead.Overhead())
 	if off+n > 1<<32 {
 		return loc{}, fmt.Errorf("records: a %d-byte resource does not fit a segment", len(body))
 	}
-	nonce := nonceOf(a.seg.id, off)
-	a.ad = bodyAD(a.ad, a.conn, typ, id)
-	// Seal grows its destination to the exact size; grow it here instead,
-	// or a batch's buffer is copied once per body.
-	a.buf = slices.Grow(a.buf, int(n))
-	a.buf = a.g.aead.Seal(a.buf, nonce[:], body, a.ad)
+	a.refs = append(a.refs, sealRef{typ: typ, id: id, body: body, off: off})
+	a.size += int64(n)
+	// The next commit's bodies go after these.
+	a.seg.next = a.base + a.size
 	return loc{seg: a.seg.id, off: off, n: n}, nil
 }
 
-// write appends the buffer to the segment (fsyncing it when sync is set;
-// the Writer always does) before the index entries that point into it are
-// committed. A failed write
-// retires the segment: bytes may have reached it, and its offsets (nonces)
-// must not be used again.
+// write seals the bodies at their places and writes them (fsyncing the
+// segment when sync is set; the Writer always does) before the index
+// entries that point into them are committed. A failed write retires the
+// segment: bytes may have reached it, and its offsets (nonces) must not be
+// used again.
 func (a *appender) write(sync bool) error {
-	if len(a.buf) == 0 {
+	defer a.release()
+	if len(a.refs) == 0 {
 		return nil
 	}
-	_, err := a.seg.f.WriteAt(a.buf, a.seg.size)
+	// Seal grows its destination to the exact size; size it once here
+	// instead, or a batch's buffer is copied once per body.
+	a.buf = slices.Grow(a.buf[:0], int(a.size))
+	for _, r := range a.refs {
+		nonce := nonceOf(a.seg.id, r.off)
+		a.ad = bodyAD(a.ad, a.conn, r.typ, r.id)
+		a.buf = a.g.aead.Seal(a.buf, nonce[:], r.body, a.ad)
+	}
+	_, err := a.seg.f.WriteAt(a.buf, a.base)
 	if err == nil && sync {
 		err = a.seg.f.Sync()
 	}
@@ -217,12 +244,27 @@ func (a *appender) write(sync bool) error {
 		a.g.retire(a.conn, a.seg)
 		return fmt.Errorf("records: write segment: %w", err)
 	}
-	a.seg.size += int64(len(a.buf))
 	a.g.size.Add(int64(len(a.buf)))
 	a.g.mu.Lock()
 	a.g.written[a.conn] = true
 	a.g.mu.Unlock()
 	return nil
+}
+
+// release ends the appender's use of its segment (write does; call it
+// when an appender is dropped unwritten).
+func (a *appender) release() {
+	if a.seg == nil {
+		return
+	}
+	g := a.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	a.seg.users--
+	if a.seg.retired && a.seg.users == 0 {
+		a.seg.f.Close()
+	}
+	a.seg = nil
 }
 
 // takeWritten returns and forgets the connections written since the last
@@ -258,14 +300,20 @@ func (g *segments) bytes() int64 {
 // removed counts a segment file gone.
 func (g *segments) removed(n int64) { g.size.Add(-n) }
 
-// retire stops appending to sf.
+// retire stops appending to sf; it is closed now or when the last
+// appender that reserved space in it is done.
 func (g *segments) retire(conn string, sf *segFile) {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	if g.writing[conn] == sf {
 		delete(g.writing, conn)
 	}
-	g.mu.Unlock()
-	sf.f.Close()
+	if !sf.retired {
+		sf.retired = true
+		if sf.users == 0 {
+			sf.f.Close()
+		}
+	}
 }
 
 // ErrBodyMissing means an index entry points at bytes its segment does not

@@ -24,7 +24,6 @@ type Writer struct {
 	vals  []byte            // a change's value, built by plan (reused)
 	seal  []byte            // sealed bodies for the segment (reused)
 	names map[string]string // interned type names
-	heads map[string]head   // heads as changed by the commit in progress
 	pairs []keyPair         // the commit's new key index entries
 	cands []uint64          // scratch for key index lookups
 }
@@ -51,7 +50,7 @@ func (s *Store) NewWriter(conn string, opts ...WriterOption) (*Writer, error) {
 	if err := checkConn(conn); err != nil {
 		return nil, err
 	}
-	w := &Writer{s: s, conn: conn, sync: true, names: map[string]string{}, heads: map[string]head{}}
+	w := &Writer{s: s, conn: conn, sync: true, names: map[string]string{}}
 	for _, o := range opts {
 		o(w)
 	}
@@ -109,7 +108,6 @@ func (w *Writer) reset() {
 	w.items = w.items[:0]
 	w.arena = w.arena[:0]
 	w.vals = w.vals[:0]
-	clear(w.heads)
 	// One huge resource must not pin its buffer for the writer's life.
 	if cap(w.arena) > 64<<20 {
 		w.arena = nil
@@ -183,110 +181,170 @@ func decide(cur head, found bool, it *item) verdict {
 // and empties the writer. Changes that alter nothing are not written and do
 // not move in the change index.
 //
-// The connection's lock is held until the batch is stored, so that the
-// next batch decides against this one's heads, and readers see changes in
-// sequence order.
+// Commits to a connection are planned one at a time, under the
+// connection's lock, and committed in that order (pipeline.go); their
+// writes overlap. Readers see changes in sequence order.
 func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 	if len(w.items) == 0 && marker == nil {
 		return Counts{}, nil
 	}
 	defer w.reset()
-	s := w.s
-	mu := s.lock(w.conn)
-	mu.Lock()
-	defer mu.Unlock()
-	b, la, n, err := w.send(ctx, marker)
+	c, err := w.prepare(ctx)
+	if c == nil {
+		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
+	}
+	if err == nil {
+		err = c.write()
+	}
+	b, err := c.stage(err, marker)
 	if err == nil {
 		// Committed first, synced after: once the transaction is in
 		// Badger its entries are the log's, whether or not the sync then
 		// fails, and must be visible to the next plan.
-		if err = b.Flush(false); err != nil {
-			la.failed()
-		} else {
-			la.publish()
-			if w.sync {
-				err = s.db.Sync()
-			}
-		}
+		err = b.Flush(false)
+	}
+	err = c.finish(err)
+	if err == nil && w.sync {
+		err = w.s.db.Sync()
 	}
 	if err != nil {
 		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
 	}
-	return n, nil
+	return c.n, nil
 }
 
-// send plans the batch, writes its bodies, key index entries and change
-// log blocks, and fills the store batch that commits them, ready to flush.
-// Callers hold the connection's lock.
-func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, *logAppend, Counts, error) {
+// commit is one Commit in the pipeline: planned, then written, then
+// committed in its turn.
+type commit struct {
+	w      *Writer
+	p      *pipeline
+	ticket uint64
+	la     *logAppend
+	app    *appender
+	n      Counts
+}
+
+// prepare plans the commit under the connection's lock, reserving where
+// its bodies and log blocks go, and journals its key index entries. A nil
+// commit failed before it had a place in the pipeline; otherwise an error
+// is the commit's (finish ends it).
+func (w *Writer) prepare(ctx context.Context) (*commit, error) {
 	s := w.s
+	mu := s.lock(w.conn)
+	mu.Lock()
+	defer mu.Unlock()
 	if _, gone := s.deleted.Load(w.conn); gone {
-		return nil, nil, Counts{}, fmt.Errorf("%w: %s", ErrDeleted, w.conn)
+		return nil, fmt.Errorf("%w: %s", ErrDeleted, w.conn)
 	}
 	l, err := s.changeLog(ctx, w.conn)
 	if err != nil {
-		return nil, nil, Counts{}, err
+		return nil, err
 	}
 	ck, err := s.connKeys(ctx, l)
 	if err != nil {
-		return nil, nil, Counts{}, err
+		return nil, err
 	}
-	var app *appender
+	p := s.pipe(w.conn)
+	c := &commit{w: w, p: p, ticket: p.begin(), la: l.appender(false)}
 	if s.segs != nil {
-		app = s.segs.appender(w.conn, w.seal)
+		c.app = s.segs.appender(w.conn, w.seal)
 	}
-	la := l.appender(false)
-	n, err := w.plan(ctx, l, ck, la, app)
+	c.n, err = w.plan(ctx, l, ck, p, c.ticket, c.la, c.app)
+	if err == nil {
+		err = c.la.reserve()
+	}
+	// The key index entries are journaled (and synced) before the changes
+	// they point at can be committed: a change the index cannot find would
+	// be stored again as a new one. Here, under the lock, as the journal is
+	// appended to in order.
+	if err == nil {
+		err = ck.journal(w.pairs)
+	}
+	if err == nil {
+		err = ck.add(w.pairs)
+	}
+	return c, err
+}
+
+// write seals and writes the bodies and writes the log blocks, both synced,
+// before the transaction that commits them: an entry that outlived its body
+// after a power cut would read as stored (and unchanged on the next sync)
+// while the body is gone. The bodies are synced even for a writer
+// WithoutSync (measured: no slower).
+func (c *commit) write() error {
+	lerr := make(chan error, 1)
+	go func() { lerr <- c.la.write() }()
+	var err error
+	if c.app != nil {
+		err = c.app.write(true)
+		c.w.seal = c.app.buf
+	}
+	return errors.Join(err, <-lerr)
+}
+
+// stage waits for the commit's turn and returns the batch that commits it
+// (with the caller's marker), unless it or an earlier commit failed.
+func (c *commit) stage(err error, marker Marker) (*store.Batch, error) {
+	if werr := c.p.await(c.ticket); err == nil {
+		err = werr
+	}
 	if err != nil {
-		la.failed()
-		return nil, nil, n, err
+		return nil, err
 	}
-	// Bodies, key index entries and log blocks are written and synced at
-	// once, all before the transaction that commits them: an entry that
-	// outlived its body after a power cut would read as stored (and
-	// unchanged on the next sync) while the body is gone, and a change the
-	// key index cannot find would be stored again as a new one. The bodies
-	// are synced even for a writer WithoutSync (measured: no slower).
-	jerr, lerr := make(chan error, 1), make(chan error, 1)
-	go func() { jerr <- ck.journal(w.pairs) }()
-	go func() { lerr <- la.write() }()
-	if app != nil {
-		err = app.write(true)
-		w.seal = app.buf
-	}
-	if err = errors.Join(err, <-jerr, <-lerr); err != nil {
-		la.failed()
-		return nil, nil, n, err
-	}
-	if err := ck.add(w.pairs); err != nil {
-		la.failed()
-		return nil, nil, n, err
-	}
-	b := s.db.NewAtomicBatch()
-	err = la.commit(b)
+	b := c.w.s.db.NewAtomicBatch()
+	err = c.la.commit(b)
 	if err == nil && marker != nil {
-		err = marker(b, n)
+		err = marker(b, c.n)
 	}
 	if err != nil {
 		b.Cancel()
-		la.failed()
-		return nil, nil, n, err
+		return nil, err
 	}
-	return b, la, n, nil
+	return b, nil
+}
+
+// finish publishes the commit once its batch is stored (err nil) or fails
+// it, and ends its turn.
+func (c *commit) finish(err error) error {
+	if err == nil {
+		c.la.publish()
+	} else {
+		c.la.failed()
+	}
+	if c.app != nil {
+		c.app.release() // when write did not run
+	}
+	c.p.end(err)
+	return err
+}
+
+// send prepares and writes the commit and returns the batch that would
+// commit it, in its turn (tests: a crash between the writes and the
+// transaction).
+func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, *logAppend, Counts, error) {
+	c, err := w.prepare(ctx)
+	if c == nil {
+		return nil, nil, Counts{}, err
+	}
+	if err == nil {
+		err = c.write()
+	}
+	b, err := c.stage(err, marker)
+	return b, c.la, c.n, err
 }
 
 // plan decides what each buffered change does and adds the new changes to
 // la (and their bodies to app, when the store keeps them in segments) and
 // their key index entries to w.pairs. It returns the counts. Callers hold
 // the connection's lock.
-func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, la *logAppend, app *appender) (Counts, error) {
+func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, p *pipeline, ticket uint64, la *logAppend, app *appender) (Counts, error) {
 	var n Counts
 	s := w.s
 	w.pairs = w.pairs[:0]
 	for i := range w.items {
 		it := &w.items[i]
 		hk := headKey(w.conn, it.typ, it.id)
-		cur, found := w.heads[hk]
+		cur, found := p.head(hk)
 		if !found {
 			seq, c, ok, cands, err := s.current(ctx, l, ck, it.typ, it.id, w.cands)
 			w.cands = cands
@@ -327,7 +385,7 @@ func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, la *logAp
 			return n, err
 		}
 		w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
-		w.heads[hk] = c.head(seq)
+		p.plan(ticket, hk, c.head(seq))
 		if it.deleted {
 			n.Deleted++
 		} else {
