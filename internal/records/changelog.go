@@ -80,6 +80,7 @@ type logFile struct {
 	// next is where the next append starts: past every block reserved,
 	// committed or not (mine only; under the log's mu).
 	next int64
+	gs   groupSync
 }
 
 // changeLogs holds the log of every connection used since start.
@@ -639,7 +640,7 @@ func (a *logAppend) roll() error {
 		return err
 	}
 	if a.l.dir != "" {
-		if err := a.f.f.Sync(); err != nil {
+		if err := a.f.gs.sync(a.f.f); err != nil {
 			a.failed()
 			return fmt.Errorf("records: sync change log: %w", err)
 		}
@@ -804,7 +805,7 @@ func (a *logAppend) write() error {
 		}
 		return nil
 	}
-	if err := a.f.f.Sync(); err != nil {
+	if err := a.f.gs.sync(a.f.f); err != nil {
 		a.failed()
 		return fmt.Errorf("records: sync change log: %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -127,7 +128,7 @@ type connKeys struct {
 	// The journal being appended to (nil until the first append) and the
 	// journals whose pairs are in open but not yet in a run. Guarded by mu
 	// and, while the store is open, by the connection's commit lock.
-	jnl    *os.File
+	jnl    *jnlFile
 	jnlID  uint64
 	jnlOff int64
 	olds   []string
@@ -195,7 +196,7 @@ func (ck *connKeys) shut(gone error) {
 // closeLocked closes the index's files and forgets what it loaded.
 func (ck *connKeys) closeLocked() {
 	if ck.jnl != nil {
-		ck.jnl.Close()
+		ck.jnl.retire()
 		ck.jnl = nil
 	}
 	for _, r := range ck.runs {
@@ -474,18 +475,85 @@ func (ck *connKeys) replay(path string, id uint64) error {
 	return nil
 }
 
-// journal appends pairs to the journal and syncs it; add then makes them
-// visible. Callers hold the connection's commit lock (Store.lock), which
-// serialises everything that touches the journal, and journal the pairs
-// before the changes they point at are written to the store.
-func (ck *connKeys) journal(pairs []keyPair) error {
+// journal appends pairs to the journal; add then makes them visible. The
+// returned sync (nil when nothing was written) syncs the record and must be
+// called, or released, once: the commit syncs it with its other writes,
+// outside the lock, before the changes the pairs point at are committed.
+// Callers hold the connection's commit lock (Store.lock), which serialises
+// everything that appends to the journal.
+func (ck *connKeys) journal(pairs []keyPair) (*jnlSync, error) {
 	if len(pairs) == 0 || ck.dir == "" {
+		return nil, nil
+	}
+	js, err := ck.journalLocked(pairs)
+	if err != nil {
+		return nil, fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+	}
+	return js, nil
+}
+
+// jnlFile is the journal being appended to: records are written in order
+// under the commit lock and synced by their commits outside it, several at
+// once. A retired journal is closed once no commit is left to sync it.
+type jnlFile struct {
+	f       *os.File
+	mu      sync.Mutex
+	users   int
+	retired bool
+	// bad: a sync failed; what the file holds is unknown, so the next
+	// append retires it (under the commit lock).
+	bad atomic.Bool
+	gs  groupSync
+}
+
+func (j *jnlFile) retire() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.retired {
+		j.retired = true
+		if j.users == 0 {
+			j.f.Close()
+		}
+	}
+}
+
+func (j *jnlFile) release() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.users--
+	if j.retired && j.users == 0 {
+		j.f.Close()
+	}
+}
+
+// jnlSync is one commit's hold on the journal until its record is synced.
+type jnlSync struct {
+	j    *jnlFile
+	once sync.Once
+}
+
+// sync syncs the journal (and with it the commit's record) and releases it.
+func (s *jnlSync) sync() error {
+	if s == nil {
 		return nil
 	}
-	if err := ck.journalLocked(pairs); err != nil {
-		return fmt.Errorf("records: key index of %s: %w", ck.conn, err)
+	err := errors.New("records: key index journal already released")
+	s.once.Do(func() {
+		err = s.j.gs.sync(s.j.f)
+		if err != nil {
+			s.j.bad.Store(true)
+			err = fmt.Errorf("records: sync the key index journal: %w", err)
+		}
+		s.j.release()
+	})
+	return err
+}
+
+// release gives up the hold without syncing (the commit failed).
+func (s *jnlSync) release() {
+	if s != nil {
+		s.once.Do(s.j.release)
 	}
-	return nil
 }
 
 // add makes journaled pairs visible to lookups, and writes a run when the
@@ -507,7 +575,7 @@ func (ck *connKeys) add(pairs []keyPair) error {
 	return nil
 }
 
-func (ck *connKeys) journalLocked(pairs []keyPair) error {
+func (ck *connKeys) journalLocked(pairs []keyPair) (*jnlSync, error) {
 	plain := ck.buf[:0]
 	for _, p := range pairs {
 		plain = binary.BigEndian.AppendUint64(plain, p.hash)
@@ -516,56 +584,56 @@ func (ck *connKeys) journalLocked(pairs []keyPair) error {
 	ck.buf = plain
 	aead := ck.aead()
 	size := int64(4 + len(plain) + aead.Overhead())
-	if ck.jnl != nil && ck.jnlOff+size > 1<<32 {
-		// Nonces hold 32-bit offsets (runs are sealed long before).
+	if ck.jnl != nil && (ck.jnlOff+size > 1<<32 || ck.jnl.bad.Load()) {
+		// Nonces hold 32-bit offsets (runs are sealed long before); a
+		// journal whose sync failed holds what it holds.
 		ck.retireJournal()
 	}
 	if ck.jnl == nil {
 		if err := ck.makeDir(); err != nil {
-			return err
+			return nil, err
 		}
 		if err := ck.writeVersion(); err != nil {
-			return err
+			return nil, err
 		}
 		id, err := ck.ix.segs.db.NextSeq(segSeq)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		f, err := os.OpenFile(filepath.Join(ck.dir, seqHex(id)+".jnl"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := syncDir(ck.dir); err != nil {
 			f.Close()
-			return err
+			return nil, err
 		}
-		ck.jnl, ck.jnlID, ck.jnlOff = f, id, 0
+		ck.jnl, ck.jnlID, ck.jnlOff = &jnlFile{f: f}, id, 0
 	}
 	out := make([]byte, 4, size)
 	binary.LittleEndian.PutUint32(out, uint32(size-4))
 	nonce := nonceOf(ck.jnlID, uint64(ck.jnlOff))
 	out = aead.Seal(out, nonce[:], plain, ck.ad())
-	_, err := ck.jnl.Write(out)
-	if err == nil {
-		ck.jnlOff += size
-		err = ck.jnl.Sync()
-	}
-	if err != nil {
+	if _, err := ck.jnl.f.Write(out); err != nil {
 		// Part of the record may be in the file (a full disk): its nonce
 		// is spent, and a record written after it would make the replay
 		// read it as damage. The journal ends here, its last record cut
 		// short as by a crash; the next commit starts a new one.
 		ck.retireJournal()
-		return err
+		return nil, err
 	}
-	return nil
+	ck.jnlOff += size
+	ck.jnl.mu.Lock()
+	ck.jnl.users++
+	ck.jnl.mu.Unlock()
+	return &jnlSync{j: ck.jnl}, nil
 }
 
 // retireJournal stops appending to the journal; it is removed with the
 // others once its pairs are in a run. Callers hold the commit lock.
 func (ck *connKeys) retireJournal() {
-	ck.jnl.Close()
-	ck.olds = append(ck.olds, ck.jnl.Name())
+	ck.jnl.retire()
+	ck.olds = append(ck.olds, ck.jnl.f.Name())
 	ck.jnl = nil
 }
 

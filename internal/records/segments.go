@@ -80,6 +80,7 @@ type segFile struct {
 	// (under segments.mu). A retired segment is closed once none is left.
 	users   int
 	retired bool
+	gs      groupSync
 }
 
 type reader struct {
@@ -238,7 +239,7 @@ func (a *appender) write(sync bool) error {
 	}
 	_, err := a.seg.f.WriteAt(a.buf, a.base)
 	if err == nil && sync {
-		err = a.seg.f.Sync()
+		err = a.seg.gs.sync(a.seg.f)
 	}
 	if err != nil {
 		a.g.retire(a.conn, a.seg)

@@ -221,6 +221,7 @@ type commit struct {
 	ticket uint64
 	la     *logAppend
 	app    *appender
+	jsync  *jnlSync // the key index journal's record, to sync
 	n      Counts
 }
 
@@ -253,12 +254,12 @@ func (w *Writer) prepare(ctx context.Context) (*commit, error) {
 	if err == nil {
 		err = c.la.reserve()
 	}
-	// The key index entries are journaled (and synced) before the changes
-	// they point at can be committed: a change the index cannot find would
-	// be stored again as a new one. Here, under the lock, as the journal is
-	// appended to in order.
+	// The key index entries are journaled (and synced, by write) before
+	// the changes they point at can be committed: a change the index cannot
+	// find would be stored again as a new one. Appended here, under the
+	// lock, as the journal is read in order.
 	if err == nil {
-		err = ck.journal(w.pairs)
+		c.jsync, err = ck.journal(w.pairs)
 	}
 	if err == nil {
 		err = ck.add(w.pairs)
@@ -272,14 +273,15 @@ func (w *Writer) prepare(ctx context.Context) (*commit, error) {
 // while the body is gone. The bodies are synced even for a writer
 // WithoutSync (measured: no slower).
 func (c *commit) write() error {
-	lerr := make(chan error, 1)
+	lerr, jerr := make(chan error, 1), make(chan error, 1)
 	go func() { lerr <- c.la.write() }()
+	go func() { jerr <- c.jsync.sync() }()
 	var err error
 	if c.app != nil {
 		err = c.app.write(true)
 		c.w.seal = c.app.buf
 	}
-	return errors.Join(err, <-lerr)
+	return errors.Join(err, <-lerr, <-jerr)
 }
 
 // stage waits for the commit's turn and returns the batch that commits it
@@ -314,6 +316,7 @@ func (c *commit) finish(err error) error {
 	if c.app != nil {
 		c.app.release() // when write did not run
 	}
+	c.jsync.release() // likewise
 	c.p.end(err)
 	return err
 }
