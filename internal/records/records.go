@@ -328,7 +328,7 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 		r.JSON = c.json
 	}
 	err = s.readBodies(conn, []Record{r}, []change{c}, func(_ int, b []byte) { r.JSON = b })
-	return r, err
+	return r, s.goneIfDeleted(conn, err)
 }
 
 // recordOf decodes a stored change; a body kept in a segment is read later
@@ -366,6 +366,17 @@ func (s *Store) readBodiesInto(conn string, recs []Record, cs []change, scratch 
 		return fmt.Errorf("records: %s/%s is kept in a segment, and this store was opened without segments", refs[0].typ, refs[0].id)
 	}
 	return s.segs.read(conn, refs, scratch, set)
+}
+
+// goneIfDeleted says ErrDeleted for a body that went missing because the
+// connection's records were deleted after its change was read.
+func (s *Store) goneIfDeleted(conn string, err error) error {
+	if errors.Is(err, ErrBodyMissing) {
+		if _, gone := s.deleted.Load(conn); gone {
+			return fmt.Errorf("%w: %s", ErrDeleted, conn)
+		}
+	}
+	return err
 }
 
 // bodySize is a change's body size, for page limits.
@@ -516,6 +527,7 @@ func (s *Store) pageTypes(ctx context.Context, l *changeLog, types []string, aft
 	})
 	if err == nil {
 		err = s.readBodiesInto(l.conn, p.records, cs, scratch, func(i int, b []byte) { p.records[i].JSON = b })
+		err = s.goneIfDeleted(l.conn, err)
 	}
 	if reuse != nil {
 		reuse.records, reuse.changes = p.records, cs
@@ -577,6 +589,9 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 	if err := b.Flush(true); err != nil {
 		return fmt.Errorf("records: delete %s: %w", conn, err)
 	}
+	// Marked first: a reader that read changes before the files go and
+	// then finds a body missing is told the records were deleted.
+	s.deleted.Store(conn, true)
 	// The log and key index first: their files are closed (and the key
 	// index's merge has ended) before the directory holding them goes.
 	gone := fmt.Errorf("%w: %s", ErrDeleted, conn)
@@ -589,7 +604,6 @@ func (s *Store) DeleteConnection(ctx context.Context, conn string) error {
 			return fmt.Errorf("records: delete %s: %w", conn, err)
 		}
 	}
-	s.deleted.Store(conn, true)
 	s.log.Info("deleted the records of a connection", "connection", conn)
 	return nil
 }
