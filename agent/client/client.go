@@ -109,8 +109,8 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 		grpc.WithChainUnaryInterceptor(unaryErrors(o.socket)),
 		grpc.WithChainStreamInterceptor(streamErrors(o.socket)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
-		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(4<<20),
-		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10),
+		grpc.WithInitialWindowSize(4 << 20), grpc.WithInitialConnWindowSize(4 << 20),
+		grpc.WithReadBufferSize(256 << 10), grpc.WithWriteBufferSize(256 << 10),
 	}
 	if o.token != "" {
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenCreds(o.token)))
