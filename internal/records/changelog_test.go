@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/medrelay/medrelay/internal/store"
 )
@@ -532,4 +534,78 @@ func TestChangeLogFailedCommitsLeaveNoFiles(t *testing.T) {
 	}
 	put(t, s, "c", res("Patient", "b", "1", ""))
 	checkAll(t, s, "c", map[string]string{"Patient/a": "1", "Patient/b": "1"})
+}
+
+// The superseded set (sorted slice and map of recent additions) answers as
+// a plain set does, across its merges, for additions in any order and
+// repeated ones.
+func TestDeadSetMatchesASet(t *testing.T) {
+	var d deadSet
+	model := map[uint64]bool{}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 200000 {
+		s := r.Uint64N(400000) + 1
+		d.add(s)
+		model[s] = true
+		if i%9973 == 0 {
+			for range 200 {
+				q := r.Uint64N(400010)
+				if d.has(q) != model[q] {
+					t.Fatalf("after %d adds: has(%d) = %v", i+1, q, d.has(q))
+				}
+			}
+		}
+	}
+	if d.len() != len(model) {
+		t.Fatalf("len %d, want %d", d.len(), len(model))
+	}
+	if len(d.sorted) == 0 || !slices.IsSorted(d.sorted) {
+		t.Fatalf("sorted part: %d entries, sorted %v", len(d.sorted), slices.IsSorted(d.sorted))
+	}
+}
+
+// A sync replacing a quarter of a connection's resources has its log
+// compacted soon, not at the compactor's next hourly run: the superseded
+// set leaves memory.
+func TestCompactSoonWhenAQuarterIsSuperseded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	old := minDeadCompact
+	minDeadCompact = 10
+	t.Cleanup(func() { minDeadCompact = old })
+	s := openStore(t)
+	done := make(chan struct{})
+	go func() { defer close(done); s.RunCompactor(ctx, time.Hour) }()
+	defer func() { cancel(); <-done }()
+	put(t, s, "c", patients(40, "1")...)
+	put(t, s, "c", patients(9, "2")...) // 9 of 49 superseded: under the threshold
+	l, err := s.changeLog(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := func() int {
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		return l.dead.len()
+	}
+	if d := dead(); d != 9 {
+		t.Fatalf("%d superseded, want 9", d)
+	}
+	put(t, s, "c", patients(40, "3")...) // 49 of 89
+	deadline := time.Now().Add(30 * time.Second)
+	for dead() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d superseded: no compaction", dead())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, _ := s.Count(ctx, "c"); n != 40 {
+		t.Fatalf("Count %d after compaction, want 40", n)
+	}
+	got, _ := list(t, s, "c", Query{})
+	for _, r := range got {
+		if r.VersionID != "3" {
+			t.Fatalf("%s at version %s", r.ID, r.VersionID)
+		}
+	}
 }

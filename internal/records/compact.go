@@ -103,7 +103,7 @@ func (s *Store) Compact(ctx context.Context, conn string) (CompactStats, error) 
 		}
 	}
 	l.mu.RLock()
-	dead, total, nfiles := len(l.dead), l.total, 0
+	dead, total, nfiles := l.dead.len(), l.total, 0
 	for _, f := range l.files {
 		// A rewrite fills files up to maxLogFile: only the others (a
 		// file per start, or per failed append) are worth merging.
@@ -261,9 +261,32 @@ func (s *Store) RunCompactor(ctx context.Context, every time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
+		case conn := <-s.compactSoon:
+			// A log a quarter superseded (changeLogs.onDead).
+			s.compactQueued.Delete(conn)
+			st, err := s.Compact(ctx, conn)
+			if err != nil {
+				s.log.Warn("compaction", "connection", conn, "err", err)
+			} else if st.Dropped > 0 || st.Removed > 0 || st.Rewritten > 0 {
+				s.log.Info("compaction", "connection", conn, "dropped", st.Dropped, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
+			}
+			continue
 		case <-t.C:
 		}
 		s.CompactAll(ctx)
+	}
+}
+
+// compactLater asks the compactor to compact conn soon (once until it
+// does). It never blocks: it is called while a commit publishes.
+func (s *Store) compactLater(conn string) {
+	if _, queued := s.compactQueued.LoadOrStore(conn, true); queued {
+		return
+	}
+	select {
+	case s.compactSoon <- conn:
+	default:
+		s.compactQueued.Delete(conn) // the regular run will find it
 	}
 }
 

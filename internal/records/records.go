@@ -131,6 +131,10 @@ type Store struct {
 
 	locks sync.Map // connection id → *sync.Mutex
 	pipes sync.Map // connection id → *pipeline (pipeline.go)
+	// compactSoon and compactQueued: connections whose change log is a
+	// quarter superseded, for RunCompactor.
+	compactSoon   chan string
+	compactQueued sync.Map
 	// deleted holds the connections whose records were deleted while this
 	// process runs: later commits to them are refused. (After a restart a
 	// deleted connection is revoked, so nothing writes to it any more.)
@@ -176,6 +180,8 @@ func Open(ctx context.Context, db *store.DB, opts ...Option) (*Store, error) {
 	}
 	s.keys = &keyIndexes{segs: s.segs, log: s.log, byID: map[string]*connKeys{}}
 	s.logs = newChangeLogs(db, s.segs)
+	s.compactSoon = make(chan string, 64)
+	s.logs.onDead = s.compactLater
 	if err := s.dropLegacyHeads(ctx); err != nil {
 		return nil, err
 	}
