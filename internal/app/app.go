@@ -336,7 +336,11 @@ func (a *Agent) status(ctx context.Context) (*agentv1.GetStatusResponse, error) 
 
 // storeFormat is the on-disk format version. An agent refuses a store
 // written by a newer format instead of misreading it.
-const storeFormat = 1
+//
+// 2: records keep their change index in change logs beside the segments
+// (an earlier agent would find a converted store without records, and
+// write an index there the next upgrade would not convert).
+const storeFormat = 2
 
 func checkFormat(ctx context.Context, db *store.DB) error {
 	meta := store.NewTable[int](db, store.Meta)
@@ -348,6 +352,10 @@ func checkFormat(ctx context.Context, db *store.DB) error {
 		return err
 	case v > storeFormat:
 		return fmt.Errorf("store format %d is newer than this agent understands (%d): upgrade medrelayd", v, storeFormat)
+	case v < storeFormat:
+		// Marked first: the conversion that follows (package records)
+		// cannot be undone, and finishes at the next start if cut short.
+		return meta.Put(ctx, "format", storeFormat, store.Synced())
 	}
 	return nil
 }

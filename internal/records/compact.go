@@ -137,7 +137,7 @@ const (
 )
 
 // maxDead: a log with this many superseded changes is rewritten whatever
-// its size (their set is held in memory, about 40 bytes each).
+// its size (their set is held in memory, about 8 bytes each).
 const maxDead = 1 << 20
 
 // rewrite writes l anew without its superseded changes, copying the bodies
@@ -326,11 +326,11 @@ func (s *Store) CompactAll(ctx context.Context) int {
 		}
 		st, err := s.Compact(ctx, conn)
 		if err != nil {
-			s.log.Warn("segment compaction", "connection", conn, "err", err)
+			s.log.Warn("compaction", "connection", conn, "err", err)
 			continue
 		}
-		if st.Removed > 0 || st.Rewritten > 0 {
-			s.log.Info("segment compaction", "connection", conn, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
+		if st.Dropped > 0 || st.Removed > 0 || st.Rewritten > 0 {
+			s.log.Info("compaction", "connection", conn, "dropped", st.Dropped, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
 		}
 	}
 	return len(conns)

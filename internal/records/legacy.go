@@ -15,8 +15,8 @@ import (
 // Badger, one entry per resource (replaced by the change log). Open removes
 // the one and moves the other, once.
 
-// dropLegacyHeads removes the heads table an earlier version kept.
-// index replaced it and is rebuilt from the change entries).
+// dropLegacyHeads removes the heads table an earlier version kept (the key
+// index replaced it and is rebuilt from the change log).
 func (s *Store) dropLegacyHeads(ctx context.Context) error {
 	n := 0
 	for {

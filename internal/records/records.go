@@ -16,10 +16,11 @@
 // changes nothing. A copy whose meta.lastUpdated is older than the stored
 // one's is stale and ignored, as is a put older than a tombstone's time.
 //
-// Writes to one connection are serialised (one lock per connection, held
-// from sequence allocation until the commit is published), so changes become
-// visible in sequence order: a reader that has seen sequence n will never
-// later find a change below n, and a cursor never skips anything.
+// Commits to one connection are planned one at a time (one lock per
+// connection, held from sequence allocation until the commit's place in the
+// log is reserved) and published in that order (pipeline.go), so changes
+// become visible in sequence order: a reader that has seen sequence n will
+// never later find a change below n, and a cursor never skips anything.
 //
 // A resource's current change is found through the connection's key index
 // (keys.go), files of (hash of type/id, sequence) pairs written
