@@ -168,6 +168,7 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 
 	applyMemoryLimit(o.Config.MemoryLimit, a.log)
+	applyGCPercent(a.log)
 
 	db, err := store.Open(ctx, store.Options{Dir: o.Layout.StoreDir, Key: keys.StoreKey(), Logger: a.log})
 	if err != nil {
@@ -363,6 +364,23 @@ func checkFormat(ctx context.Context, db *store.DB) error {
 // applyMemoryLimit sets the runtime's soft memory limit from memory_limit,
 // unless GOMEMLIMIT is set (the runtime has read it already, and an
 // administrator's environment wins over the file).
+// gcPercent is the agent's GOGC unless the environment sets one: the heap
+// may grow half past what is live between collections, not twice. Most of
+// a bulk sync's heap is buffers reused batch after batch, so collections
+// find little to do. Measured on 1M resources, interleaved: peak RSS
+// 152-153 MB against 186-191 MB with GOGC=100, the sync 6.3 and 8.3 s
+// against 5.3 and 7.4 s (on a disk whose fsync took 2.6-3.8 ms); on 5M,
+// 168-179 MB against 203-210 MB, time within the runs' noise.
+const gcPercent = 50
+
+func applyGCPercent(log *slog.Logger) {
+	if env := os.Getenv("GOGC"); env != "" {
+		log.Info("garbage collector target from GOGC", "gogc", env)
+		return
+	}
+	debug.SetGCPercent(gcPercent)
+}
+
 func applyMemoryLimit(limit config.Bytes, log *slog.Logger) {
 	if env := os.Getenv("GOMEMLIMIT"); env != "" {
 		log.Info("soft memory limit from GOMEMLIMIT", "limit", env)

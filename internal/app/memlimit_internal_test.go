@@ -27,3 +27,21 @@ func TestMemoryLimitYieldsToGOMEMLIMIT(t *testing.T) {
 		t.Fatalf("memory_limit set the soft limit to %d though GOMEMLIMIT is set", got)
 	}
 }
+
+// The agent collects at GOGC=50 unless GOGC is set in its environment.
+func TestGCPercentYieldsToGOGC(t *testing.T) {
+	old := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
+	log := slog.New(slog.DiscardHandler)
+
+	t.Setenv("GOGC", "")
+	applyGCPercent(log)
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("GOGC unset: the agent collects at %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "200")
+	applyGCPercent(log)
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("GOGC set: the agent changed the collector's target to %d", got)
+	}
+}
