@@ -61,7 +61,7 @@ func (s *Store) convertLegacyChanges(ctx context.Context) error {
 			return fmt.Errorf("records: convert the change index: %w", err)
 		}
 		if conn == "" {
-			return nil
+			return s.dropLegacyPending(ctx)
 		}
 		if err := s.convertLegacyConn(ctx, conn); err != nil {
 			return fmt.Errorf("records: convert the change index of %s: %w", conn, err)
@@ -82,7 +82,7 @@ func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
 	l.mu.RLock()
 	done := l.total > 0
 	l.mu.RUnlock()
-	n := 0
+	n, skipped := 0, 0
 	if !done {
 		// An interrupted batch (its pending marker names its first
 		// sequence) may have left a change and the one it superseded both
@@ -99,15 +99,20 @@ func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
 		}
 		a := l.appender(false)
 		var val []byte
+		var c change
 		err := s.db.View(ctx, func(tx *store.Txn) error {
 			return s.changes.ScanTx(tx, store.ScanOptions{Prefix: conn + "/"}, func(k string, v []byte) error {
 				seq, typ, err := parseChangeKey(k[len(conn)+1:])
-				if err != nil {
-					return err
+				if err == nil {
+					c, err = decodeChange(v, nil)
 				}
-				c, err := decodeChange(v, nil)
 				if err != nil {
-					return fmt.Errorf("change %s: %w", k, err)
+					// One damaged entry must not keep the agent from
+					// starting: it is left out (the connection's next
+					// sync or pull stores the resource again) and said.
+					s.log.Error("left out a damaged change entry of an earlier version", "connection", conn, "key", clip(k), "err", err)
+					skipped++
+					return nil
 				}
 				if c.prev != 0 {
 					keep := false
@@ -179,8 +184,24 @@ func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
 			break
 		}
 	}
-	if n > 0 {
-		s.log.Info("moved a connection's change index to its change log", "connection", conn, "changes", n, "took", time.Since(start).Round(time.Millisecond))
+	if n > 0 || skipped > 0 {
+		s.log.Info("moved a connection's change index to its change log", "connection", conn, "changes", n, "left_out", skipped, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// dropLegacyPending removes pending markers left without change entries
+// (a connection whose interrupted batch had written none of them).
+func (s *Store) dropLegacyPending(ctx context.Context) error {
+	b := s.db.NewBatch()
+	n := 0
+	err := s.pending.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(k string, _ []byte) error {
+		n++
+		return store.BatchDelete(b, s.pending, k)
+	})
+	if err != nil || n == 0 {
+		b.Cancel()
+		return err
+	}
+	return b.Flush(true)
 }

@@ -206,3 +206,38 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 		}
 	})
 }
+
+// A damaged entry of an earlier version does not keep the store from
+// opening: the rest is converted and the entry left out; a pending marker
+// with no change entries left is removed.
+func TestLegacyDamagedEntryLeftOut(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "store"))
+	defer db.Close()
+	writeLegacy(t, db, "c", 0,
+		legacyChange{seq: 2, typ: "Patient", id: "a", version: "1"},
+		legacyChange{seq: 3, typ: "Patient", id: "b", version: "1"},
+	)
+	b := db.NewBatch()
+	if err := store.BatchPut(b, store.NewTable[[]byte](db, store.RecordChanges), changeKey("c", 3, "Patient"), []byte{1, 0, 0xff}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.BatchPut(b, store.NewTable[[]byte](db, store.RecordPending), "lone", []byte(seqHex(9))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Flush(true); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
+	if err != nil {
+		t.Fatalf("open with a damaged legacy entry: %v", err)
+	}
+	defer s.Close()
+	checkAll(t, s, "c", map[string]string{"Patient/a": "1"})
+	for _, tb := range []*store.Table[[]byte]{s.changes, s.pending} {
+		if n, _ := tb.Count(ctx, ""); n != 0 {
+			t.Fatalf("%d legacy entries left", n)
+		}
+	}
+}
