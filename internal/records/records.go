@@ -444,34 +444,63 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 	}
 	cursor, total := q.After, 0
 	typeNames := names{}
-	var reuse *pageMem
-	if q.Reuse {
-		reuse = &pageMem{}
-	}
-	for {
-		want := q.PageRecords
+	want := func(total int) int {
 		if q.Limit > 0 {
-			want = min(want, q.Limit-total)
+			return min(q.PageRecords, q.Limit-total)
 		}
-		var p page
-		var err error
+		return q.PageRecords
+	}
+	read := func(after uint64, want int, reuse *pageMem) (page, error) {
 		if len(types) == 0 {
-			p, err = s.pageAll(ctx, l, cursor, want, q.PageBytes, typeNames, reuse)
-		} else {
-			p, err = s.pageTypes(ctx, l, types, cursor, want, q.PageBytes, typeNames, reuse)
+			return s.pageAll(ctx, l, after, want, q.PageBytes, typeNames, reuse)
 		}
+		return s.pageTypes(ctx, l, types, after, want, q.PageBytes, typeNames, reuse)
+	}
+	// With Reuse, the next page is read while fn handles this one, each
+	// into memory of its own (two, taking turns): the API encodes a page
+	// while the store reads and decrypts the next.
+	var mems [2]*pageMem
+	if q.Reuse {
+		mems = [2]*pageMem{{}, {}}
+	}
+	type result struct {
+		p   page
+		err error
+	}
+	k := 0
+	p, err := read(cursor, want(total), mems[k])
+	for {
 		if err != nil {
 			return cursor, err
+		}
+		more := p.more && (q.Limit <= 0 || total+len(p.records) < q.Limit)
+		var next chan result
+		if more && q.Reuse {
+			next = make(chan result, 1)
+			after, w, mem := p.next, want(total+len(p.records)), mems[1-k]
+			go func() {
+				np, err := read(after, w, mem)
+				next <- result{np, err}
+			}()
 		}
 		if p.next > cursor {
 			cursor = p.next
 			if err := fn(p.records, cursor); err != nil {
+				if next != nil {
+					<-next
+				}
 				return cursor, err
 			}
 			total += len(p.records)
 		}
-		if !p.more || (q.Limit > 0 && total >= q.Limit) {
+		if !more {
 			return cursor, nil
+		}
+		if next != nil {
+			r := <-next
+			p, err, k = r.p, r.err, 1-k
+		} else {
+			p, err = read(cursor, want(total), mems[k])
 		}
 	}
 }

@@ -646,3 +646,57 @@ func TestCommitAfterDeleteIsRefused(t *testing.T) {
 		t.Fatalf("%d records after delete", n)
 	}
 }
+
+// List with Reuse (pages read ahead into memory taking turns) lists what
+// List without it does, for limits that end mid-page, on a page boundary
+// and past the end, and for a type filter; fn copies what it keeps.
+func TestListReuseListsTheSame(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	var rs [][]byte
+	for i := range 250 {
+		typ := []string{"Patient", "Observation", "Condition"}[i%3]
+		rs = append(rs, res(typ, fmt.Sprint("r", i), "1", ""))
+	}
+	put(t, s, "c", rs...)
+	collect := func(q Query) ([]string, uint64) {
+		var out []string
+		cur, err := s.List(ctx, "c", q, func(page []Record, _ uint64) error {
+			for _, r := range page {
+				out = append(out, r.Type+"/"+r.ID+"="+string(r.JSON))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out, cur
+	}
+	for _, q := range []Query{
+		{PageRecords: 7},
+		{PageRecords: 7, Limit: 30},
+		{PageRecords: 10, Limit: 30},
+		{PageRecords: 7, Limit: 1000},
+		{PageRecords: 7, Types: []string{"Observation"}},
+		{PageRecords: 7, After: 100, PageBytes: 200},
+	} {
+		want, wantCur := collect(q)
+		q.Reuse = true
+		got, gotCur := collect(q)
+		if !slices.Equal(got, want) || gotCur != wantCur {
+			t.Fatalf("%+v: with Reuse %d records to %d, without %d to %d", q, len(got), gotCur, len(want), wantCur)
+		}
+	}
+	// fn failing stops the list, the page read ahead discarded.
+	boom := errors.New("boom")
+	n := 0
+	_, err := s.List(ctx, "c", Query{PageRecords: 5, Reuse: true}, func(page []Record, _ uint64) error {
+		if n++; n == 3 {
+			return boom
+		}
+		return nil
+	})
+	if !errors.Is(err, boom) || n != 3 {
+		t.Fatalf("fn's error: %v after %d pages", err, n)
+	}
+}
