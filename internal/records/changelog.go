@@ -900,6 +900,25 @@ func (a *logAppend) commit(b *store.Batch) error {
 	return nil
 }
 
+// commitAlone commits the append in a transaction of its own, publishes it
+// and syncs the store (as Writer.Commit does: published once committed,
+// synced after). It returns the files a rewrite replaced (see publish).
+func (a *logAppend) commitAlone() ([]*logFile, error) {
+	db := a.l.ls.db
+	b := db.NewAtomicBatch()
+	if err := a.commit(b); err != nil {
+		b.Cancel()
+		a.failed()
+		return nil, err
+	}
+	if err := b.Flush(false); err != nil {
+		a.failed()
+		return nil, err
+	}
+	old := a.publish()
+	return old, db.Sync()
+}
+
 // publish makes the committed entries visible, once b was stored. A
 // rewrite returns the files it replaced, closed: the caller removes them
 // (retire) once the transaction that dropped them is synced.

@@ -228,21 +228,10 @@ func (s *Store) rewrite(ctx context.Context, l *changeLog, move map[uint64]bool)
 		a.failed()
 		return moved, err
 	}
-	b := s.db.NewAtomicBatch()
-	if err := a.commit(b); err != nil {
-		b.Cancel()
-		a.failed()
-		return moved, err
-	}
-	// As in Writer.Commit: published once committed, synced after; the
-	// replaced files go only once the transaction that drops them is
+	// The replaced files go only once the transaction that drops them is
 	// synced (if the sync fails, the next load removes them).
-	if err := b.Flush(false); err != nil {
-		a.failed()
-		return moved, err
-	}
-	old := a.publish()
-	if err := s.db.Sync(); err != nil {
+	old, err := a.commitAlone()
+	if err != nil {
 		return moved, err
 	}
 	l.retire(old)

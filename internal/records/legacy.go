@@ -144,18 +144,7 @@ func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
 			a.failed()
 			return err
 		}
-		b := s.db.NewAtomicBatch()
-		if err := a.commit(b); err != nil {
-			b.Cancel()
-			a.failed()
-			return err
-		}
-		if err := b.Flush(false); err != nil {
-			a.failed()
-			return err
-		}
-		a.publish()
-		if err := s.db.Sync(); err != nil {
+		if _, err := a.commitAlone(); err != nil {
 			return err
 		}
 	}
