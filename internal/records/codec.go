@@ -21,7 +21,7 @@ import (
 // live in the value log) and read only the values it returns.
 
 // headKey was the key of the heads table an earlier version kept (see
-// dropLegacyHeads); writers still use it to name a resource within a batch.
+// dropLegacyHeads; its test writes one).
 func headKey(conn, typ, id string) string { return conn + "/" + typ + "/" + id }
 
 func changeKey(conn string, seq uint64, typ string) string {

@@ -28,24 +28,29 @@ type pipeline struct {
 	done   uint64 // tickets ended (committed or failed), in order
 	broken error  // the first failure since the pipeline was last empty
 
-	// Under the connection's lock.
-	heads   map[string]flight // resource (headKey) → newest planned change
-	byTurn  []turnKeys        // keys each ticket in flight put in heads
-	settled uint64            // tickets whose keys were pruned from heads
+	// Under the connection's lock. heads is keyed by the key index's hash
+	// of type/id (computed anyway); a resource whose hash another resource
+	// in flight holds goes to clash, by type/id.
+	heads   map[uint64]flight
+	clash   map[string]flight
+	byTurn  []turnKeys // keys each ticket in flight put in heads and clash
+	settled uint64     // tickets whose keys were pruned
 }
 
 type flight struct {
-	h      head
-	ticket uint64
+	h       head
+	ticket  uint64
+	typ, id string
 }
 
 type turnKeys struct {
 	ticket uint64
-	keys   []string
+	hashes []uint64
+	clash  []string
 }
 
 func newPipeline() *pipeline {
-	p := &pipeline{heads: map[string]flight{}}
+	p := &pipeline{heads: map[uint64]flight{}, clash: map[string]flight{}}
 	p.turn = sync.NewCond(&p.mu)
 	return p
 }
@@ -71,6 +76,7 @@ func (p *pipeline) begin() uint64 {
 		}
 		p.broken = nil
 		clear(p.heads)
+		clear(p.clash)
 		p.byTurn, p.settled = p.byTurn[:0], p.done
 	}
 	done := p.done
@@ -80,9 +86,14 @@ func (p *pipeline) begin() uint64 {
 	// Prune what ended. A key planned again later stays (its newer ticket).
 	i := 0
 	for ; i < len(p.byTurn) && p.byTurn[i].ticket <= done; i++ {
-		for _, k := range p.byTurn[i].keys {
-			if f, ok := p.heads[k]; ok && f.ticket <= done {
-				delete(p.heads, k)
+		for _, h := range p.byTurn[i].hashes {
+			if f, ok := p.heads[h]; ok && f.ticket <= done {
+				delete(p.heads, h)
+			}
+		}
+		for _, k := range p.byTurn[i].clash {
+			if f, ok := p.clash[k]; ok && f.ticket <= done {
+				delete(p.clash, k)
 			}
 		}
 	}
@@ -91,21 +102,36 @@ func (p *pipeline) begin() uint64 {
 	return t
 }
 
-// head is the newest planned change of a resource in flight.
-func (p *pipeline) head(key string) (head, bool) {
-	f, ok := p.heads[key]
-	return f.h, ok
+// head is the newest planned change of a resource in flight (h is its
+// keyOf hash).
+func (p *pipeline) head(h uint64, typ, id string) (head, bool) {
+	if f, ok := p.heads[h]; ok && f.typ == typ && f.id == id {
+		return f.h, true
+	}
+	if len(p.clash) > 0 {
+		if f, ok := p.clash[typ+"/"+id]; ok {
+			return f.h, true
+		}
+	}
+	return head{}, false
 }
 
-// plan records that ticket t changes key to h. Callers hold the
+// plan records that ticket t changes the resource to hd. Callers hold the
 // connection's lock.
-func (p *pipeline) plan(t uint64, key string, h head) {
-	p.heads[key] = flight{h, t}
+func (p *pipeline) plan(t, h uint64, typ, id string, hd head) {
 	if n := len(p.byTurn); n == 0 || p.byTurn[n-1].ticket != t {
 		p.byTurn = append(p.byTurn, turnKeys{ticket: t})
 	}
 	tk := &p.byTurn[len(p.byTurn)-1]
-	tk.keys = append(tk.keys, key)
+	f := flight{h: hd, ticket: t, typ: typ, id: id}
+	if o, ok := p.heads[h]; !ok || o.typ == typ && o.id == id {
+		p.heads[h] = f
+		tk.hashes = append(tk.hashes, h)
+		return
+	}
+	k := typ + "/" + id
+	p.clash[k] = f
+	tk.clash = append(tk.clash, k)
 }
 
 // await waits for ticket t's turn to commit and returns the failure of an

@@ -105,3 +105,41 @@ func TestPipelineFailureFailsWhatFollowsAndLosesNothing(t *testing.T) {
 	defer s.Close()
 	check(s)
 }
+
+// Two resources in flight with one hash (forced here): each finds its own
+// planned change, before and after the other's commit ends and is pruned.
+func TestPipelineHeadsWithASharedHash(t *testing.T) {
+	p := newPipeline()
+	const h = 42
+	t1 := p.begin()
+	p.plan(t1, h, "Patient", "a", head{seq: 1})
+	t2 := p.begin()
+	p.plan(t2, h, "Patient", "b", head{seq: 2})
+	p.plan(t2, h, "Patient", "a", head{seq: 3})
+	for _, c := range []struct {
+		id   string
+		want uint64
+	}{{"a", 3}, {"b", 2}} {
+		if got, ok := p.head(h, "Patient", c.id); !ok || got.seq != c.want {
+			t.Fatalf("%s: %+v %v, want seq %d", c.id, got, ok, c.want)
+		}
+	}
+	if _, ok := p.head(h, "Patient", "c"); ok {
+		t.Fatal("c was never planned")
+	}
+	p.end(nil) // t1
+	t3 := p.begin()
+	p.plan(t3, h, "Patient", "b", head{seq: 4})
+	if got, ok := p.head(h, "Patient", "b"); !ok || got.seq != 4 {
+		t.Fatalf("b after t1 ended: %+v %v", got, ok)
+	}
+	if got, ok := p.head(h, "Patient", "a"); !ok || got.seq != 3 {
+		t.Fatalf("a after t1 ended: %+v %v", got, ok)
+	}
+	p.end(nil) // t2
+	p.end(nil) // t3
+	p.begin()
+	if len(p.heads) != 0 || len(p.clash) != 0 {
+		t.Fatalf("after every commit ended: %d heads, %d clashing", len(p.heads), len(p.clash))
+	}
+}

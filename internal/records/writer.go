@@ -346,8 +346,8 @@ func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, p *pipeli
 	w.pairs = w.pairs[:0]
 	for i := range w.items {
 		it := &w.items[i]
-		hk := headKey(w.conn, it.typ, it.id)
-		cur, found := p.head(hk)
+		key := keyOf(it.typ, it.id)
+		cur, found := p.head(key, it.typ, it.id)
 		if !found {
 			seq, c, ok, cands, err := s.current(ctx, l, ck, it.typ, it.id, w.cands)
 			w.cands = cands
@@ -387,8 +387,8 @@ func (w *Writer) plan(ctx context.Context, l *changeLog, ck *connKeys, p *pipeli
 		if err := la.add(seq, w.vals, c.prev); err != nil {
 			return n, err
 		}
-		w.pairs = append(w.pairs, keyPair{keyOf(it.typ, it.id), seq})
-		p.plan(ticket, hk, c.head(seq))
+		w.pairs = append(w.pairs, keyPair{key, seq})
+		p.plan(ticket, key, it.typ, it.id, c.head(seq))
 		if it.deleted {
 			n.Deleted++
 		} else {
