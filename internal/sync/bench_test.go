@@ -107,18 +107,22 @@ func benchBulk(t *testing.T, resources int) {
 	fmt.Printf("BENCH sync.bulk.memory  resources=%d  agent_peak_rss=%dMB (peaks: anonymous %dMB, file-backed mmap %dMB; idle before the sync %dMB; GOMEMLIMIT %s)  goal<=200MB  %s\n",
 		want.Total, peak.hwm>>20, peak.anon>>20, peak.file>>20, idle["VmRSS"]>>20, limit, verdict(peak.hwm <= 200<<20))
 	// What the sync left on disk (docs/bulk.md, sizing): the records
-	// directory holds the resources, the store mostly their index.
-	records, store := diskBytes(t, filepath.Join(e.home, "records")), diskBytes(t, filepath.Join(e.home, "store"))
-	fmt.Printf("BENCH sync.bulk.disk  resources=%d  records=%dMB  store=%dMB (%.0f bytes/resource)  baseline(export NDJSON)=%dMB  (information)\n",
-		want.Total, records>>20, store>>20, float64(store)/float64(want.Total), bytes>>20)
+	// directory holds the resources (segments), their change log and key
+	// index; the store only progress and the logs' committed lengths.
+	dir := filepath.Join(e.home, "records")
+	records, store := diskBytes(t, dir, ""), diskBytes(t, filepath.Join(e.home, "store"), "")
+	segs, logs := diskBytes(t, dir, ".seg"), diskBytes(t, dir, ".log")
+	keys := records - segs - logs
+	fmt.Printf("BENCH sync.bulk.disk  resources=%d  records=%dMB (segments %dMB, change log %dMB = %.0f bytes/resource, key index and rest %dMB = %.0f bytes/resource)  store=%dMB  baseline(export NDJSON)=%dMB  (information)\n",
+		want.Total, records>>20, segs>>20, logs>>20, float64(logs)/float64(want.Total), keys>>20, float64(keys)/float64(want.Total), store>>20, bytes>>20)
 }
 
 // diskBytes is the disk space the files under dir take (allocated blocks:
 // Badger's files are sparse while it runs).
-func diskBytes(t *testing.T, dir string) int64 {
+func diskBytes(t *testing.T, dir, suffix string) int64 {
 	var n int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, suffix) {
 			return err
 		}
 		fi, err := d.Info()
