@@ -31,10 +31,9 @@ type pipeline struct {
 	// Under the connection's lock. heads is keyed by the key index's hash
 	// of type/id (computed anyway); a resource whose hash another resource
 	// in flight holds goes to clash, by type/id.
-	heads   map[uint64]flight
-	clash   map[string]flight
-	byTurn  []turnKeys // keys each ticket in flight put in heads and clash
-	settled uint64     // tickets whose keys were pruned
+	heads  map[uint64]flight
+	clash  map[string]flight
+	byTurn []turnKeys // keys each ticket in flight put in heads and clash
 }
 
 type flight struct {
@@ -77,7 +76,7 @@ func (p *pipeline) begin() uint64 {
 		p.broken = nil
 		clear(p.heads)
 		clear(p.clash)
-		p.byTurn, p.settled = p.byTurn[:0], p.done
+		p.byTurn = p.byTurn[:0]
 	}
 	done := p.done
 	p.issued++
@@ -98,7 +97,6 @@ func (p *pipeline) begin() uint64 {
 		}
 	}
 	p.byTurn = p.byTurn[i:]
-	p.settled = done
 	return t
 }
 
