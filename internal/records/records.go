@@ -228,10 +228,6 @@ func checkConn(conn string) error {
 	return nil
 }
 
-// errOtherKey: a key index candidate belongs to another resource (a hash
-// shared by two keys).
-var errOtherKey = errors.New("another resource")
-
 // changeLog returns conn's change log, loaded.
 func (s *Store) changeLog(ctx context.Context, conn string) (*changeLog, error) {
 	l := s.logs.get(conn)
@@ -451,9 +447,6 @@ func (s *Store) List(ctx context.Context, conn string, q Query, fn func(page []R
 		return q.PageRecords
 	}
 	read := func(after uint64, want int, reuse *pageMem) (page, error) {
-		if len(types) == 0 {
-			return s.pageAll(ctx, l, after, want, q.PageBytes, typeNames, reuse)
-		}
 		return s.pageTypes(ctx, l, types, after, want, q.PageBytes, typeNames, reuse)
 	}
 	// With Reuse, the next page is read while fn handles this one, each
@@ -518,11 +511,6 @@ type pageMem struct {
 	records []Record
 	changes []change
 	bodies  []byte
-}
-
-// pageAll reads one page of every type, in change order.
-func (s *Store) pageAll(ctx context.Context, l *changeLog, after uint64, limit, maxBytes int, in names, reuse *pageMem) (page, error) {
-	return s.pageTypes(ctx, l, nil, after, limit, maxBytes, in, reuse)
 }
 
 // pageTypes reads one page of the given types (nil: all), in change order.
