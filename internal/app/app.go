@@ -361,9 +361,6 @@ func checkFormat(ctx context.Context, db *store.DB) error {
 	return nil
 }
 
-// applyMemoryLimit sets the runtime's soft memory limit from memory_limit,
-// unless GOMEMLIMIT is set (the runtime has read it already, and an
-// administrator's environment wins over the file).
 // gcPercent is the agent's GOGC unless the environment sets one: the heap
 // may grow half past what is live between collections, not twice. Most of
 // a bulk sync's heap is buffers reused batch after batch, so collections
@@ -381,6 +378,9 @@ func applyGCPercent(log *slog.Logger) {
 	debug.SetGCPercent(gcPercent)
 }
 
+// applyMemoryLimit sets the runtime's soft memory limit from memory_limit,
+// unless GOMEMLIMIT is set (the runtime has read it already, and an
+// administrator's environment wins over the file).
 func applyMemoryLimit(limit config.Bytes, log *slog.Logger) {
 	if env := os.Getenv("GOMEMLIMIT"); env != "" {
 		log.Info("soft memory limit from GOMEMLIMIT", "limit", env)
