@@ -326,10 +326,7 @@ func (s *Store) Get(ctx context.Context, conn, typ, id string) (Record, error) {
 	if !found {
 		return Record{}, fmt.Errorf("%w: %s/%s", ErrNotFound, typ, id)
 	}
-	r := Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
-	if !c.deleted && !c.ext {
-		r.JSON = c.json
-	}
+	r := c.record(seq)
 	err = s.readBodies(conn, []Record{r}, []change{c}, func(_ int, b []byte) { r.JSON = b })
 	return r, s.goneIfDeleted(conn, err)
 }
@@ -341,11 +338,16 @@ func recordOf(seq uint64, v []byte, types names) (Record, change, error) {
 	if err != nil {
 		return Record{}, c, err
 	}
+	return c.record(seq), c, nil
+}
+
+// record is change seq as a Record, its JSON set when the body is inline.
+func (c *change) record(seq uint64) Record {
 	r := Record{Type: c.typ, ID: c.id, VersionID: c.versionID, LastUpdated: fromNanos(c.lastUpdated), Deleted: c.deleted, Seq: seq}
 	if !c.deleted && !c.ext {
 		r.JSON = c.json
 	}
-	return r, c, nil
+	return r
 }
 
 // readBodies reads the segment-kept bodies of recs (cs are their changes,
