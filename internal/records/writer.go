@@ -189,14 +189,10 @@ func (w *Writer) Commit(ctx context.Context, marker Marker) (Counts, error) {
 		return Counts{}, nil
 	}
 	defer w.reset()
-	c, err := w.prepare(ctx)
+	c, b, err := w.ready(ctx, marker)
 	if c == nil {
 		return Counts{}, fmt.Errorf("records: commit %s: %w", w.conn, err)
 	}
-	if err == nil {
-		err = c.write()
-	}
-	b, err := c.stage(err, marker)
 	if err == nil {
 		// Committed first, synced after: once the transaction is in
 		// Badger its entries are the log's, whether or not the sync then
@@ -321,18 +317,28 @@ func (c *commit) finish(err error) error {
 	return err
 }
 
-// send prepares and writes the commit and returns the batch that would
-// commit it, in its turn (tests: a crash between the writes and the
-// transaction).
-func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, *logAppend, Counts, error) {
+// ready prepares and writes the commit and returns the batch that commits
+// it, in its turn. A nil commit failed before it had a place in the
+// pipeline; otherwise the caller ends it with finish.
+func (w *Writer) ready(ctx context.Context, marker Marker) (*commit, *store.Batch, error) {
 	c, err := w.prepare(ctx)
 	if c == nil {
-		return nil, nil, Counts{}, err
+		return nil, nil, err
 	}
 	if err == nil {
 		err = c.write()
 	}
 	b, err := c.stage(err, marker)
+	return c, b, err
+}
+
+// send is Commit up to the transaction, which it returns unstored (tests:
+// a crash between the writes and the transaction).
+func (w *Writer) send(ctx context.Context, marker Marker) (*store.Batch, *logAppend, Counts, error) {
+	c, b, err := w.ready(ctx, marker)
+	if c == nil {
+		return nil, nil, Counts{}, err
+	}
 	return b, c.la, c.n, err
 }
 
