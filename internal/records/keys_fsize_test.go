@@ -5,7 +5,6 @@ package records
 import (
 	"context"
 	"os"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -35,19 +34,8 @@ func TestKeyIndexJournalWriteCutShort(t *testing.T) {
 	if err := w.Delete("Patient", "x", time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
-		t.Skip(err)
-	}
-	low := lim
-	low.Cur = uint64(fi.Size()) + 10 // 10 bytes of the 36-byte record
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &low); err != nil {
-		t.Skip(err)
-	}
-	_, err = w.Commit(ctx, nil)
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
-		t.Fatal(err)
-	}
+	// 10 bytes of the 36-byte record.
+	withFileSizeLimit(t, fi.Size()+10, func() { _, err = w.Commit(ctx, nil) })
 	if err == nil {
 		t.Fatal("commit past the file size limit: no error")
 	}
