@@ -253,12 +253,7 @@ func (s *Store) RunCompactor(ctx context.Context, every time.Duration) {
 		case conn := <-s.compactSoon:
 			// A log a quarter superseded (changeLogs.onDead).
 			s.compactQueued.Delete(conn)
-			st, err := s.Compact(ctx, conn)
-			if err != nil {
-				s.log.Warn("compaction", "connection", conn, "err", err)
-			} else if st.Dropped > 0 || st.Removed > 0 || st.Rewritten > 0 {
-				s.log.Info("compaction", "connection", conn, "dropped", st.Dropped, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
-			}
+			s.compactLogged(ctx, conn)
 			continue
 		case <-t.C:
 		}
@@ -313,14 +308,19 @@ func (s *Store) CompactAll(ctx context.Context) int {
 		if ctx.Err() != nil {
 			return i
 		}
-		st, err := s.Compact(ctx, conn)
-		if err != nil {
-			s.log.Warn("compaction", "connection", conn, "err", err)
-			continue
-		}
-		if st.Dropped > 0 || st.Removed > 0 || st.Rewritten > 0 {
-			s.log.Info("compaction", "connection", conn, "dropped", st.Dropped, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
-		}
+		s.compactLogged(ctx, conn)
 	}
 	return len(conns)
+}
+
+// compactLogged runs Compact and logs what it reclaimed or why it failed.
+func (s *Store) compactLogged(ctx context.Context, conn string) {
+	st, err := s.Compact(ctx, conn)
+	if err != nil {
+		s.log.Warn("compaction", "connection", conn, "err", err)
+		return
+	}
+	if st.Dropped > 0 || st.Removed > 0 || st.Rewritten > 0 {
+		s.log.Info("compaction", "connection", conn, "dropped", st.Dropped, "rewritten", st.Rewritten, "moved", st.Moved, "removed", st.Removed, "reclaimed_bytes", st.Reclaimed)
+	}
 }
