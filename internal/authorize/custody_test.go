@@ -121,15 +121,7 @@ func (e *custody) authorize(t *testing.T, c connections.Connection) connections.
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The auto-approving sandbox redirects to the callback at once.
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	r, err := hc.Get(begun.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Body.Close()
-	loc, _ := url.Parse(r.Header.Get("Location"))
-	cb, err := e.az.Complete(ctx, loc.Query())
+	cb, err := e.az.Complete(ctx, sandboxtest.Approve(t, begun.URL))
 	if err != nil || cb.Grant == nil {
 		t.Fatalf("complete: %v %+v", err, cb)
 	}

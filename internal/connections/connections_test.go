@@ -125,17 +125,7 @@ func (f *fixture) active(t *testing.T) (connections.Connection, connections.Gran
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	r, err := hc.Get(begun.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Body.Close()
-	loc, err := url.Parse(r.Header.Get("Location"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := f.az.Complete(ctx, loc.Query())
+	cb, err := f.az.Complete(ctx, sandboxtest.Approve(t, begun.URL))
 	if err != nil || cb.Grant == nil {
 		t.Fatalf("complete: %v %+v", err, cb)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"testing"
 
 	"github.com/medrelay/medrelay/internal/credentials"
@@ -114,14 +113,7 @@ func TestSandbox_EpicWithGeneratedKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := noRedirect.Get(ar.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, _ := url.Parse(resp.Header.Get("Location"))
-	cb, err := oauth.ParseCallback(loc.Query())
+	cb, err := oauth.ParseCallback(sandboxtest.Approve(t, ar.URL))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -165,6 +167,24 @@ func Start(t testing.TB, opts ...Option) *sandbox.Sandbox {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// Approve opens an authorization URL at an auto-approving sandbox and
+// returns the query of the redirect to the client's callback (code and
+// state, or an error), without following it.
+func Approve(t testing.TB, authorizeURL string) url.Values {
+	t.Helper()
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	r, err := hc.Get(authorizeURL)
+	if err != nil {
+		t.Fatalf("sandboxtest: authorize: %v", err)
+	}
+	r.Body.Close()
+	loc, err := url.Parse(r.Header.Get("Location"))
+	if err != nil || loc.String() == "" {
+		t.Fatalf("sandboxtest: authorize answered HTTP %d without a redirect to the callback (%v)", r.StatusCode, err)
+	}
+	return loc.Query()
 }
 
 // Key is a client key pair for private_key_jwt tests.
