@@ -574,11 +574,20 @@ func TestCompactSoonWhenAQuarterIsSuperseded(t *testing.T) {
 	minDeadCompact = 10
 	t.Cleanup(func() { minDeadCompact = old })
 	s := openStore(t)
+	// Under the threshold no compaction is asked for. The compactor is not
+	// running yet, so a request would wait in its queue.
+	put(t, s, "c", patients(40, "1")...)
+	put(t, s, "c", patients(9, "2")...) // 9 of 49 superseded: under both bounds
+	put(t, s, "half", patients(5, "1")...)
+	put(t, s, "half", patients(5, "2")...) // half superseded, but fewer than minDeadCompact
+	put(t, s, "few", patients(100, "1")...)
+	put(t, s, "few", patients(12, "2")...) // minDeadCompact, but 12 of 112 is under a quarter
+	if n := len(s.compactSoon); n != 0 {
+		t.Fatalf("%d compactions asked for under the threshold, the first for %q", n, <-s.compactSoon)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); s.RunCompactor(ctx, time.Hour) }()
 	defer func() { cancel(); <-done }()
-	put(t, s, "c", patients(40, "1")...)
-	put(t, s, "c", patients(9, "2")...) // 9 of 49 superseded: under the threshold
 	l, err := s.changeLog(ctx, "c")
 	if err != nil {
 		t.Fatal(err)
