@@ -18,29 +18,9 @@ import (
 // dropLegacyHeads removes the heads table an earlier version kept (the key
 // index replaced it and is rebuilt from the change log).
 func (s *Store) dropLegacyHeads(ctx context.Context) error {
-	n := 0
-	for {
-		b := s.db.NewBatch()
-		k := 0
-		err := s.heads.Scan(ctx, store.ScanOptions{KeysOnly: true}, func(key string, _ []byte) error {
-			if k >= 100000 {
-				return store.ErrStopScan
-			}
-			k++
-			return store.BatchDelete(b, s.heads, key)
-		})
-		if err != nil {
-			b.Cancel()
-			return fmt.Errorf("records: remove the old heads table: %w", err)
-		}
-		if k == 0 {
-			b.Cancel()
-			break
-		}
-		if err := b.Flush(true); err != nil {
-			return fmt.Errorf("records: remove the old heads table: %w", err)
-		}
-		n += k
+	n, err := s.deleteBatched(ctx, s.heads, "", nil)
+	if err != nil {
+		return fmt.Errorf("records: remove the old heads table: %w", err)
 	}
 	if n > 0 {
 		s.log.Info("removed the heads table of an earlier version; key indexes are rebuilt from the change index", "entries", n)
@@ -148,35 +128,51 @@ func (s *Store) convertLegacyConn(ctx context.Context, conn string) error {
 			return err
 		}
 	}
-	for {
-		b := s.db.NewBatch()
-		k := 0
-		err := s.changes.Scan(ctx, store.ScanOptions{Prefix: conn + "/", KeysOnly: true}, func(key string, _ []byte) error {
-			if k >= 100000 {
-				return store.ErrStopScan
-			}
-			k++
-			return store.BatchDelete(b, s.changes, key)
-		})
-		if err == nil && k < 100000 {
-			// The last batch: the pending marker goes with it.
-			err = store.BatchDelete(b, s.pending, conn)
-		}
-		if err != nil {
-			b.Cancel()
-			return err
-		}
-		if err := b.Flush(true); err != nil {
-			return err
-		}
-		if k < 100000 {
-			break
-		}
+	// The pending marker goes with the last batch.
+	if _, err := s.deleteBatched(ctx, s.changes, conn+"/", func(b *store.Batch) error {
+		return store.BatchDelete(b, s.pending, conn)
+	}); err != nil {
+		return err
 	}
 	if n > 0 || skipped > 0 {
 		s.log.Info("moved a connection's change index to its change log", "connection", conn, "changes", n, "left_out", skipped, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// deleteBatched removes the keys of t under prefix, a synced batch of at
+// most 100,000 at a time (a large table is more than one batch holds), and
+// returns how many it removed. last, when set, adds to the final batch,
+// which is then flushed even when it removes no key.
+func (s *Store) deleteBatched(ctx context.Context, t *store.Table[[]byte], prefix string, last func(b *store.Batch) error) (int, error) {
+	const most = 100000
+	n := 0
+	for {
+		b := s.db.NewBatch()
+		k := 0
+		err := t.Scan(ctx, store.ScanOptions{Prefix: prefix, KeysOnly: true}, func(key string, _ []byte) error {
+			if k >= most {
+				return store.ErrStopScan
+			}
+			k++
+			return store.BatchDelete(b, t, key)
+		})
+		final := k < most
+		if err == nil && final && last != nil {
+			err = last(b)
+		}
+		if err != nil || k == 0 && last == nil {
+			b.Cancel()
+			return n, err
+		}
+		if err := b.Flush(true); err != nil {
+			return n, err
+		}
+		n += k
+		if final {
+			return n, nil
+		}
+	}
 }
 
 // dropLegacyPending removes pending markers left without change entries
