@@ -9,16 +9,15 @@ import (
 	"unsafe"
 )
 
-// Keys. Every key starts with the connection id, so a connection's records
-// are one key range in each table.
+// Keys of the tables earlier versions kept, read only to convert them
+// (legacy.go). Every key starts with the connection id, so a connection's
+// records are one key range in each table.
 //
 //	records         conn/type/id    → head
 //	record_changes  conn/seq/type   → change (header + raw JSON)
 //	record_pending  conn            → first seq of the batch being written
 //
-// seq is 16 lowercase hex digits so keys sort in change order. The type in
-// the change key lets a list of some types walk the keys alone (resources
-// live in the value log) and read only the values it returns.
+// seq is 16 lowercase hex digits so keys sort in change order.
 
 // headKey was the key of the heads table an earlier version kept (see
 // dropLegacyHeads; its test writes one).
@@ -79,7 +78,7 @@ type head struct {
 
 // change is one entry of the change index: the resource as it was stored at
 // that change (or a tombstone), and the change it superseded (prev), which
-// crash repair needs to finish an interrupted batch.
+// the change log no longer lists (changelog.go).
 type change struct {
 	prev        uint64
 	deleted     bool

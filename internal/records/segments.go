@@ -20,11 +20,11 @@ import (
 )
 
 // Resource bodies live outside Badger, in append-only segment files, one
-// directory per connection; Badger keeps only the small change entries
-// (header, and where the body is). Why: with encryption on, Badger
-// builds a fresh AES cipher for every entry it writes, and writes values
-// through memory-mapped logs whose pages count against the agent's resident
-// memory; measured on the bench machine, Badger took large values at about
+// directory per connection; the change log (changelog.go) keeps only the
+// small change entries (header, and where the body is). Why: with
+// encryption on, Badger builds a fresh AES cipher for every entry it
+// writes, and writes values through memory-mapped logs whose pages count
+// against the agent's resident memory; measured on the bench machine, Badger took large values at about
 // 260 MB/s and a 1M-resource bulk sync peaked at 1.4 GB of RSS, most of it
 // the mapped value log. A segment is written once with write(2), each body
 // sealed on its own with AES-256-GCM, so a record can be read without its
