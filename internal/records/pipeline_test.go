@@ -69,6 +69,11 @@ func TestPipelineFailureFailsWhatFollowsAndLosesNothing(t *testing.T) {
 		t.Fatalf("%d commits failed with their marker's error, want 2", failed)
 	}
 	t.Logf("%d commits failed behind a failed one", followers)
+	// Writer 0's commits after a refused one of its own were planned once
+	// that failure had ended, so they succeed.
+	if last[0] != commits {
+		t.Fatalf("writer 0's last successful commit is %d of %d", last[0], commits)
+	}
 	check := func(s *Store) {
 		t.Helper()
 		got, _ := list(t, s, "c", Query{})
