@@ -511,6 +511,9 @@ func TestStoreCrashMidCommitRecovers(t *testing.T) {
 	}
 	for _, m := range modes {
 		for _, c := range crashes {
+			if c.tear && m.name == "badger" {
+				continue // no file to tear: the same run as without
+			}
 			t.Run(m.name+"/"+c.name, func(t *testing.T) {
 				open, dir := m.open(t)
 				s := open()
@@ -531,7 +534,7 @@ func TestStoreCrashMidCommitRecovers(t *testing.T) {
 					t.Fatal(err)
 				}
 				s.Close() // the crash: nothing published, files closed
-				if c.tear && dir != "" {
+				if c.tear {
 					logs := filesUnder(t, dir, ".log")
 					if len(logs) != 1 {
 						t.Fatalf("log files: %v", logs)
