@@ -518,8 +518,8 @@ func TestStoreCrashMidCommitRecovers(t *testing.T) {
 				open, dir := m.open(t)
 				s := open()
 				put(t, s, "c", before...)
-				_, cur := list(t, s, "c", Query{})
-				if got, _ := list(t, s, "c", Query{}); !slices.Equal(listed(got), wantBefore) {
+				got, cur := list(t, s, "c", Query{})
+				if !slices.Equal(listed(got), wantBefore) {
 					t.Fatalf("before: %v", listed(got))
 				}
 				w, _ := s.NewWriter("c")
