@@ -113,10 +113,7 @@ func TestChangeLogBadgerBlocksOfAFailedCommitStayUnread(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, "")
 	defer db.Close()
-	s, err := Open(ctx, db, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openOn(t, db)
 	put(t, s, "c", res("Patient", "first", "1", ""))
 	// A failed commit of several blocks.
 	w, _ := s.NewWriter("c")
@@ -135,10 +132,7 @@ func TestChangeLogBadgerBlocksOfAFailedCommitStayUnread(t *testing.T) {
 	want["Patient/first"], want["Patient/small"] = "1", "1"
 	checkAll(t, s, "c", want)
 	s.Close()
-	s, err = Open(ctx, db, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openOn(t, db)
 	defer s.Close()
 	checkAll(t, s, "c", want)
 	got, _ := list(t, s, "c", Query{})
@@ -367,11 +361,7 @@ func TestChangeLogDamageErrorsSayWhereAndTheWayOut(t *testing.T) {
 		db := openDB(t, filepath.Join(dir, "store"))
 		t.Cleanup(func() { db.Close() })
 		open := func(opts ...Option) *Store {
-			s, err := Open(ctx, db, append([]Option{quiet, WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+			return openOn(t, db, append([]Option{WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)...)
 		}
 		s := open()
 		put(t, s, "c", patients(300, "1")...) // several blocks

@@ -210,18 +210,11 @@ func TestKeyIndexDamage(t *testing.T) {
 	})
 	t.Run("wrong key", func(t *testing.T) {
 		dir := t.TempDir()
-		db := openDB(t, filepath.Join(dir, "store"))
-		defer db.Close()
-		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, open := reopenerDB(t, dir)
+		s := open()
 		put(t, s, "c", res("Patient", "a", "1", ""))
 		s.Close()
-		s, err = Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), bytes.Repeat([]byte{9}, 32)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s = openOn(t, db, WithSegments(filepath.Join(dir, "records"), bytes.Repeat([]byte{9}, 32)))
 		defer s.Close()
 		if _, err := s.Get(ctx, "c", "Patient", "a"); err == nil || !strings.Contains(err.Error(), "wrong key") {
 			t.Fatalf("Get under another key: %v", err)
@@ -252,10 +245,7 @@ func TestKeyIndexReplacesLegacyHeads(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, "")
 	defer db.Close()
-	s, err := Open(ctx, db, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openOn(t, db)
 	put(t, s, "c", res("Patient", "a", "1", ""), res("Patient", "b", "1", ""))
 	// What an earlier version stored beside the changes.
 	b := db.NewBatch()
@@ -267,10 +257,7 @@ func TestKeyIndexReplacesLegacyHeads(t *testing.T) {
 	if err := b.Flush(true); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(ctx, db, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = openOn(t, db)
 	if n, _ := s.heads.Count(ctx, ""); n != 0 {
 		t.Fatalf("%d legacy heads left", n)
 	}
@@ -684,11 +671,7 @@ func TestKeyIndexRepeatedFileID(t *testing.T) {
 	storeDir, segDir := filepath.Join(dir, "store"), filepath.Join(dir, "records")
 	open := func() (*store.DB, *Store) {
 		db := openDB(t, storeDir)
-		s, err := Open(ctx, db, quiet, WithSegments(segDir, segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return db, s
+		return db, openOn(t, db, WithSegments(segDir, segKey))
 	}
 	want := map[string]string{}
 	db, s := open()

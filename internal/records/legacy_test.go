@@ -61,8 +61,7 @@ func writeLegacy(t *testing.T, db *store.DB, conn string, pendingFirst uint64, c
 func TestLegacyChangeIndexConverted(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
+	db, open := reopenerDB(t, dir)
 	writeLegacy(t, db, "c", 7,
 		legacyChange{seq: 2, typ: "Patient", id: "a", version: "1"},
 		legacyChange{seq: 3, typ: "Patient", id: "b", version: "2", prev: 1}, // its prev was removed with the batch
@@ -74,13 +73,6 @@ func TestLegacyChangeIndexConverted(t *testing.T) {
 	)
 	writeLegacy(t, db, "d", 0, legacyChange{seq: 4, typ: "Patient", id: "a", version: "9"})
 	want := []string{"Patient/a@1", "Observation/o@1", "Patient/b@3", "Patient/x@-"}
-	open := func() *Store {
-		s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
 	check := func(s *Store) {
 		t.Helper()
 		got, _ := list(t, s, "c", Query{})
@@ -150,8 +142,7 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 	}
 	t.Run("files", func(t *testing.T) {
 		dir := t.TempDir()
-		db := openDB(t, filepath.Join(dir, "store"))
-		defer db.Close()
+		db, open := reopenerDB(t, dir)
 		writeLegacy(t, db, "c", 0, cs...)
 		// What the crashed conversion left.
 		id, err := db.NextSeq(segSeq)
@@ -168,13 +159,6 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 		}
 		if err := os.WriteFile(orphan, bytes.Repeat([]byte{3}, 5000), 0o600); err != nil {
 			t.Fatal(err)
-		}
-		open := func() *Store {
-			s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
 		}
 		s := open()
 		checkAll(t, s, "c", want)
@@ -194,10 +178,7 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 		defer db.Close()
 		writeLegacy(t, db, "c", 0, cs...)
 		for _, reopen := range []bool{false, true} {
-			s, err := Open(ctx, db, quiet)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := openOn(t, db)
 			checkAll(t, s, "c", want)
 			if n, _ := s.changes.Count(ctx, ""); n != 0 {
 				t.Fatalf("reopened %v: %d legacy entries left", reopen, n)
@@ -212,9 +193,7 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 // with no change entries left is removed.
 func TestLegacyDamagedEntryLeftOut(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db := openDB(t, filepath.Join(dir, "store"))
-	defer db.Close()
+	db, open := reopenerDB(t, t.TempDir())
 	writeLegacy(t, db, "c", 0,
 		legacyChange{seq: 2, typ: "Patient", id: "a", version: "1"},
 		legacyChange{seq: 3, typ: "Patient", id: "b", version: "1"},
@@ -229,10 +208,7 @@ func TestLegacyDamagedEntryLeftOut(t *testing.T) {
 	if err := b.Flush(true); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(ctx, db, quiet, WithSegments(filepath.Join(dir, "records"), segKey))
-	if err != nil {
-		t.Fatalf("open with a damaged legacy entry: %v", err)
-	}
+	s := open() // opens despite the damaged entry
 	defer s.Close()
 	checkAll(t, s, "c", map[string]string{"Patient/a": "1"})
 	for _, tb := range []*store.Table[[]byte]{s.changes, s.pending} {

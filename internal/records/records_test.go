@@ -36,6 +36,16 @@ func openDB(t testing.TB, dir string) *store.DB {
 	return db
 }
 
+// openOn opens a Store over db with a quiet logger, then opts.
+func openOn(t testing.TB, db *store.DB, opts ...Option) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), db, append([]Option{quiet}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 var segKey = bytes.Repeat([]byte{7}, 32)
 
 // openStore opens a store as the agent does: bodies in segments.
@@ -491,13 +501,7 @@ func TestStoreCrashMidCommitRecovers(t *testing.T) {
 		{"badger", func(t *testing.T) (func() *Store, string) {
 			db := openDB(t, "")
 			t.Cleanup(func() { db.Close() })
-			return func() *Store {
-				s, err := Open(ctx, db, quiet)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return s
-			}, ""
+			return func() *Store { return openOn(t, db) }, ""
 		}},
 	}
 	crashes := []struct {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/medrelay/medrelay/internal/store"
 )
 
 // segStore opens a store on a real directory with bodies in dir/records.
@@ -30,16 +32,18 @@ func segStore(t *testing.T, dir string, key []byte) *Store {
 // opts come after the defaults (a quiet logger, segments in dir/records).
 func reopener(t *testing.T, dir string, opts ...Option) func() *Store {
 	t.Helper()
+	_, open := reopenerDB(t, dir, opts...)
+	return open
+}
+
+// reopenerDB is reopener with its Badger handle, for tests that write to
+// the store before a Store opens it.
+func reopenerDB(t *testing.T, dir string, opts ...Option) (*store.DB, func() *Store) {
+	t.Helper()
 	db := openDB(t, filepath.Join(dir, "store"))
 	t.Cleanup(func() { db.Close() })
-	opts = append([]Option{quiet, WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)
-	return func() *Store {
-		s, err := Open(context.Background(), db, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	opts = append([]Option{WithSegments(filepath.Join(dir, "records"), segKey)}, opts...)
+	return db, func() *Store { return openOn(t, db, opts...) }
 }
 
 func segFiles(t *testing.T, dir string) []string {
