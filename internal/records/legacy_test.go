@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/medrelay/medrelay/internal/store"
@@ -189,11 +191,13 @@ func TestLegacyConversionCrashAndRollover(t *testing.T) {
 }
 
 // A damaged entry of an earlier version does not keep the store from
-// opening: the rest is converted and the entry left out; a pending marker
-// with no change entries left is removed.
+// opening: the rest is converted and the entry left out, with a log line
+// naming its connection; a pending marker with no change entries left is
+// removed.
 func TestLegacyDamagedEntryLeftOut(t *testing.T) {
 	ctx := context.Background()
-	db, open := reopenerDB(t, t.TempDir())
+	var logged messages
+	db, open := reopenerDB(t, t.TempDir(), WithLogger(slog.New(&logged)))
 	writeLegacy(t, db, "c", 0,
 		legacyChange{seq: 2, typ: "Patient", id: "a", version: "1"},
 		legacyChange{seq: 3, typ: "Patient", id: "b", version: "1"},
@@ -215,5 +219,8 @@ func TestLegacyDamagedEntryLeftOut(t *testing.T) {
 		if n, _ := tb.Count(ctx, ""); n != 0 {
 			t.Fatalf("%d legacy entries left", n)
 		}
+	}
+	if got := logged.lines(); len(got) != 1 || !strings.Contains(got[0], "damaged change entry") || !strings.Contains(got[0], "connection=c") {
+		t.Fatalf("logged %q, want one line on the damaged entry of c", got)
 	}
 }
