@@ -119,8 +119,10 @@ func TestLegacyChangeIndexConverted(t *testing.T) {
 	if !slices.Equal(listed(got), want) {
 		t.Fatalf("after a second start: %v", listed(got))
 	}
-	if n, _ := s.changes.Count(ctx, ""); n != 0 {
-		t.Fatalf("%d legacy entries left", n)
+	for _, tb := range []*store.Table[[]byte]{s.changes, s.pending} {
+		if n, _ := tb.Count(ctx, ""); n != 0 {
+			t.Fatalf("after a second start: %d legacy entries left", n)
+		}
 	}
 	if len(filesUnder(t, dir, ".log")) == 0 {
 		t.Fatal("no change log files")
